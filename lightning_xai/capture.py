@@ -1,0 +1,609 @@
+"""Layer lookup, head discovery, shared activation taps and the explanation context.
+
+Everything here is plain PyTorch (no Lightning import), so explainers can use it in a notebook.
+
+The pieces:
+
+* :func:`resolve_layer` finds a sub-module by dotted name (``"layer4.1.conv2"``, ``"fc"``) and,
+  for a wrong name, raises an error listing the closest valid names.
+* :func:`find_head` finds the classifier head: the ``nn.Linear`` named by the user, or the last
+  ``nn.Linear`` on the forward path. Its input is the "features", its output the logits.
+* :class:`ActivationCapture` is the shared tap of one model: one forward hook per layer however many
+  callbacks ask for that layer, and one bounded, seeded reservoir sample of validation data
+  (inputs, labels, logits, features, requested layer activations). Obtain it with
+  :meth:`ActivationCapture.acquire` and give it back with :meth:`ActivationCapture.release`.
+* :func:`forward_from_layer` re-runs a model with a given layer's activation substituted
+  (hook replacement), so gradients with respect to that activation can be taken.
+* :func:`explanation_mode` is the context for explanation work: it leaves ``no_grad`` and
+  ``inference_mode``, switches the model to eval and restores every module's mode and every
+  parameter's ``requires_grad`` exactly afterwards. It never touches ``.grad``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ActivationCapture",
+    "HeadNotFoundError",
+    "LayerNotFoundError",
+    "ValidationSample",
+    "default_batch_to_input",
+    "explanation_mode",
+    "find_head",
+    "forward_from_layer",
+    "resolve_layer",
+]
+
+HEAD_FEATURES = "features"
+HEAD_LOGITS = "logits"
+
+
+class LayerNotFoundError(ValueError):
+    """A layer name that is not a sub-module of the model."""
+
+
+class HeadNotFoundError(ValueError):
+    """The model has no usable ``nn.Linear`` classifier head."""
+
+
+# --------------------------------------------------------------------------------------------- layers
+
+
+def resolve_layer(model: nn.Module, name: str) -> nn.Module:
+    """Return the sub-module of ``model`` called ``name`` (dotted path, as in ``named_modules``).
+
+    Args:
+        model: the network.
+        name: dotted path such as ``"layer4.1.conv2"`` or ``"fc"``.
+
+    Raises:
+        LayerNotFoundError: ``name`` is not a sub-module; the message lists the closest valid names.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+        >>> resolve_layer(net, "0")
+        Conv2d(3, 4, kernel_size=(3, 3), stride=(1, 1))
+    """
+    if not isinstance(name, str) or not name:
+        raise LayerNotFoundError(f"Expected a layer name as a non-empty string, but got {name!r}.")
+    modules = dict(model.named_modules())
+    if name in modules and name != "":
+        return modules[name]
+    valid = [n for n in modules if n]
+    close = difflib.get_close_matches(name, valid, n=5, cutoff=0.4)
+    hint = f" Closest valid names: {close}." if close else ""
+    shown = valid if len(valid) <= 30 else valid[:15] + ["..."] + valid[-10:]
+    raise LayerNotFoundError(
+        f"Layer {name!r} is not a sub-module of {type(model).__name__}.{hint} "
+        f"Valid names ({len(valid)}): {shown}"
+    )
+
+
+def find_head(model: nn.Module, name: str | None = None) -> tuple[str, nn.Linear]:
+    """Find the classifier head: the ``nn.Linear`` called ``name``, else the last ``nn.Linear``.
+
+    Without a name, the head is the last ``nn.Linear`` in registration order, which is the last one on
+    the forward path for ordinary classifiers (ResNet ``fc``, MobileNet ``classifier.3``). The shared
+    capture checks on the first batch that this module really ran; if it did not, it asks for
+    ``head=``.
+
+    Raises:
+        HeadNotFoundError: no ``nn.Linear`` exists, or ``name`` is not one.
+        LayerNotFoundError: ``name`` is not a sub-module.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> find_head(net)[0]
+        '3'
+    """
+    if name is not None:
+        module = resolve_layer(model, name)
+        if not isinstance(module, nn.Linear):
+            raise HeadNotFoundError(
+                f"head={name!r} is a {type(module).__name__}, not an nn.Linear. Name the linear layer "
+                f"that produces the logits; linear layers of this model: {_linear_names(model)}"
+            )
+        return name, module
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise HeadNotFoundError(
+            f"{type(model).__name__} has no nn.Linear layer, so no classifier head can be found. "
+            "lightning-xai explains the input of a linear head (the 'features') and its logits; add an "
+            "nn.Linear head, or pass head='<name of the linear layer>' if it is wrapped."
+        )
+    return linears[-1]
+
+
+def _linear_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def _first_tensor(value: Any, where: str) -> Tensor:
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
+        return value[0]
+    raise TypeError(f"{where} produced {type(value).__name__}, expected a Tensor (or a tuple starting with one).")
+
+
+# ------------------------------------------------------------------------------------------- batches
+
+
+BatchToInput = Callable[[Any], "tuple[Tensor, Tensor | None]"]
+
+_INPUT_KEYS = ("image", "images", "input", "inputs", "x", "pixel_values", "img")
+_LABEL_KEYS = ("label", "labels", "y", "target", "targets")
+
+
+def default_batch_to_input(batch: Any) -> tuple[Tensor, Tensor | None]:
+    """Read ``(inputs, labels)`` from a batch: a tensor, an ``(x, y, ...)`` sequence or a dict.
+
+    Raises:
+        TypeError: the batch has another form; the message says how to pass ``batch_to_input``.
+    """
+    if isinstance(batch, Tensor):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        labels = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
+        return batch[0], labels
+    if isinstance(batch, dict):
+        x = next((batch[k] for k in _INPUT_KEYS if isinstance(batch.get(k), Tensor)), None)
+        if x is not None:
+            y = next((batch[k] for k in _LABEL_KEYS if isinstance(batch.get(k), Tensor)), None)
+            return x, y
+    desc = type(batch).__name__
+    if isinstance(batch, dict):
+        desc += f" with keys {sorted(map(str, batch))}"
+    raise TypeError(
+        f"Cannot read the model inputs from a batch of type {desc}. Expected a Tensor, a sequence "
+        f"(inputs, labels, ...), or a dict with one of the keys {list(_INPUT_KEYS)} (labels under one "
+        f"of {list(_LABEL_KEYS)}). Pass batch_to_input=lambda batch: (inputs, labels) to the callback "
+        "(labels may be None)."
+    )
+
+
+# ------------------------------------------------------------------------------------------ sampling
+
+
+def _sample_keys(ids: Tensor, seed: int) -> Tensor:
+    """A uniform pseudo-random key in [0, 1) per sample id: a splitmix64-style hash of (seed, id).
+
+    Keys depend only on the id and the seed, so the reservoir keeps the *same* validation samples every
+    epoch (a fixed probe set for drift) without storing anything between epochs.
+    """
+    mask = (1 << 63) - 1
+    z = (ids.to(torch.int64) + (seed * 0x9E3779B9 + 0x632BE59B)) & mask
+    z = ((z ^ (z >> 31)) * 0x5851F42D4C957F2D) & mask
+    z = ((z ^ (z >> 29)) * 0x14057B7EF767814F) & mask
+    z = z ^ (z >> 32)
+    return (z & ((1 << 24) - 1)).to(torch.float64) / float(1 << 24) + ids.to(torch.float64) * 1e-18
+
+
+@dataclass
+class ValidationSample:
+    """A bounded sample of one validation epoch, as the shared capture kept it (CPU tensors).
+
+    Attributes:
+        ids: sample ids (stable across epochs for an unshuffled validation loader), sorted.
+        features: head inputs, ``[N, D]``.
+        logits: head outputs, ``[N, C]``.
+        labels: labels if the batches carried them, else ``None``.
+        inputs: model inputs if a subscriber asked for them, else ``None``.
+        layers: activations of the requested layers, ``{name: [N, ...]}``.
+    """
+
+    ids: Tensor
+    features: Tensor
+    logits: Tensor
+    labels: Tensor | None = None
+    inputs: Tensor | None = None
+    layers: dict[str, Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def tensors(self) -> dict[str, Tensor]:
+        """Flat view ``{"ids", "features", "logits", "labels"?, "inputs"?, "layer:<name>"...}``."""
+        out = {"ids": self.ids, "features": self.features, "logits": self.logits}
+        if self.labels is not None:
+            out["labels"] = self.labels
+        if self.inputs is not None:
+            out["inputs"] = self.inputs
+        out.update({f"layer:{k}": v for k, v in self.layers.items()})
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor]) -> ValidationSample:
+        order = torch.argsort(tensors["ids"])
+        t = {k: v[order] for k, v in tensors.items()}
+        return cls(
+            ids=t["ids"],
+            features=t["features"],
+            logits=t["logits"],
+            labels=t.get("labels"),
+            inputs=t.get("inputs"),
+            layers={k[len("layer:") :]: v for k, v in t.items() if k.startswith("layer:")},
+        )
+
+
+class _Reservoir:
+    """Keeps the ``capacity`` samples with the smallest hash keys seen so far (bottom-k sampling)."""
+
+    def __init__(self, capacity: int, seed: int) -> None:
+        self.capacity = capacity
+        self.seed = seed
+        self.keys = torch.empty(0, dtype=torch.float64)
+        self.data: dict[str, Tensor] = {}
+
+    def offer(self, ids: Tensor, fetch: Callable[[Tensor], dict[str, Tensor]]) -> None:
+        keys = _sample_keys(ids.cpu(), self.seed)
+        if self.keys.numel() >= self.capacity:
+            # only rows that beat the current worst key can enter: fetch (and copy to CPU) just those
+            rows = torch.nonzero(keys < self.keys.max()).flatten()
+            if rows.numel() == 0:
+                return
+        else:
+            rows = torch.arange(ids.shape[0])
+        new = {k: v.detach().to("cpu", copy=True) for k, v in fetch(rows).items()}
+        new_keys = keys[rows]
+        if not self.data:
+            merged, merged_keys = new, new_keys
+        else:
+            if set(new) != set(self.data):
+                raise RuntimeError(f"Captured fields changed within an epoch: {sorted(self.data)} -> {sorted(new)}")
+            merged = {k: torch.cat([self.data[k], new[k]]) for k in self.data}
+            merged_keys = torch.cat([self.keys, new_keys])
+        if merged_keys.numel() > self.capacity:
+            keep = torch.topk(merged_keys, self.capacity, largest=False).indices
+            merged = {k: v[keep] for k, v in merged.items()}
+            merged_keys = merged_keys[keep]
+        self.data, self.keys = merged, merged_keys
+
+
+# ------------------------------------------------------------------------------------------ capture
+
+
+class _Tap:
+    """One forward hook on one module; holds the latest output (and input) while the capture is armed."""
+
+    def __init__(self, capture: ActivationCapture, name: str, module: nn.Module, keep_input: bool) -> None:
+        self.name = name
+        self.module = module
+        self.keep_input = keep_input
+        self.calls = 0
+        self.latest_output: Tensor | None = None
+        self.latest_input: Tensor | None = None
+        capture_ref = weakref.ref(capture)
+
+        def hook(mod: nn.Module, args: tuple, output: Any) -> None:
+            cap = capture_ref()
+            if cap is None or not cap.armed:
+                return
+            self.calls += 1
+            self.latest_output = _first_tensor(output, f"Layer {name!r}").detach()
+            if self.keep_input:
+                self.latest_input = _first_tensor(args, f"Input of layer {name!r}").detach()
+
+        self.handle = module.register_forward_hook(hook)
+
+    def clear(self) -> None:
+        self.latest_output = None
+        self.latest_input = None
+
+    def remove(self) -> None:
+        self.handle.remove()
+        self.clear()
+
+
+class ActivationCapture:
+    """The shared activation tap and validation sample of one model.
+
+    Several callbacks on the same model share one instance (see :meth:`acquire`): each layer gets one
+    forward hook and one stored copy, whatever the number of callbacks that asked for it. The sample
+    is a bottom-k reservoir over hashed sample ids, so it is uniform, bounded by the largest
+    ``max_samples`` asked for, seeded, and the same validation samples are kept every epoch.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> cap = ActivationCapture.acquire(net, owner="me", layers=["1"], max_samples=16)
+        >>> cap.begin_epoch(("validate", 0)); cap.arm("me")
+        >>> logits = net(torch.randn(10, 3, 2, 2)); cap.collect(torch.randn(10, 3, 2, 2), None, ("b", 0))
+        >>> sample = cap.sample(); sample.features.shape, sample.layers["1"].shape
+        (torch.Size([10, 8]), torch.Size([10, 8]))
+        >>> ActivationCapture.release(net, owner="me")
+    """
+
+    _registry: weakref.WeakKeyDictionary[nn.Module, ActivationCapture] = weakref.WeakKeyDictionary()
+
+    def __init__(self, model: nn.Module, seed: int = 0) -> None:
+        self._model_ref = weakref.ref(model)
+        self.seed = seed
+        self.head_name: str | None = None
+        self._head_tap: _Tap | None = None
+        self._taps: dict[str, _Tap] = {}
+        # owner -> (layers, max_samples, needs_inputs)
+        self._owners: dict[Any, tuple[tuple[str, ...], int, bool]] = {}
+        self._wanted: set[Any] = set()
+        self._reservoir: _Reservoir | None = None
+        self._epoch_key: Any = None
+        self._seen_batches: set[Any] = set()
+        self._counter = 0
+        self.rank = 0
+        self.world_size = 1
+        self.head_checked = False
+
+    # ---- registry
+    @classmethod
+    def acquire(
+        cls,
+        model: nn.Module,
+        owner: Any,
+        layers: Sequence[str] = (),
+        max_samples: int = 512,
+        head: str | None = None,
+        needs_inputs: bool = False,
+        seed: int = 0,
+    ) -> ActivationCapture:
+        """Return the shared capture of ``model`` and register ``owner``'s needs with it.
+
+        Layer names are checked here (errors list close names). Asking again with the same owner
+        replaces that owner's needs.
+        """
+        cap = cls._registry.get(model)
+        if cap is None:
+            cap = cls(model, seed=seed)
+            cls._registry[model] = cap
+        head_name, head_module = find_head(model, head)
+        if cap.head_name is not None and head is not None and head_name != cap.head_name:
+            raise ValueError(
+                f"head={head!r} differs from the head {cap.head_name!r} another callback on this model uses."
+            )
+        if cap._head_tap is None:
+            cap.head_name = head_name
+            cap._head_tap = _Tap(cap, head_name, head_module, keep_input=True)
+        for name in layers:
+            resolve_layer(model, name)
+        cap._owners[owner] = (tuple(layers), int(max_samples), bool(needs_inputs))
+        cap._sync_taps()
+        return cap
+
+    @classmethod
+    def release(cls, model: nn.Module, owner: Any) -> None:
+        """Unregister ``owner``; hooks no other owner needs are removed, the last owner removes all."""
+        cap = cls._registry.get(model)
+        if cap is None:
+            return
+        cap._owners.pop(owner, None)
+        cap._wanted.discard(owner)
+        if not cap._owners:
+            cap.close()
+            cls._registry.pop(model, None)
+        else:
+            cap._sync_taps()
+
+    @classmethod
+    def get(cls, model: nn.Module) -> ActivationCapture | None:
+        return cls._registry.get(model)
+
+    def close(self) -> None:
+        for tap in self._taps.values():
+            tap.remove()
+        self._taps.clear()
+        if self._head_tap is not None:
+            self._head_tap.remove()
+            self._head_tap = None
+        self._reservoir = None
+
+    def _sync_taps(self) -> None:
+        model = self._model_ref()
+        if model is None:
+            return
+        wanted = {name for layers, _, _ in self._owners.values() for name in layers}
+        for name in list(self._taps):
+            if name not in wanted:
+                self._taps.pop(name).remove()
+        for name in sorted(wanted - set(self._taps)):
+            self._taps[name] = _Tap(self, name, resolve_layer(model, name), keep_input=False)
+
+    # ---- properties
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(sorted(self._taps))
+
+    @property
+    def capacity(self) -> int:
+        return max((m for _, m, _ in self._owners.values()), default=0)
+
+    @property
+    def needs_inputs(self) -> bool:
+        return any(n for _, _, n in self._owners.values())
+
+    @property
+    def armed(self) -> bool:
+        return bool(self._wanted)
+
+    def hook_count(self) -> int:
+        """Number of forward hooks this capture holds (one per layer plus the head)."""
+        return len(self._taps) + (self._head_tap is not None)
+
+    # ---- epoch protocol
+    def begin_epoch(self, key: Any, rank: int = 0, world_size: int = 1) -> None:
+        """Start a new sample for the epoch identified by ``key`` (repeated calls with one key are no-ops)."""
+        if key == self._epoch_key:
+            return
+        self._epoch_key = key
+        self._wanted.clear()
+        self._seen_batches.clear()
+        self._counter = 0
+        self.rank, self.world_size = rank, world_size
+        self._reservoir = _Reservoir(self.capacity, self.seed)
+
+    def arm(self, owner: Any) -> None:
+        """``owner`` wants this epoch's sample: hooks start storing activations."""
+        self._wanted.add(owner)
+
+    def disarm(self) -> None:
+        """Stop storing activations (explanation work must not overwrite the sample)."""
+        self._wanted.clear()
+        for tap in self._all_taps():
+            tap.clear()
+
+    def _all_taps(self) -> Iterator[_Tap]:
+        yield from self._taps.values()
+        if self._head_tap is not None:
+            yield self._head_tap
+
+    def collect(self, inputs: Tensor | None, labels: Tensor | None, batch_key: Any) -> None:
+        """Add the batch that just ran to the sample (once per ``batch_key``, however many callers)."""
+        if not self.armed or batch_key in self._seen_batches or self._reservoir is None:
+            return
+        self._seen_batches.add(batch_key)
+        head = self._head_tap
+        assert head is not None
+        if head.latest_output is None:
+            if not self.head_checked:
+                raise HeadNotFoundError(
+                    f"The head {self.head_name!r} did not run during the forward pass, so it is not the "
+                    f"classifier head. Pass head='<name>' naming the nn.Linear that produces the logits; "
+                    f"linear layers: {_linear_names(self._model_ref())}"
+                )
+            return
+        self.head_checked = True
+        n = head.latest_output.shape[0]
+        ids = torch.arange(self._counter, self._counter + n) * self.world_size + self.rank
+        self._counter += n
+        fields: dict[str, Tensor] = {"features": head.latest_input.flatten(1), "logits": head.latest_output}
+        if labels is not None and labels.shape[:1] == (n,):
+            fields["labels"] = labels.detach()
+        if self.needs_inputs and inputs is not None:
+            fields["inputs"] = inputs.detach()
+        for name, tap in self._taps.items():
+            if tap.latest_output is None:
+                raise RuntimeError(f"Layer {name!r} did not run during the forward pass; choose a layer on the forward path.")
+            fields[f"layer:{name}"] = tap.latest_output
+        for f, v in fields.items():
+            if v.shape[0] != n:
+                raise RuntimeError(f"Captured {f!r} has batch size {v.shape[0]}, the logits have {n}.")
+        fields["ids"] = ids
+
+        def fetch(rows: Tensor) -> dict[str, Tensor]:
+            return {k: v[rows.to(v.device)] for k, v in fields.items()}
+
+        self._reservoir.offer(ids, fetch)
+        for tap in self._all_taps():
+            tap.clear()
+
+    def sample(self, max_samples: int | None = None) -> ValidationSample | None:
+        """This epoch's sample on this process (sorted by id), or ``None`` if nothing was collected.
+
+        With ``max_samples`` smaller than the capacity, the samples with the smallest keys are kept,
+        which is again a uniform sample, and the same one every epoch.
+        """
+        res = self._reservoir
+        if res is None or not res.data:
+            return None
+        data, keys = res.data, res.keys
+        if max_samples is not None and max_samples < keys.numel():
+            keep = torch.topk(keys, max_samples, largest=False).indices
+            data = {k: v[keep] for k, v in data.items()}
+        return ValidationSample.from_tensors(data)
+
+
+# ---------------------------------------------------------------------------------- layer re-entry
+
+
+def forward_from_layer(
+    model: nn.Module,
+    layer: str | nn.Module,
+    activation: Tensor,
+    inputs: Tensor,
+    output_fn: Callable[[Any], Tensor] | None = None,
+) -> Tensor:
+    """Run ``model`` with ``layer``'s output replaced by ``activation`` and return the logits.
+
+    The forward pass runs on ``inputs``, and a temporary forward hook swaps the layer's output for
+    ``activation``, so everything downstream (and so the gradient) depends on ``activation`` only.
+    If ``activation`` has ``k`` times as many rows as ``inputs``, the inputs are tiled
+    (row ``i`` of ``activation`` pairs with ``inputs[i % len(inputs)]``); this lets integrated-gradient
+    steps be batched.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+        >>> x = torch.randn(5, 4); a = net[1](net[0](x)).requires_grad_(True)
+        >>> torch.allclose(forward_from_layer(net, "1", a, x), net(x))
+        True
+    """
+    module = resolve_layer(model, layer) if isinstance(layer, str) else layer
+    n, m = inputs.shape[0], activation.shape[0]
+    if m != n:
+        if m % n:
+            raise ValueError(f"activation has {m} rows, which is not a multiple of the {n} input rows.")
+        inputs = inputs.repeat(m // n, *([1] * (inputs.dim() - 1)))
+
+    def replace(mod: nn.Module, args: tuple, output: Any) -> Any:
+        out = _first_tensor(output, "layer")
+        if out.shape[1:] != activation.shape[1:]:
+            raise ValueError(f"activation shape {tuple(activation.shape[1:])} != layer output shape {tuple(out.shape[1:])}")
+        if isinstance(output, Tensor):
+            return activation
+        return (activation, *output[1:])
+
+    handle = module.register_forward_hook(replace)
+    try:
+        out = model(inputs)
+    finally:
+        handle.remove()
+    return output_fn(out) if output_fn is not None else _first_tensor(out, "model")
+
+
+# ----------------------------------------------------------------------------- explanation context
+
+
+@contextlib.contextmanager
+def explanation_mode(model: nn.Module, freeze_parameters: bool = True) -> Iterator[nn.Module]:
+    """Context for explanation work on a live model, safe inside ``fit``, ``validate`` and hooks.
+
+    Inside: autograd is on even under ``torch.no_grad`` or ``torch.inference_mode`` (Lightning
+    validates under the latter in ``trainer.validate``), every module is in eval mode and, with
+    ``freeze_parameters``, no parameter requires grad (gradients are taken with respect to inputs or
+    activations via ``torch.autograd.grad``, never ``.backward()`` into the live model). On exit each
+    module's ``training`` flag and each parameter's ``requires_grad`` are restored exactly.
+
+    Tensors captured under inference mode must be cloned inside the block before they enter autograd.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> net = nn.Sequential(nn.Linear(4, 2), nn.Dropout()).train()
+        >>> with torch.inference_mode(), explanation_mode(net):
+        ...     x = torch.randn(3, 4, requires_grad=True)
+        ...     (g,) = torch.autograd.grad(net(x).sum(), x)
+        >>> net.training, all(p.requires_grad for p in net.parameters()), g.shape
+        (True, True, torch.Size([3, 4]))
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            model.eval()
+            if freeze_parameters:
+                for p, _ in flags:
+                    p.requires_grad_(False)
+            yield model
+    finally:
+        for m, was_training in modes:
+            m.training = was_training
+        for p, req in flags:
+            p.requires_grad_(req)
