@@ -1,0 +1,328 @@
+"""The shared base of every lightning-xai callback: cadence, sampling, safety, DDP, state, sinks.
+
+A method callback subclasses :class:`XAICallback`, sets ``method`` and implements :meth:`explain`;
+everything else (when to run, which data, explanation mode, errors, timing, gathering across ranks,
+where records go) lives here.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_xai.capture import (
+    ActivationCapture,
+    ValidationSample,
+    _sample_keys,
+    default_batch_to_input,
+    explanation_mode,
+)
+from lightning_xai.records import Chart, Explanation, Media, Record, Table
+from lightning_xai.sinks import SinkDispatcher
+
+__all__ = ["ExplainResult", "XAICallback"]
+
+_ON_CHOICES = ("validation", "train_epoch_end")
+_ON_ERROR_CHOICES = ("warn", "raise")
+
+# one dispatcher (local store + logger sinks) per trainer, shared by all callbacks of that trainer
+_DISPATCHERS: weakref.WeakKeyDictionary[Trainer, SinkDispatcher] = weakref.WeakKeyDictionary()
+
+
+def dispatcher_for(trainer: Trainer) -> SinkDispatcher:
+    """The trainer's shared :class:`SinkDispatcher` (created on first use; call on rank 0 only)."""
+    disp = _DISPATCHERS.get(trainer)
+    if disp is None:
+        disp = _DISPATCHERS[trainer] = SinkDispatcher(trainer)
+    return disp
+
+
+@dataclass
+class ExplainResult:
+    """What :meth:`XAICallback.explain` returns for one explained epoch.
+
+    Attributes:
+        payload: JSON-serialisable content of the record (documented per method in the README).
+        scalars: logged with ``pl_module.log`` as ``xai/<method>/<key>`` (monitorable).
+        tables, charts, media, text: sent to every logger and kept in the local store.
+        name: the record's name (``"epoch"`` for the per-epoch explanation).
+    """
+
+    payload: dict[str, Any]
+    scalars: dict[str, float] = field(default_factory=dict)
+    tables: list[Table] = field(default_factory=list)
+    charts: list[Chart] = field(default_factory=list)
+    media: list[Media] = field(default_factory=list)
+    text: dict[str, str] = field(default_factory=dict)
+    name: str = "epoch"
+
+
+class XAICallback(Callback):
+    r"""Base class of the explainer callbacks.
+
+    Each explained epoch (every ``every_n_epochs``; never during the sanity check) it:
+
+    1. keeps a bounded, seeded sample of the validation batches (head inputs, logits, labels and the
+       requested layers' activations) through the model's shared :class:`ActivationCapture`: no extra
+       forward pass;
+    2. gathers the sample from all ranks (every rank takes part in the collectives, every rank gets
+       the whole sample);
+    3. runs :meth:`explain` inside :func:`~lightning_xai.capture.explanation_mode`, so model modes and
+       ``requires_grad`` are restored and ``.grad`` is never touched;
+    4. logs ``xai/<method>/time_s`` and the result's scalars with ``pl_module.log`` (every rank logs the
+       same values, so ``EarlyStopping`` works under DDP), and on rank 0 writes the record to
+       ``<run dir>/xai/records.jsonl`` and to every logger of the trainer.
+
+    Args:
+        every_n_epochs: explain when ``(epoch + 1) % every_n_epochs == 0``. Default: 1.
+        on: ``"validation"`` (at the end of each validation epoch, also in ``trainer.validate``) or
+            ``"train_epoch_end"`` (after the epoch's validation, in ``on_train_epoch_end``).
+            Default: ``"validation"``.
+        max_samples: validation samples kept per explained epoch (across ranks). Default: 512.
+        on_error: ``"warn"`` (log an error record, warn once, keep training) or ``"raise"``.
+            Default: ``"warn"``.
+        layers: extra layers (dotted names) whose activations are sampled. Default: none.
+        head: name of the classifier's ``nn.Linear`` head; default: the last ``nn.Linear``.
+        batch_to_input: ``batch -> (inputs, labels or None)`` for batches that are not a tensor, an
+            ``(x, y, ...)`` sequence or a dict with an ``"image"``/``"input"``/``"x"`` key.
+        seed: seed of the validation sample and of any randomness of the method. Default: 0.
+
+    Raises:
+        MisconfigurationException: an argument is out of range; the message names the valid choices.
+    """
+
+    method: ClassVar[str] = "xai"
+    needs_inputs: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        every_n_epochs: int = 1,
+        on: Literal["validation", "train_epoch_end"] = "validation",
+        max_samples: int = 512,
+        on_error: Literal["warn", "raise"] = "warn",
+        layers: Sequence[str] = (),
+        head: str | None = None,
+        batch_to_input: Callable[[Any], tuple[Tensor, Tensor | None]] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise MisconfigurationException(f"every_n_epochs must be an integer >= 1, but got {every_n_epochs!r}.")
+        if on not in _ON_CHOICES:
+            raise MisconfigurationException(f"on={on!r} is not supported; choose one of {list(_ON_CHOICES)}.")
+        if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 2:
+            raise MisconfigurationException(f"max_samples must be an integer >= 2, but got {max_samples!r}.")
+        if on_error not in _ON_ERROR_CHOICES:
+            raise MisconfigurationException(
+                f"on_error={on_error!r} is not supported; choose one of {list(_ON_ERROR_CHOICES)}."
+            )
+        if isinstance(layers, str):
+            layers = [layers]
+        if not all(isinstance(n, str) and n for n in layers):
+            raise MisconfigurationException(f"layers must be a list of dotted layer names, but got {layers!r}.")
+        if batch_to_input is not None and not callable(batch_to_input):
+            raise MisconfigurationException(
+                f"batch_to_input must be a callable batch -> (inputs, labels), but got {type(batch_to_input).__name__}."
+            )
+        self.every_n_epochs = every_n_epochs
+        self.on = on
+        self.max_samples = max_samples
+        self.on_error = on_error
+        self.layers = tuple(dict.fromkeys(layers))
+        self.head = head
+        self.batch_to_input = batch_to_input or default_batch_to_input
+        self.seed = int(seed)
+        self.explained_epochs: list[int] = []
+        self._capture: ActivationCapture | None = None
+        self._model_ref: weakref.ref[torch.nn.Module] | None = None
+        self._armed = False
+        self._warned_error = False
+
+    # ------------------------------------------------------------------ identity and state
+    def _state_key_fields(self) -> dict[str, Any]:
+        """Configuration that tells two instances of this class apart in a checkpoint."""
+        return {
+            "every_n_epochs": self.every_n_epochs,
+            "on": self.on,
+            "layers": list(self.layers),
+            "head": self.head,
+            "max_samples": self.max_samples,
+            "seed": self.seed,
+        }
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(**self._state_key_fields())
+
+    def explainer_state(self) -> dict[str, Any]:
+        """Method state to checkpoint (override in subclasses); must be picklable."""
+        return {}
+
+    def load_explainer_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`explainer_state` returned (override in subclasses)."""
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"explained_epochs": list(self.explained_epochs), "explainer": self.explainer_state()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.explained_epochs = list(state_dict.get("explained_epochs", []))
+        self.load_explainer_state(state_dict.get("explainer", {}))
+
+    # ------------------------------------------------------------------ the method
+    def explain(self, trainer: Trainer, pl_module: LightningModule, sample: ValidationSample) -> ExplainResult:
+        """Explain the model on this epoch's gathered validation sample (identical on every rank)."""
+        raise NotImplementedError
+
+    def should_explain(self, trainer: Trainer) -> bool:
+        """Whether the current epoch is explained (never during the sanity check)."""
+        if trainer.sanity_checking:
+            return False
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    # ------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._capture is not None and self._model_ref is not None and self._model_ref() is pl_module:
+            return
+        self._release()
+        self._capture = ActivationCapture.acquire(
+            pl_module,
+            owner=self,
+            layers=self.layers,
+            max_samples=self.max_samples,
+            head=self.head,
+            needs_inputs=self.needs_inputs,
+            seed=self.seed,
+        )
+        self._model_ref = weakref.ref(pl_module)
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._release()
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        model = self._model_ref() if self._model_ref is not None else None
+        if model is not None:
+            ActivationCapture.release(model, owner=self)
+        self._capture = None
+        self._model_ref = None
+        self._armed = False
+
+    @override
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        cap = self._capture
+        if cap is None:
+            return
+        key = (id(trainer), trainer.state.stage, trainer.current_epoch, trainer.global_step, trainer.sanity_checking)
+        cap.begin_epoch(key, rank=trainer.global_rank, world_size=trainer.world_size)
+        self._armed = self.should_explain(trainer)
+        if self._armed:
+            cap.arm(self)
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self._armed or self._capture is None:
+            return
+        inputs, labels = self.batch_to_input(batch)
+        self._capture.collect(inputs, labels, (dataloader_idx, batch_idx))
+
+    @override
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._capture is not None:
+            self._capture.disarm()
+        if self.on == "validation" and self._armed:
+            self._run(trainer, pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.on == "train_epoch_end" and self.should_explain(trainer):
+            self._run(trainer, pl_module)
+
+    # ------------------------------------------------------------------ running
+    def _run(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._armed = False
+        epoch, step = trainer.current_epoch, trainer.global_step
+        start = time.perf_counter()
+        try:
+            sample = self._gathered_sample(trainer, pl_module)
+            if sample is None or len(sample) < 2:
+                raise RuntimeError(
+                    f"{type(self).__name__} collected {0 if sample is None else len(sample)} validation samples "
+                    f"at epoch {epoch}; it needs at least 2. Is there a validation loop (val_dataloader, "
+                    "limit_val_batches > 0)?"
+                )
+            with explanation_mode(pl_module):
+                result = self.explain(trainer, pl_module, sample)
+        except Exception as exc:  # noqa: BLE001 - reported, then raised or survived by choice
+            self._handle_error(trainer, exc, epoch, step)
+            return
+        elapsed = time.perf_counter() - start
+        self.explained_epochs.append(epoch)
+        pl_module.log(f"xai/{self.method}/time_s", elapsed, on_step=False, on_epoch=True, sync_dist=False)
+        for key, value in result.scalars.items():
+            pl_module.log(f"xai/{self.method}/{key}", float(value), on_step=False, on_epoch=True, sync_dist=False)
+        if trainer.is_global_zero:
+            record = Record(self.method, result.name, epoch, step, elapsed, result.payload)
+            explanation = Explanation(record, result.tables, result.charts, result.media, result.text)
+            dispatcher_for(trainer).dispatch(explanation, step=step)
+
+    def _handle_error(self, trainer: Trainer, exc: Exception, epoch: int, step: int) -> None:
+        if self.on_error == "raise":
+            raise RuntimeError(f"{type(self).__name__} ({self.method}) failed at epoch {epoch}: {exc}") from exc
+        if trainer.is_global_zero:
+            dispatcher_for(trainer).write_error(self.method, epoch, step, exc)
+        if not self._warned_error:
+            self._warned_error = True
+            rank_zero_warn(
+                f"{type(self).__name__} ({self.method}) failed at epoch {epoch} and training goes on: "
+                f"{type(exc).__name__}: {exc}. An error record was written to xai/records.jsonl; "
+                "pass on_error='raise' to stop instead. Further failures of this callback are recorded silently."
+            )
+
+    def _gathered_sample(self, trainer: Trainer, pl_module: LightningModule) -> ValidationSample | None:
+        """This epoch's validation sample from all ranks, bottom-k over all of them (same on every rank)."""
+        assert self._capture is not None
+        local = self._capture.sample(self.max_samples)
+        if trainer.world_size <= 1:
+            return local
+        fields = local.tensors() if local is not None else {}
+        count = torch.tensor([0 if local is None else len(local)], device=pl_module.device)
+        counts = pl_module.all_gather(count).flatten().tolist()
+        if min(counts) == 0:
+            raise RuntimeError(f"Some ranks collected no validation samples (per-rank counts {counts}).")
+        gathered: dict[str, Tensor] = {}
+        for name in sorted(fields):
+            value = fields[name]
+            padded = value.new_zeros((self.max_samples, *value.shape[1:]))
+            padded[: value.shape[0]] = value
+            all_ranks = pl_module.all_gather(padded.to(pl_module.device)).cpu()
+            gathered[name] = torch.cat([all_ranks[r, : counts[r]] for r in range(len(counts))])
+        keep = torch.topk(_sample_keys(gathered["ids"], self._capture.seed), min(self.max_samples, len(gathered["ids"])), largest=False)
+        return ValidationSample.from_tensors({k: v[keep.indices] for k, v in gathered.items()})

@@ -1,0 +1,166 @@
+"""``RepresentationDriftCallback``: how far the model's representation moves from epoch to epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor
+
+from lightning_xai.callbacks.base import ExplainResult, XAICallback
+from lightning_xai.capture import ValidationSample
+from lightning_xai.drift import minibatch_cka
+from lightning_xai.records import Chart, Table
+
+__all__ = ["RepresentationDriftCallback"]
+
+FEATURES = "features"
+
+
+class RepresentationDriftCallback(XAICallback):
+    r"""Linear CKA of the model's representations against the previous and the first explained epoch.
+
+    The probe set is the shared validation sample: the same ``max_samples`` validation images every
+    epoch (hash-seeded, no extra forward pass). Representations are the head input (``"features"``)
+    and, optionally, named layers (flattened). Similarity is the unbiased minibatch linear CKA
+    (Nguyen et al., 2021), so probe sets far larger than a batch stay cheap.
+
+    Logged (monitorable with ``EarlyStopping``):
+
+    * ``xai/representation_drift/cka_prev/<rep>``: CKA with the previous explained epoch
+      (1.0 on the first explained epoch, which is its own reference);
+    * ``xai/representation_drift/cka_ref/<rep>``: CKA with the first explained epoch;
+    * ``xai/representation_drift/time_s``.
+
+    Each explained epoch writes one record ``{"method": "representation_drift", "name": "epoch"}`` with
+    payload ``{"reference_epoch", "previous_epoch", "n_samples", "cka_prev": {rep: v}, "cka_ref": {rep: v},
+    "history": [...]}``, a table of the series, and a line chart of it.
+
+    Args:
+        layers: extra layers to track by dotted name, e.g. ``["layer4"]``. Default: head input only.
+        cka_batch_size: minibatch size of the CKA estimate (>= 4). Default: 256.
+        every_n_epochs, max_samples, on, on_error, head, batch_to_input, seed: see :class:`XAICallback`.
+
+    Example:
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning_xai.callbacks import RepresentationDriftCallback
+        >>> trainer = Trainer(callbacks=[RepresentationDriftCallback(layers=["features.3"])])  # doctest: +SKIP
+    """
+
+    method = "representation_drift"
+
+    def __init__(
+        self,
+        layers: Sequence[str] = (),
+        *,
+        cka_batch_size: int = 256,
+        every_n_epochs: int = 1,
+        max_samples: int = 512,
+        on: Literal["validation", "train_epoch_end"] = "validation",
+        on_error: Literal["warn", "raise"] = "warn",
+        head: str | None = None,
+        batch_to_input: Any = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            every_n_epochs=every_n_epochs,
+            on=on,
+            max_samples=max_samples,
+            on_error=on_error,
+            layers=layers,
+            head=head,
+            batch_to_input=batch_to_input,
+            seed=seed,
+        )
+        if isinstance(cka_batch_size, bool) or not isinstance(cka_batch_size, int) or cka_batch_size < 4:
+            raise MisconfigurationException(
+                f"cka_batch_size must be an integer >= 4 (the unbiased HSIC needs 4 samples), but got {cka_batch_size!r}."
+            )
+        if FEATURES in self.layers:
+            raise MisconfigurationException(f"{FEATURES!r} is reserved for the head input; name a layer instead.")
+        self.cka_batch_size = cka_batch_size
+        self._reference: dict[str, Any] | None = None
+        self._previous: dict[str, Any] | None = None
+        self.history: list[dict[str, Any]] = []
+
+    # ---------------------------------------------------------------- state
+    def _state_key_fields(self) -> dict[str, Any]:
+        return {**super()._state_key_fields(), "cka_batch_size": self.cka_batch_size}
+
+    def explainer_state(self) -> dict[str, Any]:
+        return {"reference": self._reference, "previous": self._previous, "history": list(self.history)}
+
+    def load_explainer_state(self, state: dict[str, Any]) -> None:
+        self._reference = state.get("reference")
+        self._previous = state.get("previous")
+        self.history = list(state.get("history", []))
+
+    # ---------------------------------------------------------------- method
+    def _snapshot(self, epoch: int, sample: ValidationSample) -> dict[str, Any]:
+        reps = {FEATURES: sample.features.flatten(1).float()}
+        for name in self.layers:
+            reps[name] = sample.layers[name].flatten(1).float()
+        return {"epoch": epoch, "ids": sample.ids.clone(), "reps": {k: v.clone() for k, v in reps.items()}}
+
+    def _cka(self, a: dict[str, Any], b: dict[str, Any], rep: str) -> float:
+        if a is b:
+            return 1.0
+        common, ia, ib = _align(a["ids"], b["ids"])
+        if common < 4:
+            rank_zero_warn(
+                f"RepresentationDriftCallback: only {common} probe samples are shared between epochs "
+                f"{a['epoch']} and {b['epoch']}; CKA needs 4. Is the validation loader shuffled?"
+            )
+            return float("nan")
+        return minibatch_cka(a["reps"][rep][ia], b["reps"][rep][ib], batch_size=self.cka_batch_size)
+
+    def explain(self, trainer: Trainer, pl_module: LightningModule, sample: ValidationSample) -> ExplainResult:
+        epoch = trainer.current_epoch
+        current = self._snapshot(epoch, sample)
+        if self._reference is None:
+            self._reference = current
+        previous = self._previous if self._previous is not None else current
+        reps = list(current["reps"])
+        cka_prev = {rep: self._cka(previous, current, rep) for rep in reps}
+        cka_ref = {rep: self._cka(self._reference, current, rep) for rep in reps}
+        entry = {"epoch": epoch, "cka_prev": cka_prev, "cka_ref": cka_ref}
+        self.history.append(entry)
+        self._previous = current
+
+        scalars = {f"cka_prev/{rep}": v for rep, v in cka_prev.items()}
+        scalars.update({f"cka_ref/{rep}": v for rep, v in cka_ref.items()})
+        columns = ["epoch"] + [f"cka_{kind}/{rep}" for kind in ("prev", "ref") for rep in reps]
+        rows = [
+            [h["epoch"]] + [h[f"cka_{kind}"].get(rep) for kind in ("prev", "ref") for rep in reps]
+            for h in self.history
+        ]
+        series = Table(key="cka_series", columns=columns, rows=rows)
+        chart = Chart(
+            key="cka",
+            kind="line",
+            table=series,
+            x="epoch",
+            y=columns[1:],
+            title="Linear CKA vs previous (prev) and first (ref) explained epoch",
+        )
+        payload = {
+            "reference_epoch": self._reference["epoch"],
+            "previous_epoch": previous["epoch"],
+            "n_samples": len(sample),
+            "representations": {rep: int(current["reps"][rep].shape[1]) for rep in reps},
+            "cka_prev": cka_prev,
+            "cka_ref": cka_ref,
+            "history": list(self.history),
+        }
+        return ExplainResult(payload=payload, scalars=scalars, tables=[series], charts=[chart])
+
+
+def _align(a: Tensor, b: Tensor) -> tuple[int, Tensor, Tensor]:
+    """Row indices of the ids that two *sorted* id vectors share, in the same order on both sides."""
+    ia = torch.nonzero(torch.isin(a, b)).flatten()
+    ib = torch.nonzero(torch.isin(b, a)).flatten()
+    return int(ia.numel()), ia, ib

@@ -1,0 +1,294 @@
+"""The base callback and RepresentationDriftCallback inside real Trainer runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from _models import BlobData, DictBatchData, DictBatchNet, NoHeadNet, SmallNet
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from lightning_xai.callbacks import ExplainResult, RepresentationDriftCallback, XAICallback
+from lightning_xai.capture import HeadNotFoundError, LayerNotFoundError
+from lightning_xai.records import read_records
+
+
+def make_trainer(root: Path, callbacks: list[Callback], max_epochs: int = 2, **kwargs: Any) -> Trainer:
+    defaults: dict[str, Any] = dict(
+        default_root_dir=root,
+        max_epochs=max_epochs,
+        logger=CSVLogger(root, name="logs"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        limit_train_batches=4,
+        num_sanity_val_steps=1,
+    )
+    defaults.update(kwargs)
+    return Trainer(callbacks=callbacks, **defaults)
+
+
+# ----------------------------------------------------------------------------- test explainers
+
+
+def _model_state(model: torch.nn.Module) -> dict[str, Any]:
+    return {
+        "modes": {n: m.training for n, m in model.named_modules()},
+        "flags": {n: p.requires_grad for n, p in model.named_parameters()},
+        "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
+    }
+
+
+class GradientExplainer(XAICallback):
+    """Takes input gradients through the live model, then checks the model came back untouched."""
+
+    method = "gradient_probe"
+    needs_inputs = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.checks: list[tuple[str, int]] = []
+
+    def explain(self, trainer, pl_module, sample):
+        x = sample.inputs[:8].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(pl_module(x).logsumexp(1).sum(), x)
+        assert g.abs().sum() > 0
+        return ExplainResult(payload={"grad_norm": float(g.norm())}, scalars={"grad_norm": float(g.norm())})
+
+    def _run(self, trainer, pl_module):
+        before = _model_state(pl_module)
+        super()._run(trainer, pl_module)
+        after = _model_state(pl_module)
+        assert after["modes"] == before["modes"]
+        assert after["flags"] == before["flags"]
+        for name, grad in before["grads"].items():
+            assert (grad is None) == (after["grads"][name] is None), name
+            if grad is not None:
+                assert torch.equal(grad, after["grads"][name]), name
+        self.checks.append((trainer.state.fn.value, trainer.current_epoch))
+
+
+class FailingExplainer(XAICallback):
+    method = "failing"
+
+    def explain(self, trainer, pl_module, sample):
+        raise ValueError("explainer exploded")
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"every_n_epochs": 0}, "every_n_epochs must be an integer >= 1"),
+        ({"every_n_epochs": 1.5}, "every_n_epochs must be an integer >= 1"),
+        ({"max_samples": 1}, "max_samples must be an integer >= 2"),
+        ({"on_error": "ignore"}, r"choose one of \['warn', 'raise'\]"),
+        ({"on": "test"}, r"choose one of \['validation', 'train_epoch_end'\]"),
+        ({"cka_batch_size": 2}, "cka_batch_size must be an integer >= 4"),
+        ({"layers": [""]}, "list of dotted layer names"),
+        ({"batch_to_input": "x"}, "batch_to_input must be a callable"),
+    ],
+)
+def test_bad_arguments_are_rejected_in_init(kwargs: dict, match: str) -> None:
+    with pytest.raises(MisconfigurationException, match=match):
+        RepresentationDriftCallback(**kwargs)
+
+
+def test_unknown_layer_name_lists_close_names(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, [RepresentationDriftCallback(layers=["cnv"])], max_epochs=1)
+    with pytest.raises(LayerNotFoundError, match=r"'cnv'.*Closest valid names: \['conv'"):
+        trainer.fit(SmallNet(), BlobData())
+
+
+def test_model_without_linear_head_is_rejected(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, [RepresentationDriftCallback()], max_epochs=1)
+    with pytest.raises(HeadNotFoundError, match="has no nn.Linear layer"):
+        trainer.fit(NoHeadNet(), BlobData())
+
+
+def test_unreadable_batch_says_how_to_pass_batch_to_input(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, [RepresentationDriftCallback()], max_epochs=1, num_sanity_val_steps=0)
+    with pytest.raises(TypeError, match=r"keys \['cls', 'pixels'\].*batch_to_input=lambda batch"):
+        trainer.fit(DictBatchNet(), DictBatchData())
+
+
+def test_batch_to_input_reads_custom_batches(tmp_path: Path) -> None:
+    cb = RepresentationDriftCallback(batch_to_input=lambda b: (b["pixels"], b["cls"]), on_error="raise")
+    make_trainer(tmp_path, [cb], max_epochs=1).fit(DictBatchNet(), DictBatchData())
+    assert cb.explained_epochs == [0]
+
+
+# ----------------------------------------------------------------------------- sharing and safety
+
+
+def test_two_callbacks_on_one_layer_register_one_hook(tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    class CountHooks(Callback):
+        def on_validation_epoch_end(self, trainer, pl_module):
+            seen.append(len(pl_module.conv._forward_hooks))
+            seen.append(len(pl_module.head._forward_hooks))
+
+    a = RepresentationDriftCallback(layers=["conv"], on_error="raise")
+    b = RepresentationDriftCallback(layers=["conv"], max_samples=32, on_error="raise")
+    model = SmallNet()
+    make_trainer(tmp_path, [a, b, CountHooks()], max_epochs=1).fit(model, BlobData())
+    assert seen and set(seen) == {1}
+    assert a.explained_epochs == b.explained_epochs == [0]
+    assert a.history[0]["cka_prev"] == b.history[0]["cka_prev"] == {"features": 1.0, "conv": 1.0}
+    # hooks are gone after fit
+    assert all(len(m._forward_hooks) == 0 for m in model.modules())
+
+
+def test_model_is_untouched_after_explaining_in_fit_validate_and_train_epoch_end(tmp_path: Path) -> None:
+    model = SmallNet(frozen=True)
+    in_val = GradientExplainer(on_error="raise")
+    at_train_end = GradientExplainer(on="train_epoch_end", on_error="raise", seed=1)
+    trainer = make_trainer(tmp_path, [in_val, at_train_end], max_epochs=2)
+    trainer.fit(model, BlobData())
+    assert in_val.checks == [("fit", 0), ("fit", 1)]
+    assert at_train_end.checks == [("fit", 0), ("fit", 1)]
+    # trainer.validate runs under torch.inference_mode
+    assert trainer.validate_loop.inference_mode
+    trainer.validate(model, BlobData(), verbose=False)
+    assert in_val.checks[-1] == ("validate", 2)
+    assert not model.conv.bias.requires_grad and model.conv.weight.requires_grad
+
+
+def test_cadence_skips_sanity_check_and_follows_every_n_epochs(tmp_path: Path) -> None:
+    cb = RepresentationDriftCallback(every_n_epochs=2, on_error="raise")
+    trainer = make_trainer(tmp_path, [cb], max_epochs=4, num_sanity_val_steps=2)
+    trainer.fit(SmallNet(), BlobData())
+    assert cb.explained_epochs == [1, 3]
+    records = read_records(tmp_path / "logs" / "version_0")
+    assert [(r.method, r.epoch) for r in records] == [("representation_drift", 1), ("representation_drift", 3)]
+    assert "xai/representation_drift/time_s" in trainer.callback_metrics
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_failing_explainer_warns_and_training_continues(tmp_path: Path) -> None:
+    cb = FailingExplainer(on_error="warn")
+    trainer = make_trainer(tmp_path, [cb], max_epochs=3)
+    with pytest.warns(UserWarning, match="failed at epoch 0 and training goes on: ValueError: explainer exploded") as rec:
+        trainer.fit(SmallNet(), BlobData())
+    assert trainer.current_epoch == 3
+    assert sum("explainer exploded" in str(w.message) for w in rec) == 1  # warned once
+    errors = read_records(tmp_path / "logs" / "version_0", name="error")
+    assert [e.epoch for e in errors] == [0, 1, 2]
+    assert errors[0].method == "failing" and "explainer exploded" in str(errors[0].payload)
+
+
+def test_failing_explainer_stops_fit_under_raise(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, [FailingExplainer(on_error="raise")], max_epochs=3)
+    with pytest.raises(RuntimeError, match=r"FailingExplainer \(failing\) failed at epoch 0") as err:
+        trainer.fit(SmallNet(), BlobData())
+    assert isinstance(err.value.__cause__, ValueError)
+
+
+# ----------------------------------------------------------------------------- drift
+
+
+class Reinitialise(Callback):
+    """Re-initialises the model's weights at the start of one epoch."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            torch.manual_seed(123)
+            for m in pl_module.modules():
+                if hasattr(m, "reset_parameters") and m is not pl_module:
+                    m.reset_parameters()
+
+
+def test_cka_drops_when_the_model_is_reinitialised(tmp_path: Path) -> None:
+    seed_everything(0)
+    cb = RepresentationDriftCallback(layers=["conv"], on_error="raise", cka_batch_size=32)
+    trainer = make_trainer(tmp_path, [cb, Reinitialise(epoch=3)], max_epochs=4, limit_train_batches=2)
+    trainer.fit(SmallNet(lr=0.01), BlobData())
+    prev = [h["cka_prev"]["features"] for h in cb.history]
+    assert prev[0] == 1.0  # the first explained epoch is its own reference
+    assert min(prev[1:3]) > 0.9  # small steps: the representation barely moves
+    # re-initialised: the drop is an order of magnitude above the epoch-to-epoch movement
+    assert 1 - prev[3] > 10 * (1 - min(prev[1:3]))
+    assert 1 - cb.history[3]["cka_ref"]["conv"] > 10 * (1 - cb.history[2]["cka_ref"]["conv"])
+    # scalars are logged where a monitor can read them
+    assert trainer.callback_metrics["xai/representation_drift/cka_prev/features"] == pytest.approx(prev[3])
+    payload = read_records(tmp_path / "logs" / "version_0")[-1].payload
+    assert payload["reference_epoch"] == 0 and payload["previous_epoch"] == 2
+    assert payload["n_samples"] == 64 and payload["representations"] == {"features": 8, "conv": 8 * 8 * 8}
+
+
+def test_state_dict_round_trips_through_checkpoint_and_resume(tmp_path: Path) -> None:
+    seed_everything(0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    cb = RepresentationDriftCallback(on_error="raise")
+    other = RepresentationDriftCallback(every_n_epochs=2, on_error="raise")
+    assert cb.state_key != other.state_key
+    trainer = make_trainer(tmp_path, [cb, other, ckpt], max_epochs=2, enable_checkpointing=True)
+    trainer.fit(SmallNet(), BlobData())
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
+    assert saved[cb.state_key]["explained_epochs"] == [0, 1]
+    assert saved[other.state_key]["explained_epochs"] == [1]
+    assert len(saved[cb.state_key]["explainer"]["history"]) == 2
+
+    resumed = RepresentationDriftCallback(on_error="raise")
+    resumed_other = RepresentationDriftCallback(every_n_epochs=2, on_error="raise")
+    trainer2 = make_trainer(tmp_path, [resumed, resumed_other, ModelCheckpoint(dirpath=tmp_path / "ckpt2")],
+                            max_epochs=4, enable_checkpointing=True)
+    trainer2.fit(SmallNet(), BlobData(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert resumed.explained_epochs == [0, 1, 2, 3]
+    assert resumed_other.explained_epochs == [1, 3]
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
+    # the reference survived the resume: epoch 2's CKA is against epoch 0, not against itself
+    assert resumed.history[2]["cka_ref"]["features"] < 1.0
+    assert resumed.explainer_state()["reference"]["epoch"] == 0
+
+
+# ----------------------------------------------------------------------------- DDP
+
+
+class RankRecorder(Callback):
+    """Each rank writes the metrics it logged to a file (ddp_spawn returns little to the parent)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_train_end(self, trainer, pl_module):
+        keys = sorted(k for k in trainer.callback_metrics if k.startswith("xai/"))
+        (self.out / f"rank{trainer.global_rank}.txt").write_text("\n".join(keys))
+
+
+@pytest.mark.ddp
+@pytest.mark.skipif(sys.platform == "win32", reason="gloo ddp_spawn on Linux/macOS only")
+def test_ddp_spawn_two_processes_only_rank_zero_writes(tmp_path: Path) -> None:
+    cb = RepresentationDriftCallback(on_error="raise", max_samples=48)
+    trainer = make_trainer(
+        tmp_path, [cb, RankRecorder(tmp_path)], max_epochs=2, strategy="ddp_spawn", devices=2, num_sanity_val_steps=0
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(SmallNet(), BlobData())
+    records = read_records(tmp_path / "logs" / "version_0")
+    assert [(r.method, r.epoch) for r in records] == [("representation_drift", 0), ("representation_drift", 1)]
+    # the sample was gathered from both ranks: 32 val images per rank, 48 kept of 64
+    assert all(r.payload["n_samples"] == 48 for r in records)
+    assert records[1].payload["cka_prev"]["features"] < 1.0
+    for rank in (0, 1):  # every rank logged the monitorable scalars
+        assert "xai/representation_drift/cka_prev/features" in (tmp_path / f"rank{rank}.txt").read_text()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("xai")]
