@@ -14,7 +14,8 @@ from torch import Tensor
 from lightning_xai.callbacks.base import ExplainResult, XAICallback
 from lightning_xai.capture import ValidationSample
 from lightning_xai.drift import minibatch_cka
-from lightning_xai.records import Chart, Table
+from lightning_xai.records import Chart, Media, Table
+from lightning_xai.sinks import chart_to_figure
 
 __all__ = ["RepresentationDriftCallback"]
 
@@ -38,7 +39,7 @@ class RepresentationDriftCallback(XAICallback):
 
     Each explained epoch writes one record ``{"method": "representation_drift", "name": "epoch"}`` with
     payload ``{"reference_epoch", "previous_epoch", "n_samples", "cka_prev": {rep: v}, "cka_ref": {rep: v},
-    "history": [...]}``, a table of the series, and a line chart of it.
+    "history": [...]}``, a table of the series, a line chart of it, and the same chart as a PNG.
 
     Args:
         layers: extra layers to track by dotted name, e.g. ``["layer4"]``. Default: head input only.
@@ -156,7 +157,8 @@ class RepresentationDriftCallback(XAICallback):
             "cka_ref": cka_ref,
             "history": list(self.history),
         }
-        return ExplainResult(payload=payload, scalars=scalars, tables=[series], charts=[chart])
+        plot = Media(key="cka_plot", image=chart_to_figure(chart), caption=f"Linear CKA up to epoch {epoch}")
+        return ExplainResult(payload=payload, scalars=scalars, tables=[series], charts=[chart], media=[plot])
 
 
 def _align(a: Tensor, b: Tensor) -> tuple[int, Tensor, Tensor]:

@@ -1,0 +1,110 @@
+"""Quickstart: explain a tiny CNN while it trains on the planted-concept world (CPU, W&B offline).
+
+Run with ``make demo`` or::
+
+    WANDB_MODE=offline python examples/quickstart.py --out runs/quickstart --epochs 6 --seed 0
+
+Everything the run writes goes below ``--out``:
+
+* ``<out>/xai/records.jsonl``: one JSON record per explanation (method, name, epoch, step, payload);
+* ``<out>/xai/media/``: the PNGs (charts, maps) the records point to;
+* ``<out>/wandb/offline-run-*``: the W&B run (tables as JSON, images as PNG); ``wandb sync`` uploads it;
+* ``<out>/csv/``: Lightning's CSV metrics, including every ``xai/...`` scalar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import torch  # noqa: E402
+from lightning.pytorch import Trainer, seed_everything  # noqa: E402
+from lightning.pytorch.loggers import CSVLogger, WandbLogger  # noqa: E402
+
+from lightning_xai.callbacks import RepresentationDriftCallback  # noqa: E402
+from lightning_xai.records import read_records  # noqa: E402
+from lightning_xai.wandb_offline import find_offline_runs, logged_images, logged_tables  # noqa: E402
+from lightning_xai.world.data import WorldDataModule  # noqa: E402
+from lightning_xai.world.model import TinyCNN  # noqa: E402
+
+
+def build_callbacks() -> list:
+    """Every lightning-xai callback that exists so far, at its defaults (later issues add theirs)."""
+    return [RepresentationDriftCallback(layers=["conv3"])]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="where the run writes everything")
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs (default: 6)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data, weights and explainers (default: 0)")
+    parser.add_argument("--n-train", type=int, default=3000, help="training scenes (default: 3000)")
+    args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(args.seed, workers=True, verbose=False)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    datamodule = WorldDataModule(task="shape_texture", n_train=args.n_train, n_val=600, seed=args.seed)
+    model = TinyCNN(num_classes=datamodule.num_classes, classes=datamodule.classes)
+    wandb_logger = WandbLogger(project="lightning-xai-quickstart", save_dir=str(out), offline=True)
+    trainer = Trainer(
+        max_epochs=args.epochs,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=out,
+        logger=[wandb_logger, CSVLogger(out, name="csv")],
+        callbacks=build_callbacks(),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+    )
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    wandb_logger.experiment.finish()
+    elapsed = time.perf_counter() - start
+
+    records = read_records(out)
+    runs = find_offline_runs(out)
+    tables = logged_tables(runs[0]) if runs else {}
+    images = logged_images(runs[0]) if runs else []
+    summary = {
+        "val_acc": float(trainer.callback_metrics["val_acc"]),
+        "fit_seconds": elapsed,
+        "records": len(records),
+        "wandb_run": str(runs[0]) if runs else None,
+        "wandb_tables": len(tables),
+        "wandb_images": len(images),
+    }
+    print()
+    print(f"Trained {args.epochs} epochs in {elapsed:.0f} s: validation accuracy {summary['val_acc']:.3f}")
+    print(f"Explanations (local store): {out / 'xai' / 'records.jsonl'} ({len(records)} records)")
+    print(f"Media:                      {out / 'xai' / 'media'}")
+    print(f"W&B offline run:            {summary['wandb_run']} ({len(tables)} tables, {len(images)} images)")
+    print(f"CSV metrics:                {out / 'csv'}")
+    print()
+    print("Representation drift (linear CKA; 1 = unchanged):")
+    print(f"  {'epoch':>5}  {'vs previous':>11}  {'vs first':>8}  {'conv3 vs prev':>13}")
+    for rec in records:
+        if rec.method == "representation_drift" and rec.name == "epoch":
+            p = rec.payload
+            print(
+                f"  {rec.epoch:>5}  {p['cka_prev']['features']:>11.3f}  {p['cka_ref']['features']:>8.3f}"
+                f"  {p['cka_prev']['conv3']:>13.3f}"
+            )
+    errors = [r for r in records if r.name == "error"]
+    if errors:
+        print(f"\n{len(errors)} explainer errors were recorded; see the records with name 'error'.")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

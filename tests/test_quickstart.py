@@ -1,0 +1,82 @@
+"""The quickstart (what `make demo` runs) end to end: local store, W&B offline run and CSV metrics agree."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lightning_xai.records import read_records
+from lightning_xai.wandb_offline import find_offline_runs, logged_images, logged_tables
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("quickstart")
+    spec = importlib.util.spec_from_file_location("quickstart", QUICKSTART)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    summary = module.main(["--out", str(out), "--epochs", "2", "--n-train", "600", "--seed", "0"])
+    return out, summary
+
+
+@pytest.mark.slow
+@pytest.mark.wandb
+def test_quickstart_writes_one_record_per_explained_epoch(quickstart_run: tuple[Path, dict]) -> None:
+    out, summary = quickstart_run
+    lines = (out / "xai" / "records.jsonl").read_text().splitlines()
+    assert len(lines) == 2 == summary["records"]
+    records = read_records(out)
+    assert [(r.method, r.name, r.epoch) for r in records] == [
+        ("representation_drift", "epoch", 0),
+        ("representation_drift", "epoch", 1),
+    ]
+    first, second = records
+    assert first.payload["cka_prev"] == {"features": 1.0, "conv3": 1.0}
+    assert 0.0 < second.payload["cka_prev"]["features"] < 1.0
+    assert second.payload["n_samples"] == 512
+    assert second.global_step > first.global_step > 0
+    # the media the record points to exist and are real images
+    for rel in [m["path"] for m in second.payload["media"]]:
+        with Image.open(out / "xai" / rel) as img:
+            assert img.size[0] > 100 and img.size[1] > 100
+    assert json.loads(lines[1])["payload"]["history"][0]["epoch"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.wandb
+def test_wandb_offline_run_holds_the_logged_tables_and_images(quickstart_run: tuple[Path, dict]) -> None:
+    out, _ = quickstart_run
+    runs = find_offline_runs(out)
+    assert len(runs) == 1
+    tables = logged_tables(runs[0])
+    series = tables["xai/representation_drift/cka_series"]
+    record = read_records(out)[-1]
+    history = record.payload["history"]
+    assert series["columns"][0] == "epoch"
+    assert [row[0] for row in series["data"]] == [h["epoch"] for h in history]
+    col = series["columns"].index("cka_prev/features")
+    assert [row[col] for row in series["data"]] == pytest.approx([h["cka_prev"]["features"] for h in history])
+    images = logged_images(runs[0])
+    assert images
+    with Image.open(images[-1]) as img:
+        pixels = np.asarray(img.convert("RGB"))
+    assert pixels.std() > 5  # a drawn chart, not a blank canvas
+
+
+@pytest.mark.slow
+def test_scalars_reach_the_csv_logger(quickstart_run: tuple[Path, dict]) -> None:
+    out, summary = quickstart_run
+    metrics = next((out / "csv").glob("version_*/metrics.csv"))
+    rows = list(csv.DictReader(metrics.open()))
+    logged = [float(r["xai/representation_drift/cka_ref/features"]) for r in rows if r.get("xai/representation_drift/cka_ref/features")]
+    expected = [r.payload["cka_ref"]["features"] for r in read_records(out)]
+    assert logged == pytest.approx(expected)
+    assert 0.0 <= summary["val_acc"] <= 1.0
