@@ -22,8 +22,7 @@ import torch  # noqa: E402
 from lightning.pytorch import Callback, Trainer, seed_everything  # noqa: E402
 
 from lightning_xai.callbacks import RepresentationDriftCallback  # noqa: E402
-from lightning_xai.world.data import WorldDataModule  # noqa: E402
-from lightning_xai.world.model import TinyCNN  # noqa: E402
+from lightning_xai.world import TinyCNN, WorldDataModule  # noqa: E402
 
 CONFIGS: dict[str, Callable[[], list[Callback]]] = {
     "none": lambda: [],
@@ -76,7 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per configuration (median is reported)")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--n-train", type=int, default=3000)
+    parser.add_argument("--n-train", type=int, default=2400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", default="benchmarks/results")
     args = parser.parse_args()

@@ -29,8 +29,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger  # noqa: E402
 from lightning_xai.callbacks import RepresentationDriftCallback  # noqa: E402
 from lightning_xai.records import read_records  # noqa: E402
 from lightning_xai.wandb_offline import find_offline_runs, logged_images, logged_tables  # noqa: E402
-from lightning_xai.world.data import WorldDataModule  # noqa: E402
-from lightning_xai.world.model import TinyCNN  # noqa: E402
+from lightning_xai.world import TinyCNN, WorldDataModule  # noqa: E402
 
 
 def build_callbacks() -> list:
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="where the run writes everything")
     parser.add_argument("--epochs", type=int, default=6, help="training epochs (default: 6)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, weights and explainers (default: 0)")
-    parser.add_argument("--n-train", type=int, default=3000, help="training scenes (default: 3000)")
+    parser.add_argument("--n-train", type=int, default=2400, help="training scenes (default: 2400)")
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")

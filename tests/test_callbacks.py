@@ -292,3 +292,12 @@ def test_ddp_spawn_two_processes_only_rank_zero_writes(tmp_path: Path) -> None:
     for rank in (0, 1):  # every rank logged the monitorable scalars
         assert "xai/representation_drift/cka_prev/features" in (tmp_path / f"rank{rank}.txt").read_text()
     assert not [p for p in os.listdir(tmp_path) if p.startswith("xai")]
+
+
+def test_unwritable_local_store_is_reported_not_fatal(tmp_path: Path) -> None:
+    (tmp_path / "xai").write_text("a file where the store's folder should be")
+    cb = RepresentationDriftCallback(on_error="warn")
+    trainer = make_trainer(tmp_path, [cb], max_epochs=2, logger=False)
+    with pytest.warns(UserWarning, match="failed at epoch 0 and training goes on"):
+        trainer.fit(SmallNet(), BlobData())
+    assert trainer.current_epoch == 2

@@ -73,3 +73,21 @@ def test_cka_errors_name_the_problem() -> None:
         minibatch_cka(torch.randn(3, 2), torch.randn(3, 2))
     with pytest.raises(RuntimeError, match="before any update"):
         MinibatchCKA().compute()
+
+
+@pytest.mark.slow
+def test_cka_of_trained_world_model_drops_against_a_reinitialised_copy(trained_world, trained_model_copy) -> None:
+    from lightning_xai.world import random_set
+
+    images = random_set(256, seed=3)
+    model = trained_model_copy
+    with torch.no_grad():
+        trained = model.head_input(images)
+        again = model.head_input(images)
+        torch.manual_seed(7)
+        for m in model.modules():
+            if hasattr(m, "reset_parameters") and m is not model:
+                m.reset_parameters()
+        fresh = model.head_input(images)
+    assert minibatch_cka(trained, again) == pytest.approx(1.0, abs=1e-9)
+    assert minibatch_cka(trained, fresh, batch_size=128) < 0.5

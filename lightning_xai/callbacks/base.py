@@ -280,18 +280,17 @@ class XAICallback(Callback):
                 )
             with explanation_mode(pl_module):
                 result = self.explain(trainer, pl_module, sample)
+            elapsed = time.perf_counter() - start
+            self.explained_epochs.append(epoch)
+            pl_module.log(f"xai/{self.method}/time_s", elapsed, on_step=False, on_epoch=True, sync_dist=False)
+            for key, value in result.scalars.items():
+                pl_module.log(f"xai/{self.method}/{key}", float(value), on_step=False, on_epoch=True, sync_dist=False)
+            if trainer.is_global_zero:
+                record = Record(self.method, result.name, epoch, step, elapsed, result.payload)
+                explanation = Explanation(record, result.tables, result.charts, result.media, result.text)
+                dispatcher_for(trainer).dispatch(explanation, step=step)
         except Exception as exc:  # noqa: BLE001 - reported, then raised or survived by choice
             self._handle_error(trainer, exc, epoch, step)
-            return
-        elapsed = time.perf_counter() - start
-        self.explained_epochs.append(epoch)
-        pl_module.log(f"xai/{self.method}/time_s", elapsed, on_step=False, on_epoch=True, sync_dist=False)
-        for key, value in result.scalars.items():
-            pl_module.log(f"xai/{self.method}/{key}", float(value), on_step=False, on_epoch=True, sync_dist=False)
-        if trainer.is_global_zero:
-            record = Record(self.method, result.name, epoch, step, elapsed, result.payload)
-            explanation = Explanation(record, result.tables, result.charts, result.media, result.text)
-            dispatcher_for(trainer).dispatch(explanation, step=step)
 
     def _handle_error(self, trainer: Trainer, exc: Exception, epoch: int, step: int) -> None:
         if self.on_error == "raise":

@@ -1,0 +1,57 @@
+"""Shared pytest fixtures of the lightning-xai test suite.
+
+Public fixtures:
+
+``trained_world`` (session scope)
+    A :class:`lightning_xai.world.TrainedWorld`: a :class:`~lightning_xai.world.TinyCNN` trained on
+    the default ``shape_texture`` task of the planted-concept world (CPU, trained once per test
+    session), with its :class:`~lightning_xai.world.WorldDataModule` (splits set up). Unpacks as
+    ``model, datamodule = trained_world``; also has ``.val_acc``, ``.fit_seconds``, ``.rule`` and
+    ``.classes``. The model is shared by every test: treat it as read-only (or use
+    ``trained_model_copy``). Tests using it should be marked ``@pytest.mark.slow``.
+
+``trained_model_copy`` (function scope)
+    A deep copy of the trained model in eval mode, safe to modify, hook or fit further.
+
+Markers are declared in ``pyproject.toml``; tests marked ``gpu`` are skipped without CUDA.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+
+# No test may reach the network: W&B always runs offline.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``@pytest.mark.gpu`` tests when CUDA is not available."""
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def trained_world():
+    """A TinyCNN trained on the default world task (>= 95% val accuracy), shared by the session."""
+    from lightning_xai.world import train_tiny_cnn
+
+    return train_tiny_cnn(task="shape_texture", seed=0)
+
+
+@pytest.fixture()
+def trained_model_copy(trained_world):
+    """A deep copy of ``trained_world.model`` in eval mode, free to modify."""
+    model = copy.deepcopy(trained_world.model)
+    return model.eval()
