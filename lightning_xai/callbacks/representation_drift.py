@@ -146,7 +146,7 @@ class RepresentationDriftCallback(XAICallback):
             table=series,
             x="epoch",
             y=columns[1:],
-            title="Linear CKA vs previous (prev) and first (ref) explained epoch",
+            title="Linear CKA vs previous (prev) and first (ref) epoch",
         )
         payload = {
             "reference_epoch": self._reference["epoch"],

@@ -20,7 +20,7 @@ from torch import nn
 
 from .data import random_slots, scene_seeds
 from .render import _render_uint8, _to_float
-from .rules import LabelRule, resolve_rule
+from .rules import LabelRule, class_index, resolve_rule
 from .vocab import VOCABULARY, Slots, all_concepts, parse_concept
 
 __all__ = ["EffectTable", "interventional_effects", "model_logits"]
@@ -63,14 +63,7 @@ class EffectTable:
         return self.concepts.index(concept)
 
     def _k(self, class_: int | str) -> int:
-        if isinstance(class_, str):
-            if class_ not in self.classes:
-                raise ValueError(f"unknown class {class_!r}; classes: {self.classes}")
-            return self.classes.index(class_)
-        k = int(class_)
-        if not 0 <= k < len(self.classes):
-            raise ValueError(f"class index {k} out of range ({len(self.classes)} classes)")
-        return k
+        return class_index(self.classes, class_)
 
     def effect(self, concept: str, class_: int | str) -> float:
         """Mean logit change of ``class_`` (name or index) when ``concept`` is introduced."""

@@ -111,16 +111,7 @@ class LabelRule:
 
     def class_index(self, class_: int | str) -> int:
         """Index of a class given by name or index (ValueError listing the classes otherwise)."""
-        if isinstance(class_, str):
-            if class_ not in self.classes:
-                raise ValueError(f"unknown class {class_!r} for rule {self.name!r}; classes: {self.classes}")
-            return self.classes.index(class_)
-        i = int(class_)
-        if not 0 <= i < self.num_classes:
-            raise ValueError(
-                f"class index {i} out of range for rule {self.name!r} ({self.num_classes} classes)"
-            )
-        return i
+        return class_index(self.classes, class_, owner=f"rule {self.name!r}")
 
     def __repr__(self) -> str:
         return f"LabelRule(name={self.name!r}, classes={self.classes!r})"
@@ -296,3 +287,15 @@ def resolve_rule(task: str | LabelRule) -> LabelRule:
     if isinstance(task, str):
         return get_task(task)
     raise TypeError(f"task must be a task name or a LabelRule, got {type(task).__name__}")
+
+
+def class_index(classes: Sequence[str], class_: int | str, owner: str = "this table") -> int:
+    """Index of ``class_`` (a name or an index) in ``classes``; a ValueError lists the classes otherwise."""
+    if isinstance(class_, str):
+        if class_ not in classes:
+            raise ValueError(f"unknown class {class_!r} for {owner}; classes: {list(classes)}")
+        return list(classes).index(class_)
+    i = int(class_)
+    if not 0 <= i < len(classes):
+        raise ValueError(f"class index {i} out of range for {owner} ({len(classes)} classes)")
+    return i
