@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import WarningCache
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from typing_extensions import override
@@ -149,6 +150,7 @@ class XAICallback(Callback):
         self._model_ref: weakref.ref[torch.nn.Module] | None = None
         self._armed = False
         self._warned_error = False
+        self._warnings = WarningCache()
 
     # ------------------------------------------------------------------ identity and state
     def _state_key_fields(self) -> dict[str, Any]:
@@ -262,8 +264,15 @@ class XAICallback(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.on == "train_epoch_end" and self.should_explain(trainer):
-            self._run(trainer, pl_module)
+        if self.on != "train_epoch_end" or not self.should_explain(trainer):
+            return
+        if not self._armed:  # no validation ran this epoch, so there is no fresh sample to explain
+            self._warnings.warn(
+                f"{type(self).__name__} skipped epoch {trainer.current_epoch}: no validation ran in it. With "
+                "on='train_epoch_end', choose every_n_epochs as a multiple of the Trainer's check_val_every_n_epoch."
+            )
+            return
+        self._run(trainer, pl_module)
 
     # ------------------------------------------------------------------ running
     def _run(self, trainer: Trainer, pl_module: LightningModule) -> None:
