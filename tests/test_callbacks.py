@@ -60,7 +60,7 @@ class GradientExplainer(XAICallback):
         self.checks: list[tuple[str, int]] = []
 
     def explain(self, trainer, pl_module, sample):
-        x = sample.inputs[:8].clone().requires_grad_(True)
+        x = sample.inputs[:8].to(pl_module.device).clone().requires_grad_(True)
         (g,) = torch.autograd.grad(pl_module(x).logsumexp(1).sum(), x)
         assert g.abs().sum() > 0
         return ExplainResult(payload={"grad_norm": float(g.norm())}, scalars={"grad_norm": float(g.norm())})
@@ -309,3 +309,14 @@ def test_train_epoch_end_without_validation_that_epoch_warns_and_skips(tmp_path:
     with pytest.warns(UserWarning, match="skipped epoch 0: no validation ran"):
         trainer.fit(SmallNet(), BlobData())
     assert cb.checks == [("fit", 1)]
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_sample_stays_on_cpu_and_the_model_untouched(tmp_path: Path) -> None:
+    probe = GradientExplainer(on_error="raise")
+    drift = RepresentationDriftCallback(on_error="raise")
+    trainer = make_trainer(tmp_path, [probe, drift], max_epochs=2, accelerator="gpu", devices=1)
+    trainer.fit(SmallNet(frozen=True), BlobData())
+    assert probe.checks == [("fit", 0), ("fit", 1)]
+    assert drift.explainer_state()["previous"]["reps"]["features"].device.type == "cpu"
+    assert 0.0 < drift.history[1]["cka_prev"]["features"] <= 1.0
