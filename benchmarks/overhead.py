@@ -21,12 +21,14 @@ os.environ.setdefault("WANDB_MODE", "offline")
 import torch  # noqa: E402
 from lightning.pytorch import Callback, Trainer, seed_everything  # noqa: E402
 
-from lightning_xai.callbacks import RepresentationDriftCallback  # noqa: E402
+from lightning_xai.callbacks import LogicRulesCallback, RepresentationDriftCallback  # noqa: E402
 from lightning_xai.world import TinyCNN, WorldDataModule  # noqa: E402
 
 CONFIGS: dict[str, Callable[[], list[Callback]]] = {
     "none": lambda: [],
     "representation_drift": lambda: [RepresentationDriftCallback(layers=["conv3"])],
+    "logic_rules": lambda: [LogicRulesCallback()],
+    "logic_rules (rules only)": lambda: [LogicRulesCallback(max_grounding_images=0, max_perturbation_images=0)],
 }
 
 

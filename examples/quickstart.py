@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from lightning.pytorch import Trainer, seed_everything  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger, WandbLogger  # noqa: E402
 
-from lightning_xai.callbacks import RepresentationDriftCallback  # noqa: E402
+from lightning_xai.callbacks import LogicRulesCallback, RepresentationDriftCallback  # noqa: E402
 from lightning_xai.records import read_records  # noqa: E402
 from lightning_xai.wandb_offline import find_offline_runs, logged_images, logged_tables  # noqa: E402
 from lightning_xai.world import TinyCNN, WorldDataModule  # noqa: E402
@@ -34,7 +34,7 @@ from lightning_xai.world import TinyCNN, WorldDataModule  # noqa: E402
 
 def build_callbacks() -> list:
     """Every lightning-xai callback that exists so far, at its defaults (later issues add theirs)."""
-    return [RepresentationDriftCallback(layers=["conv3"])]
+    return [RepresentationDriftCallback(layers=["conv3"]), LogicRulesCallback()]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -99,6 +99,19 @@ def main(argv: list[str] | None = None) -> dict:
                 f"  {rec.epoch:>5}  {p['cka_prev']['features']:>11.3f}  {p['cka_ref']['features']:>8.3f}"
                 f"  {p['cka_prev']['conv3']:>13.3f}"
             )
+    logic = [r for r in records if r.method == "logic_rules" and r.name == "epoch"]
+    if logic:
+        print("\nLogic rules (held-out fidelity of the rules to the model; grounding: guided vs random success):")
+        for rec in logic:
+            p = rec.payload
+            ev = p["evaluation"][p["scoring"]]
+            g = p["grounding"] or {}
+            print(
+                f"  epoch {rec.epoch}: {p['scoring']} fidelity {ev['fidelity']:.3f}, "
+                f"guided {g.get('guided_success', float('nan')):.2f} vs random {g.get('random_success', float('nan')):.2f}"
+            )
+        for rule in logic[-1].payload["global_rules"]:
+            print(f"    {rule}")
     errors = [r for r in records if r.name == "error"]
     if errors:
         print(f"\n{len(errors)} explainer errors were recorded; see the records with name 'error'.")

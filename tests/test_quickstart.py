@@ -32,8 +32,11 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
 def test_quickstart_writes_one_record_per_explained_epoch(quickstart_run: tuple[Path, dict]) -> None:
     out, summary = quickstart_run
     lines = (out / "xai" / "records.jsonl").read_text().splitlines()
-    assert len(lines) == 2 == summary["records"]
-    records = read_records(out)
+    assert len(lines) == 4 == summary["records"]  # two callbacks, two explained epochs each
+    assert sorted((r.method, r.epoch) for r in read_records(out)) == [
+        ("logic_rules", 0), ("logic_rules", 1), ("representation_drift", 0), ("representation_drift", 1)
+    ]
+    records = read_records(out, method="representation_drift")
     assert [(r.method, r.name, r.epoch) for r in records] == [
         ("representation_drift", "epoch", 0),
         ("representation_drift", "epoch", 1),
@@ -47,7 +50,8 @@ def test_quickstart_writes_one_record_per_explained_epoch(quickstart_run: tuple[
     for rel in [m["path"] for m in second.payload["media"]]:
         with Image.open(out / "xai" / rel) as img:
             assert img.size[0] > 100 and img.size[1] > 100
-    assert json.loads(lines[1])["payload"]["history"][0]["epoch"] == 0
+    drift_lines = [json.loads(line) for line in lines if json.loads(line)["method"] == "representation_drift"]
+    assert drift_lines[-1]["payload"]["history"][0]["epoch"] == 0
 
 
 @pytest.mark.slow
@@ -58,7 +62,7 @@ def test_wandb_offline_run_holds_the_logged_tables_and_images(quickstart_run: tu
     assert len(runs) == 1
     tables = logged_tables(runs[0])
     series = tables["xai/representation_drift/cka_series"]
-    record = read_records(out)[-1]
+    record = read_records(out, method="representation_drift")[-1]
     history = record.payload["history"]
     assert series["columns"][0] == "epoch"
     assert [row[0] for row in series["data"]] == [h["epoch"] for h in history]
@@ -77,6 +81,6 @@ def test_scalars_reach_the_csv_logger(quickstart_run: tuple[Path, dict]) -> None
     metrics = next((out / "csv").glob("version_*/metrics.csv"))
     rows = list(csv.DictReader(metrics.open()))
     logged = [float(r["xai/representation_drift/cka_ref/features"]) for r in rows if r.get("xai/representation_drift/cka_ref/features")]
-    expected = [r.payload["cka_ref"]["features"] for r in read_records(out)]
+    expected = [r.payload["cka_ref"]["features"] for r in read_records(out, method="representation_drift")]
     assert logged == pytest.approx(expected)
     assert 0.0 <= summary["val_acc"] <= 1.0

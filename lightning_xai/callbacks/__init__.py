@@ -1,6 +1,7 @@
 """Lightning callbacks: thin wrappers that decide when to explain, on which data, and where results go."""
 
 from lightning_xai.callbacks.base import ExplainResult, XAICallback
+from lightning_xai.callbacks.logic_rules import LogicRulesCallback
 from lightning_xai.callbacks.representation_drift import RepresentationDriftCallback
 
-__all__ = ["ExplainResult", "RepresentationDriftCallback", "XAICallback"]
+__all__ = ["ExplainResult", "LogicRulesCallback", "RepresentationDriftCallback", "XAICallback"]
