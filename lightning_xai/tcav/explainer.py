@@ -1,0 +1,904 @@
+"""``ConceptAttribution``: TCAV scores with significance and Visual-TCAV maps and attributions.
+
+One object holds the model, the layers, the concept sets and the random pool; its methods share one
+activation cache and one set of CAVs:
+
+* :meth:`ConceptAttribution.cavs` -> ``{layer: CAVSet}``;
+* :meth:`ConceptAttribution.tcav` ``(inputs, target)`` -> :class:`TCAVResult`;
+* :meth:`ConceptAttribution.attribute` ``(inputs, target)`` -> :class:`VisualTCAVResult` (per image: concept
+  maps and concept attributions), whose :meth:`~VisualTCAVResult.global_explanation` gives the per-class
+  mean, SE and 2-SE interval; :meth:`ConceptAttribution.local` explains one image's top classes.
+
+The call shape follows Captum's ``attribute(inputs, target=...)``; the results are typed objects that
+index by concept, class and layer and turn into table rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_xai.capture import explanation_mode, resolve_layer
+from lightning_xai.tcav.activations import (
+    ActivationCache,
+    last_feature_map_layer,
+    layer_activations,
+    layer_gradients,
+    model_device,
+    model_version,
+)
+from lightning_xai.tcav.cav import CAV_KINDS, CAVSet, concept_shift, train_cavs
+from lightning_xai.tcav.data import (
+    ConceptDataError,
+    ConceptSource,
+    fingerprint,
+    load_images,
+    random_set_indices,
+)
+from lightning_xai.tcav.stats import bonferroni, two_sided_pvalues
+from lightning_xai.tcav.visual import (
+    IntegratedGradients,
+    as_feature_map,
+    concept_attributions,
+    concept_maps,
+    concept_projection,
+    emblems,
+    integrated_gradients,
+    upsample_maps,
+)
+
+__all__ = [
+    "ConceptAttribution",
+    "GlobalExplanation",
+    "TCAVResult",
+    "TCAVScore",
+    "VisualTCAVResult",
+]
+
+RANDOM = "<random pool>"
+
+
+# ------------------------------------------------------------------------------------------------ results
+@dataclass(frozen=True)
+class TCAVScore:
+    """One (layer, concept, class) entry of a :class:`TCAVResult`.
+
+    Attributes:
+        sign_fraction: mean over random runs of the fraction of the class's inputs whose directional
+            derivative along the CAV is positive (the TCAV score).
+        sign_fraction_sd: its standard deviation over runs.
+        magnitude: mean over runs of the mean directional derivative ``grad logit_k . v / |v|``.
+        null_sign_fraction: mean score of the random-vs-random CAVs.
+        p_value, p_adjusted, significant: Welch two-sided t-test of the run scores against the null runs,
+            Bonferroni-corrected over every hypothesis of the evaluation.
+    """
+
+    layer: str
+    concept: str
+    class_index: int
+    class_name: str
+    n_inputs: int
+    sign_fraction: float
+    sign_fraction_sd: float
+    magnitude: float
+    magnitude_sd: float
+    null_sign_fraction: float
+    null_sign_fraction_sd: float
+    p_value: float
+    p_adjusted: float
+    significant: bool
+
+    @property
+    def direction(self) -> int:
+        """+1 if the concept raises the class logit (score above the null), -1 if it lowers it, 0 if not significant."""
+        if not self.significant:
+            return 0
+        return 1 if self.sign_fraction > self.null_sign_fraction else -1
+
+
+@dataclass
+class TCAVResult:
+    """TCAV scores of every (layer, concept, class), per random run, with significance.
+
+    Tensors are indexed ``[layer, concept, class(, run)]`` in the order of :attr:`layers`,
+    :attr:`concepts` and :attr:`classes`.
+
+    Attributes:
+        layers, concepts: names.
+        classes: class indices; class_names: their names.
+        sign_runs, magnitude_runs: ``[L, K, C, R]`` per-run TCAV sign fraction and mean directional derivative.
+        null_sign_runs, null_magnitude_runs: ``[L, C, R]`` the same for the random-vs-random CAVs.
+        n_inputs: ``[C]`` inputs of each class.
+        p_values, p_adjusted: ``[L, K, C]``; significant: ``[L, K, C]`` bool.
+        alpha: significance level; n_hypotheses: Bonferroni's ``m``.
+    """
+
+    layers: list[str]
+    concepts: list[str]
+    classes: list[int]
+    class_names: list[str]
+    sign_runs: Tensor
+    magnitude_runs: Tensor
+    null_sign_runs: Tensor
+    null_magnitude_runs: Tensor
+    n_inputs: Tensor
+    p_values: Tensor
+    p_adjusted: Tensor
+    significant: Tensor
+    alpha: float
+    n_hypotheses: int
+    cav: str = "mean"
+    unit_magnitude_runs: Tensor | None = None
+
+    @classmethod
+    def from_runs(
+        cls,
+        layers: Sequence[str],
+        concepts: Sequence[str],
+        classes: Sequence[int],
+        class_names: Sequence[str],
+        sign_runs: Tensor,
+        magnitude_runs: Tensor,
+        null_sign_runs: Tensor,
+        null_magnitude_runs: Tensor,
+        n_inputs: Tensor,
+        alpha: float = 0.05,
+        cav: str = "mean",
+        unit_magnitude_runs: Tensor | None = None,
+    ) -> TCAVResult:
+        """Build a result from per-run scores: t-tests and the Bonferroni correction happen here.
+
+        Classes without inputs (``n_inputs == 0``) get NaN scores, p-value 1 and are not counted as hypotheses.
+        """
+        p = two_sided_pvalues(sign_runs, null_sign_runs[:, None])
+        tested = (n_inputs > 0)[None, None, :].expand_as(p)
+        p = torch.where(tested, p, torch.ones_like(p))
+        m = max(1, int(tested.sum()))
+        adjusted, _, _ = bonferroni(p, alpha)
+        adjusted = (p * m).clamp(max=1.0)
+        significant = (adjusted < alpha) & tested
+        return cls(
+            layers=list(layers),
+            concepts=list(concepts),
+            classes=[int(c) for c in classes],
+            class_names=list(class_names),
+            sign_runs=sign_runs,
+            magnitude_runs=magnitude_runs,
+            null_sign_runs=null_sign_runs,
+            null_magnitude_runs=null_magnitude_runs,
+            n_inputs=n_inputs,
+            p_values=p,
+            p_adjusted=adjusted,
+            significant=significant,
+            alpha=float(alpha),
+            n_hypotheses=m,
+            cav=cav,
+            unit_magnitude_runs=unit_magnitude_runs,
+        )
+
+    @property
+    def sign_fraction(self) -> Tensor:
+        """``[L, K, C]`` TCAV scores (mean over runs)."""
+        return self.sign_runs.mean(-1)
+
+    @property
+    def magnitude(self) -> Tensor:
+        """``[L, K, C]`` mean directional derivatives along the unit CAVs (mean over runs)."""
+        return self.magnitude_runs.mean(-1)
+
+    def _index(self, concept: str, class_: int | str, layer: str | None) -> tuple[int, int, int]:
+        li = 0 if layer is None else self.layers.index(layer)
+        if concept not in self.concepts:
+            raise KeyError(f"unknown concept {concept!r}; concepts: {self.concepts}")
+        if isinstance(class_, str):
+            if class_ not in self.class_names:
+                raise KeyError(f"unknown class {class_!r}; classes: {self.class_names}")
+            ci = self.class_names.index(class_)
+        else:
+            if int(class_) not in self.classes:
+                raise KeyError(f"class {class_} was not scored; classes: {self.classes}")
+            ci = self.classes.index(int(class_))
+        return li, self.concepts.index(concept), ci
+
+    def score(self, concept: str, class_: int | str, layer: str | None = None) -> TCAVScore:
+        """The entry of one concept and class (name or index) at ``layer`` (default: the first layer).
+
+        Example:
+            >>> result.score("texture:striped", "circle/lined").significant  # doctest: +SKIP
+            True
+        """
+        li, ki, ci = self._index(concept, class_, layer)
+        s = self.sign_runs[li, ki, ci]
+        mg = self.magnitude_runs[li, ki, ci]
+        ns = self.null_sign_runs[li, ci]
+        return TCAVScore(
+            layer=self.layers[li],
+            concept=self.concepts[ki],
+            class_index=self.classes[ci],
+            class_name=self.class_names[ci],
+            n_inputs=int(self.n_inputs[ci]),
+            sign_fraction=float(s.mean()),
+            sign_fraction_sd=float(s.std(unbiased=True)) if s.numel() > 1 else 0.0,
+            magnitude=float(mg.mean()),
+            magnitude_sd=float(mg.std(unbiased=True)) if mg.numel() > 1 else 0.0,
+            null_sign_fraction=float(ns.mean()),
+            null_sign_fraction_sd=float(ns.std(unbiased=True)) if ns.numel() > 1 else 0.0,
+            p_value=float(self.p_values[li, ki, ci]),
+            p_adjusted=float(self.p_adjusted[li, ki, ci]),
+            significant=bool(self.significant[li, ki, ci]),
+        )
+
+    def subset(self, concepts: Sequence[str]) -> TCAVResult:
+        """The entries of some concepts only; p-values stay corrected for *all* hypotheses of the evaluation."""
+        keep = [self.concepts.index(c) for c in concepts]
+        return dataclasses.replace(
+            self,
+            concepts=list(concepts),
+            sign_runs=self.sign_runs[:, keep],
+            magnitude_runs=self.magnitude_runs[:, keep],
+            p_values=self.p_values[:, keep],
+            p_adjusted=self.p_adjusted[:, keep],
+            significant=self.significant[:, keep],
+            unit_magnitude_runs=None if self.unit_magnitude_runs is None else self.unit_magnitude_runs[:, keep],
+        )
+
+    def scores(self) -> list[TCAVScore]:
+        """Every entry, layer-major, then concept, then class."""
+        return [
+            self.score(k, c, layer)
+            for layer in self.layers
+            for k in self.concepts
+            for c in self.classes
+        ]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One JSON-ready dict per entry (the callback's score table)."""
+        return [
+            {
+                "layer": s.layer,
+                "concept": s.concept,
+                "class": s.class_name,
+                "class_index": s.class_index,
+                "n": s.n_inputs,
+                "tcav": s.sign_fraction,
+                "tcav_sd": s.sign_fraction_sd,
+                "magnitude": s.magnitude,
+                "magnitude_sd": s.magnitude_sd,
+                "null_tcav": s.null_sign_fraction,
+                "null_tcav_sd": s.null_sign_fraction_sd,
+                "p_value": s.p_value,
+                "p_adjusted": s.p_adjusted,
+                "significant": s.significant,
+            }
+            for s in self.scores()
+        ]
+
+
+@dataclass
+class GlobalExplanation:
+    """Visual-TCAV global attributions: per (layer, concept, class) statistics over that class's images.
+
+    Tensors are ``[L, K, C]``: ``mean``, ``std`` (population), ``se = std / sqrt(n)``, and the interval
+    ``[max(0, mean - 2 se), mean + 2 se]`` (``ci_low``, ``ci_high``); ``n`` is ``[C]``.
+    """
+
+    layers: list[str]
+    concepts: list[str]
+    classes: list[int]
+    class_names: list[str]
+    mean: Tensor
+    std: Tensor
+    se: Tensor
+    ci_low: Tensor
+    ci_high: Tensor
+    n: Tensor
+
+    def attribution(self, concept: str, class_: int | str, layer: str | None = None) -> float:
+        """Mean attribution of ``concept`` to ``class_`` (name or index) at ``layer`` (default: the first)."""
+        li = 0 if layer is None else self.layers.index(layer)
+        ci = self.class_names.index(class_) if isinstance(class_, str) else self.classes.index(int(class_))
+        return float(self.mean[li, self.concepts.index(concept), ci])
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One JSON-ready dict per (layer, concept, class)."""
+        out = []
+        for li, layer in enumerate(self.layers):
+            for ki, concept in enumerate(self.concepts):
+                for ci, c in enumerate(self.classes):
+                    out.append(
+                        {
+                            "layer": layer,
+                            "concept": concept,
+                            "class": self.class_names[ci],
+                            "class_index": c,
+                            "n": int(self.n[ci]),
+                            "mean": float(self.mean[li, ki, ci]),
+                            "se": float(self.se[li, ki, ci]),
+                            "ci_low": float(self.ci_low[li, ki, ci]),
+                            "ci_high": float(self.ci_high[li, ki, ci]),
+                        }
+                    )
+        return out
+
+
+@dataclass
+class VisualTCAVResult:
+    """Visual-TCAV explanation of a batch of images.
+
+    Attributes:
+        layers, concepts: names.
+        targets: ``[N, T]`` the classes each image was attributed to (its label, or its top ``T`` predictions).
+        class_names: names of all classes of the model.
+        attributions: ``[L, K, N, T]`` concept attributions in ``[0, E_k]``.
+        maps: ``[L, K, N, h, w]`` concept maps in ``[0, 1]`` at each layer's resolution (same ``h, w`` only if
+            the layers share it; otherwise a dict per layer is in :attr:`layer_maps`).
+        scaling: ``[L, N, T]`` the ``E_k`` of each target.
+        ig_total: ``[L, N, T]`` summed integrated gradients before ReLU and scaling.
+        ig_delta: ``[L, N, T]`` ``logit_k(A) - logit_k(0)``; equal to ``ig_total`` up to the quadrature error.
+        probabilities: ``[N, T]`` softmax probability of each target.
+        image_size: ``(H, W)`` of the inputs.
+    """
+
+    layers: list[str]
+    concepts: list[str]
+    targets: Tensor
+    class_names: list[str]
+    attributions: Tensor
+    layer_maps: dict[str, Tensor]
+    scaling: Tensor
+    ig_total: Tensor
+    ig_delta: Tensor
+    probabilities: Tensor
+    image_size: tuple[int, int]
+    ig: dict[str, Tensor] = field(default_factory=dict)
+
+    def maps(self, layer: str | None = None, upsample: bool = False) -> Tensor:
+        """``[K, N, h, w]`` concept maps at ``layer`` (default: the first), or ``[K, N, H, W]`` upsampled."""
+        m = self.layer_maps[layer or self.layers[0]]
+        return upsample_maps(m, self.image_size) if upsample else m
+
+    def attribution(self, concept: str, image: int = 0, target: int = 0, layer: str | None = None) -> float:
+        """Attribution of ``concept`` to image ``image``'s ``target``-th class at ``layer``."""
+        li = 0 if layer is None else self.layers.index(layer)
+        return float(self.attributions[li, self.concepts.index(concept), image, target])
+
+    def global_explanation(self, classes: Sequence[int] | None = None) -> GlobalExplanation:
+        """Per class: mean, population std, SE and the 2-SE interval of the attributions over its images.
+
+        An image contributes to class ``k`` for every target slot equal to ``k`` (one slot per image when
+        explaining images at their labels).
+        """
+        t = self.targets.cpu()
+        if classes is None:
+            classes = sorted(int(c) for c in t.unique())
+        L, K = len(self.layers), len(self.concepts)
+        shape = (L, K, len(classes))
+        mean, std = torch.zeros(shape), torch.zeros(shape)
+        n = torch.zeros(len(classes), dtype=torch.long)
+        attr = self.attributions.cpu().double()
+        for ci, c in enumerate(classes):
+            sel = t == int(c)  # [N, T]
+            n[ci] = int(sel.sum())
+            if n[ci] == 0:
+                mean[..., ci] = float("nan")
+                std[..., ci] = float("nan")
+                continue
+            values = attr[:, :, sel]  # [L, K, n]
+            mean[..., ci] = values.mean(-1).float()
+            std[..., ci] = values.std(-1, unbiased=False).float()
+        se = std / n.clamp_min(1).double().sqrt().float()
+        return GlobalExplanation(
+            layers=list(self.layers),
+            concepts=list(self.concepts),
+            classes=[int(c) for c in classes],
+            class_names=[self.class_names[int(c)] for c in classes],
+            mean=mean,
+            std=std,
+            se=se,
+            ci_low=(mean - 2 * se).clamp_min(0.0),
+            ci_high=mean + 2 * se,
+            n=n,
+        )
+
+
+# ------------------------------------------------------------------------------------------------ explainer
+class ConceptAttribution:
+    r"""TCAV and Visual-TCAV on a PyTorch model, for concepts given by example images.
+
+    Args:
+        model: The classifier (``nn.Module``); inputs ``[N, C, H, W]``, outputs logits ``[N, n_classes]``.
+        layers: Dotted layer names; default: the last layer with a spatial feature map
+            (:func:`~lightning_xai.tcav.activations.last_feature_map_layer`).
+        concepts: ``{name: source}``; a source is a tensor ``[N, C, H, W]``, a Dataset of images or a folder
+            path (see :func:`~lightning_xai.tcav.data.load_images`). Each needs at least 2 images.
+        random: The pool of random counter-examples (same forms). ``R + 1`` random sets are drawn from it.
+        cav: ``"mean"`` (centroid difference; Visual-TCAV / FastCAV) or ``"linear"`` (logistic regression,
+            trained in torch on the model's device, all runs of all concepts as one batched model).
+        n_random: ``R``, the number of random runs (CAVs per concept, and random-vs-random null CAVs).
+        random_set_size: images per random set; default: the largest concept set, at most half the pool.
+        alpha: significance level after Bonferroni correction.
+        m_steps: integration steps of Visual-TCAV's integrated gradients.
+        transform: PIL image -> tensor for folder sources (default: ``to_tensor``, resized to ``input_shape``).
+        input_shape: the model's input shape ``[C, H, W]``; concept images must match it. Default: the shape
+            of the first batch explained, else of the random pool.
+        max_images: keep at most this many images per concept.
+        class_names: names of the model's classes (default ``class_<k>``).
+        batch_size: images per forward pass; ig_batch_rows: rows per integrated-gradients pass.
+        l2, max_iter: regularisation and L-BFGS iterations of ``"linear"`` CAVs.
+        seed: seed of the random sets.
+        cache: an :class:`~lightning_xai.tcav.activations.ActivationCache` to share with other explainers of the
+            same model (e.g. a ``"mean"`` and a ``"linear"`` one: activations and integrated gradients are
+            computed once).
+
+    Raises:
+        ValueError: an unknown ``cav``, ``n_random < 1``, ``m_steps < 1`` or no concepts.
+
+    Example:
+        >>> from lightning_xai.world import TinyCNN, concept_set, random_set
+        >>> model = TinyCNN(num_classes=6).eval()
+        >>> explainer = ConceptAttribution(
+        ...     model, layers=["conv5"], concepts={"striped": concept_set("texture:striped", 8, seed=1)},
+        ...     random=random_set(24, seed=2), n_random=3, m_steps=4)
+        >>> scores = explainer.tcav(random_set(6, seed=3), target=0)
+        >>> scores.sign_runs.shape  # [layers, concepts, classes, runs]
+        torch.Size([1, 1, 1, 3])
+        >>> local = explainer.local(random_set(1, seed=4)[0], n_classes=2)
+        >>> local.attributions.shape  # [layers, concepts, images, targets]
+        torch.Size([1, 1, 1, 2])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[str] | str | None = None,
+        concepts: Mapping[str, ConceptSource] | None = None,
+        random: ConceptSource | None = None,
+        *,
+        cav: str = "mean",
+        n_random: int = 10,
+        random_set_size: int | None = None,
+        alpha: float = 0.05,
+        m_steps: int = 50,
+        transform: Any = None,
+        input_shape: Sequence[int] | None = None,
+        max_images: int | None = None,
+        class_names: Sequence[str] | None = None,
+        batch_size: int = 64,
+        ig_batch_rows: int = 512,
+        l2: float = 1.0,
+        max_iter: int = 500,
+        seed: int = 0,
+        cache: ActivationCache | None = None,
+    ) -> None:
+        if cav not in CAV_KINDS:
+            raise ValueError(f"cav={cav!r} is not supported; choose one of {list(CAV_KINDS)}.")
+        if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 2:
+            raise ValueError(f"n_random must be an integer >= 2 (a t-test needs two runs), got {n_random!r}.")
+        if m_steps < 1:
+            raise ValueError(f"m_steps must be >= 1, got {m_steps!r}.")
+        if not concepts:
+            raise ValueError(
+                "No concepts given: pass concepts={'striped': images_or_dataset_or_folder, ...} with at least one concept."
+            )
+        if random is None:
+            raise ValueError("No random pool given: pass random=<tensor, Dataset or folder of random counter-example images>.")
+        bad = [k for k in concepts if not isinstance(k, str) or not k or k == RANDOM]
+        if bad:
+            raise ValueError(f"Concept names must be non-empty strings other than {RANDOM!r}; got {bad}.")
+        self.model = model
+        if isinstance(layers, str):
+            layers = [layers]
+        self._layers = list(dict.fromkeys(layers)) if layers else None
+        for name in self._layers or ():
+            resolve_layer(model, name)
+        self.sources = dict(concepts)
+        self.random_source = random
+        self.cav = cav
+        self.n_random = int(n_random)
+        self.random_set_size = random_set_size
+        self.alpha = float(alpha)
+        self.m_steps = int(m_steps)
+        self.transform = transform
+        self.input_shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
+        self.max_images = max_images
+        self.class_names = list(class_names) if class_names is not None else None
+        self.batch_size = int(batch_size)
+        self.ig_batch_rows = int(ig_batch_rows)
+        self.l2 = float(l2)
+        self.max_iter = int(max_iter)
+        self.seed = int(seed)
+        self.cache = cache if cache is not None else ActivationCache()
+        self._loaded: dict[str, tuple[Hashable, Tensor]] = {}
+        self._cavs: dict[tuple, CAVSet] = {}
+        self._token: Hashable | None = None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def concepts(self) -> list[str]:
+        return list(self.sources)
+
+    def begin(self, token: Hashable | None = None) -> None:
+        """Start a model state (e.g. an epoch): cached activations and CAVs of other states are dropped.
+
+        Without a token the model's parameter/buffer version counters are used, which change with every
+        optimiser step; every public method calls this, so a standalone user never sees stale values.
+        """
+        token = ("auto", model_version(self.model)) if token is None else ("user", token)
+        if token != self._token:
+            self._token = token
+            self.cache.begin(token)
+            self._cavs.clear()
+            self._loaded.clear()
+
+    def _ensure_state(self) -> None:
+        if self._token is None or self._token[0] == "auto":
+            self.begin(None)
+
+    def layers(self, example: Tensor | None = None) -> list[str]:
+        """The explained layers (the default layer is found on ``example`` or the random pool)."""
+        if self._layers is None:
+            if example is None:
+                example = self._images(RANDOM)
+            self._layers = [last_feature_map_layer(self.model, example[:1])]
+        return list(self._layers)
+
+    def _images(self, name: str) -> Tensor:
+        """A concept's (or the pool's) images, loaded once per model state; tensors are re-read every time."""
+        source = self.random_source if name == RANDOM else self.sources[name]
+        if isinstance(source, Tensor):
+            images = load_images(name if name != RANDOM else "random pool", source, input_shape=self.input_shape,
+                                 max_images=None if name == RANDOM else self.max_images)
+            return images
+        cached = self._loaded.get(name)
+        if cached is not None and cached[0] == self._token:
+            return cached[1]
+        images = load_images(
+            name if name != RANDOM else "random pool",
+            source,
+            transform=self.transform,
+            input_shape=self.input_shape,
+            max_images=None if name == RANDOM else self.max_images,
+            min_images=3 if name == RANDOM else 2,
+        )
+        self._loaded[name] = (self._token, images)
+        return images
+
+    def _set_input_shape(self, inputs: Tensor) -> None:
+        if self.input_shape is None:
+            self.input_shape = tuple(int(s) for s in inputs.shape[1:])
+
+    # ------------------------------------------------------------------ CAVs
+    def cavs(self, layers: Sequence[str] | None = None) -> dict[str, CAVSet]:
+        """The CAVs (and emblem thresholds) of every concept at every layer, for the current model state.
+
+        One batched forward computes the activations of every concept set and the random pool at every layer
+        (cached per model state and per fingerprint of each set's images); CAVs are cached on the same key.
+        """
+        self._ensure_state()
+        images = {name: self._images(name) for name in self.concepts}
+        pool = self._images(RANDOM)
+        if self.input_shape is None:
+            self.input_shape = tuple(int(s) for s in pool.shape[1:])
+        for name, x in images.items():
+            if tuple(x.shape[1:]) != tuple(pool.shape[1:]):
+                raise ConceptDataError(
+                    f"Concept {name!r} has images of shape {list(x.shape[1:])} but the random pool's are "
+                    f"{list(pool.shape[1:])}; both must be preprocessed like the model's inputs."
+                )
+        layers = list(layers) if layers is not None else self.layers(pool)
+        fps = tuple((name, fingerprint(x)) for name, x in images.items()) + ((RANDOM, fingerprint(pool)),)
+        config = (self.cav, self.n_random, self.random_set_size, self.seed, self.l2, self.max_iter)
+        keys = {layer: (self._token, layer, fps, config) for layer in layers}
+        missing = [layer for layer in layers if keys[layer] not in self._cavs]
+        if missing:
+            sets = {**images, RANDOM: pool}
+            acts = self.cache.activations(self.model, missing, sets, batch_size=self.batch_size)
+            set_size = self._random_set_size(images, pool)
+            idx = random_set_indices(pool.shape[0], self.n_random + 1, set_size, self.seed)
+            for layer in missing:
+                self._cavs[keys[layer]] = self._fit_layer(layer, {n: acts[n][layer] for n in images}, acts[RANDOM][layer], idx)
+        return {layer: self._cavs[keys[layer]] for layer in layers}
+
+    def _random_set_size(self, images: dict[str, Tensor], pool: Tensor) -> int:
+        if self.random_set_size is not None:
+            return int(self.random_set_size)
+        largest = max(x.shape[0] for x in images.values())
+        return max(2, min(largest, pool.shape[0] // 2))
+
+    def _fit_layer(self, layer: str, concept_acts: dict[str, Tensor], pool_acts: Tensor, idx: Tensor) -> CAVSet:
+        flat_pool = pool_acts.flatten(1).float()
+        idx = idx.to(flat_pool.device)
+        negatives = flat_pool[idx[1:]]  # [R, n, m]: random_1 .. random_R
+        # the null contrasts two *different* random sets in every run (random_{r-1} vs random_r): a fixed
+        # random_0 would be one random "concept" whose own sampling bias makes its scores consistent
+        null_positives = flat_pool[idx[:-1]]  # [R, n, m]: random_0 .. random_{R-1}
+        positives = [concept_acts[n].flatten(1).float() for n in self.concepts]
+        with torch.no_grad():
+            # every concept x run and the null runs: one batched model
+            both = train_cavs(self.cav, positives, negatives, paired=null_positives, l2=self.l2, max_iter=self.max_iter)
+            unit = both / both.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            shift = concept_shift(unit, positives, negatives, paired=null_positives)
+        vectors, null = both[:-1], both[-1]
+        shift, null_shift = shift[:-1], shift[-1]
+        cavset = CAVSet(
+            layer=layer,
+            kind=self.cav,
+            concepts=self.concepts,
+            vectors=vectors.detach(),
+            null=null.detach(),
+            shape=tuple(pool_acts.shape[1:]),
+            shift=shift.detach(),
+            null_shift=null_shift.detach(),
+            meta={"random_set_size": int(idx.shape[1]), "n_concept_images": {n: int(a.shape[0]) for n, a in concept_acts.items()}},
+        )
+        if pool_acts.dim() in (2, 4):
+            d = cavset.pooled()
+            hi = torch.stack([emblems(concept_projection(concept_acts[n], d[k : k + 1]))[0].median()
+                              for k, n in enumerate(self.concepts)])
+            lo = emblems(concept_projection(pool_acts, d)).median(dim=1).values
+            cavset.hi, cavset.lo = hi, lo
+        return cavset
+
+    # ------------------------------------------------------------------ helpers
+    def _names(self, n_classes: int) -> list[str]:
+        names = self.class_names
+        if names is None:
+            names = getattr(self.model, "classes", None)
+            names = list(names) if isinstance(names, (list, tuple)) and len(names) == n_classes else None
+        return list(names) if names is not None else [f"class_{k}" for k in range(n_classes)]
+
+    def _targets(self, inputs: Tensor, target: int | Sequence[int] | Tensor | None) -> Tensor:
+        n = inputs.shape[0]
+        if target is None:
+            _, logits = layer_activations(self.model, [], inputs, batch_size=self.batch_size)
+            return logits.argmax(1).cpu()
+        if isinstance(target, int):
+            return torch.full((n,), int(target), dtype=torch.long)
+        t = torch.as_tensor(target).long().cpu().flatten()
+        if t.numel() == 1:
+            return t.expand(n).clone()
+        if t.numel() != n:
+            raise ValueError(f"target has {t.numel()} entries for {n} inputs; give one class per input or one for all.")
+        return t
+
+    # ------------------------------------------------------------------ TCAV
+    def tcav(
+        self,
+        inputs: Tensor,
+        target: int | Sequence[int] | Tensor | None = None,
+        classes: Sequence[int] | None = None,
+        concepts: Sequence[str] | None = None,
+    ) -> TCAVResult:
+        """TCAV scores of every concept for every class, with significance.
+
+        For each input, the gradient of *its target class's* logit at each layer is dotted with every CAV
+        (unit length). Per class ``k``, over the inputs whose target is ``k``: the sign fraction (TCAV score)
+        and the mean directional derivative (magnitude), per random run; then the t-test against the
+        random-vs-random CAVs and the Bonferroni correction over all (layer, concept, class).
+
+        Args:
+            inputs: ``[N, C, H, W]`` images (e.g. a sample of validation images).
+            target: class per input (``[N]``), one class for all, or ``None`` for the predicted class.
+            classes: classes to score (default: every class present in ``target``).
+            concepts: a subset of the concepts (default: all).
+
+        Returns:
+            :class:`TCAVResult`.
+        """
+        self._ensure_state()
+        self._set_input_shape(inputs)
+        targets = self._targets(inputs, target)
+        if classes is None:
+            classes = sorted(int(c) for c in targets.unique())
+        classes = [int(c) for c in classes]
+        runs = self.tcav_runs(inputs, targets, classes, concepts)
+        return TCAVResult.from_runs(**runs, alpha=self.alpha, cav=self.cav)
+
+    def tcav_runs(
+        self, inputs: Tensor, targets: Tensor, classes: Sequence[int], concepts: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """Per-run TCAV scores without the significance test (for splitting work across processes)."""
+        concepts = list(concepts) if concepts is not None else self.concepts
+        layers = self.layers(inputs)
+        cavs = self.cavs(layers)
+        keep = torch.isin(targets, torch.tensor(list(classes), dtype=targets.dtype))
+        x, t = inputs[keep], targets[keep]
+        L, K, C, R = len(layers), len(concepts), len(classes), self.n_random
+        sign = torch.full((L, K, C, R), float("nan"))
+        mag = torch.full((L, K, C, R), float("nan"))
+        unit_mag = torch.full((L, K, C, R), float("nan"))
+        null_sign = torch.full((L, C, R), float("nan"))
+        null_mag = torch.full((L, C, R), float("nan"))
+        n_inputs = torch.tensor([int((t == c).sum()) for c in classes], dtype=torch.long)
+        n_classes = None
+        if x.shape[0] > 0:
+            _, grads, logits = layer_gradients(self.model, layers, x, t, batch_size=self.batch_size)
+            n_classes = logits.shape[1]
+            for li, layer in enumerate(layers):
+                vec, null = cavs[layer].unit()
+                shift, null_shift = cavs[layer].shift, cavs[layer].null_shift
+                ki = [cavs[layer].index(k) for k in concepts]
+                g = grads[layer].flatten(1).float()
+                s = torch.einsum("nm,krm->nkr", g, vec[ki].to(g.device))  # directional derivatives
+                s0 = g @ null.to(g.device).T  # [N, R]
+                for ci, c in enumerate(classes):
+                    rows = (t == c).to(g.device)
+                    if not bool(rows.any()):
+                        continue
+                    sign[li, :, ci] = (s[rows] > 0).float().mean(0).cpu()
+                    # scaled by the concept's mean shift along the CAV: a first-order logit change (logit units)
+                    mag[li, :, ci] = (s[rows].mean(0) * shift[ki].to(g.device)).cpu()
+                    unit_mag[li, :, ci] = s[rows].mean(0).cpu()
+                    null_sign[li, ci] = (s0[rows] > 0).float().mean(0).cpu()
+                    null_mag[li, ci] = (s0[rows].mean(0) * null_shift.to(g.device)).cpu()
+        if n_classes is None:
+            _, logits = layer_activations(self.model, [], inputs[:1], batch_size=1)
+            n_classes = logits.shape[1]
+        names = self._names(n_classes)
+        return {
+            "layers": layers,
+            "concepts": concepts,
+            "classes": list(classes),
+            "class_names": [names[c] for c in classes],
+            "sign_runs": sign,
+            "magnitude_runs": mag,
+            "unit_magnitude_runs": unit_mag,
+            "null_sign_runs": null_sign,
+            "null_magnitude_runs": null_mag,
+            "n_inputs": n_inputs,
+        }
+
+    # ------------------------------------------------------------------ Visual-TCAV
+    def maps(
+        self, inputs: Tensor, upsample: bool = False, concepts: Sequence[str] | None = None, raw: bool = False
+    ) -> dict[str, Tensor]:
+        """Visual-TCAV concept maps of ``inputs`` without attributions (no gradients): ``{layer: [K, N, h, w]}``.
+
+        With ``upsample`` the maps are resized (bilinear) to the inputs' resolution, ``[K, N, H, W]``. With
+        ``raw`` the unthresholded projections ``ReLU(sum_c d_c A_c)`` are returned instead: the concept map is a
+        clipped, monotone function of them, so their argmax is an argmax of the map that does not depend on
+        where the map saturates at 1 (use it to locate a concept's peak).
+        """
+        self._ensure_state()
+        self._set_input_shape(inputs)
+        concepts = list(concepts) if concepts is not None else self.concepts
+        layers = self.layers(inputs)
+        cavs = self.cavs(layers)
+        acts, _ = layer_activations(self.model, layers, inputs, batch_size=self.batch_size)
+        out = {}
+        for layer in layers:
+            cs = cavs[layer]
+            ki = [cs.index(k) for k in concepts]
+            d = cs.pooled()[ki].to(acts[layer].device)
+            if raw:
+                m = concept_projection(acts[layer], d).cpu()
+            else:
+                m = concept_maps(acts[layer], d, cs.hi[ki], cs.lo[ki]).cpu()
+            out[layer] = upsample_maps(m, (int(inputs.shape[-2]), int(inputs.shape[-1]))) if upsample else m
+        return out
+
+    def attribute(
+        self,
+        inputs: Tensor,
+        target: int | Sequence[int] | Tensor | None = None,
+        n_classes: int = 1,
+        concepts: Sequence[str] | None = None,
+        return_ig: bool = False,
+    ) -> VisualTCAVResult:
+        """Visual-TCAV concept maps and concept attributions of each input.
+
+        Args:
+            inputs: ``[N, C, H, W]``.
+            target: the class to explain per input (``[N]`` or one for all); ``None``: each input's top
+                ``n_classes`` predicted classes.
+            n_classes: classes per input when ``target`` is None (Visual-TCAV's local explanation uses up to 3).
+            concepts: a subset of the concepts (default: all).
+            return_ig: keep the raw integrated-gradient maps ``[N * T, ...]`` per layer in ``result.ig``.
+
+        Returns:
+            :class:`VisualTCAVResult`; ``.global_explanation()`` aggregates per class.
+        """
+        self._ensure_state()
+        self._set_input_shape(inputs)
+        concepts = list(concepts) if concepts is not None else self.concepts
+        layers = self.layers(inputs)
+        cavs = self.cavs(layers)
+        device = model_device(self.model)
+        with explanation_mode(self.model):
+            acts, logits = layer_activations(self.model, layers, inputs, batch_size=self.batch_size)
+        if target is None:
+            t_count = max(1, min(int(n_classes), logits.shape[1]))
+            targets = logits.topk(t_count, dim=1).indices.cpu()  # [N, T]
+        else:
+            targets = self._targets(inputs, target)[:, None]
+        n, t_count = targets.shape
+        probs = torch.softmax(logits.float(), 1).cpu().gather(1, targets)
+        rows_t = targets.T.reshape(-1)  # target-major: row j is image j % n, target slot j // n
+        rows_x = inputs.repeat(t_count, *([1] * (inputs.dim() - 1)))
+        L, K = len(layers), len(concepts)
+        attributions = torch.zeros(L, K, n, t_count)
+        scaling = torch.zeros(L, n, t_count)
+        ig_total = torch.zeros(L, n, t_count)
+        ig_delta = torch.zeros(L, n, t_count)
+        maps_out: dict[str, Tensor] = {}
+        ig_keep: dict[str, Tensor] = {}
+        with explanation_mode(self.model):
+            for li, layer in enumerate(layers):
+                cs = cavs[layer]
+                ki = [cs.index(k) for k in concepts]
+                d = cs.pooled()[ki].to(device)
+                a = acts[layer]
+                maps = concept_maps(a, d, cs.hi[ki], cs.lo[ki])  # [K, N, h, w]
+                maps_out[layer] = maps.cpu()
+                a_rows = a.repeat(t_count, *([1] * (a.dim() - 1)))
+                ig = self._integrated_gradients(layer, a_rows, rows_x, rows_t)
+                attr = concept_attributions(a_rows, ig, maps.repeat(1, t_count, 1, 1), d)  # [K, N*T]
+                attributions[li] = attr.cpu().reshape(K, t_count, n).transpose(1, 2)
+                scaling[li] = ig.scaling().cpu().reshape(t_count, n).T
+                ig_total[li] = ig.total.cpu().reshape(t_count, n).T
+                ig_delta[li] = ig.delta.cpu().reshape(t_count, n).T
+                if return_ig:
+                    ig_keep[layer] = ig.attributions.cpu()
+        return VisualTCAVResult(
+            layers=layers,
+            concepts=concepts,
+            targets=targets,
+            class_names=self._names(logits.shape[1]),
+            attributions=attributions,
+            layer_maps=maps_out,
+            scaling=scaling,
+            ig_total=ig_total,
+            ig_delta=ig_delta,
+            probabilities=probs,
+            image_size=(int(inputs.shape[-2]), int(inputs.shape[-1])),
+            ig=ig_keep,
+        )
+
+    def _integrated_gradients(self, layer: str, acts: Tensor, inputs: Tensor, targets: Tensor) -> IntegratedGradients:
+        """Integrated gradients, cached per model state on (layer, images, targets, m_steps).
+
+        They do not depend on the concepts or the CAV kind, so explainers sharing a cache (or repeated calls)
+        pay for the ``m_steps + 1`` gradient evaluations once.
+        """
+        key = ("ig", layer, fingerprint(inputs), fingerprint(targets), str(self.m_steps))
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+        ig = integrated_gradients(
+            self.model, layer, acts, inputs, targets, m_steps=self.m_steps, batch_rows=self.ig_batch_rows
+        )
+        self.cache.put(key, ig)
+        return ig
+
+    def local(self, image: Tensor, n_classes: int = 3, target: int | None = None) -> VisualTCAVResult:
+        """Local explanation of one image ``[C, H, W]``: concept maps and attributions for its top classes.
+
+        Example:
+            >>> explanation = explainer.local(image, n_classes=3)  # doctest: +SKIP
+            >>> explanation.attribution("texture:striped", target=0)  # doctest: +SKIP
+        """
+        if image.dim() == 3:
+            image = image[None]
+        return self.attribute(image, target=target, n_classes=n_classes)
+
+    def global_explanation(
+        self, inputs: Tensor, target: int | Sequence[int] | Tensor | None = None, classes: Sequence[int] | None = None
+    ) -> GlobalExplanation:
+        """Visual-TCAV global explanation: each class's attribution mean, SE and 2-SE interval over its inputs.
+
+        Args:
+            inputs: images; target: their classes (``None``: predicted classes); classes: classes to report.
+        """
+        self._set_input_shape(inputs)
+        targets = self._targets(inputs, target)
+        if classes is not None:
+            keep = torch.isin(targets, torch.tensor([int(c) for c in classes]))
+            inputs, targets = inputs[keep], targets[keep]
+        return self.attribute(inputs, targets).global_explanation(classes)
+
