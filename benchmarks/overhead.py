@@ -21,14 +21,26 @@ os.environ.setdefault("WANDB_MODE", "offline")
 import torch  # noqa: E402
 from lightning.pytorch import Callback, Trainer, seed_everything  # noqa: E402
 
-from lightning_xai.callbacks import LogicRulesCallback, RepresentationDriftCallback  # noqa: E402
-from lightning_xai.world import TinyCNN, WorldDataModule  # noqa: E402
+from lightning_xai.callbacks import (  # noqa: E402
+    ConceptAttributionCallback,
+    LogicRulesCallback,
+    RepresentationDriftCallback,
+)
+from lightning_xai.world import TinyCNN, WorldDataModule, concept_set, random_set  # noqa: E402
 
 CONFIGS: dict[str, Callable[[], list[Callback]]] = {
     "none": lambda: [],
     "representation_drift": lambda: [RepresentationDriftCallback(layers=["conv3"])],
     "logic_rules": lambda: [LogicRulesCallback()],
     "logic_rules (rules only)": lambda: [LogicRulesCallback(max_grounding_images=0, max_perturbation_images=0)],
+    "concept_attribution": lambda: [
+        ConceptAttributionCallback(
+            {c: concept_set(c, 100, seed=11) for c in ("shape:circle", "texture:striped", "texture:dotted", "colour:red")},
+            random=random_set(100, seed=11),
+            images_per_class=10,
+            probe_images=2,
+        )
+    ],
 }
 
 

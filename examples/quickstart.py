@@ -26,15 +26,30 @@ import torch  # noqa: E402
 from lightning.pytorch import Trainer, seed_everything  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger, WandbLogger  # noqa: E402
 
-from lightning_xai.callbacks import LogicRulesCallback, RepresentationDriftCallback  # noqa: E402
+from lightning_xai.callbacks import (  # noqa: E402
+    ConceptAttributionCallback,
+    LogicRulesCallback,
+    RepresentationDriftCallback,
+)
 from lightning_xai.records import read_records  # noqa: E402
 from lightning_xai.wandb_offline import find_offline_runs, logged_images, logged_tables  # noqa: E402
-from lightning_xai.world import TinyCNN, WorldDataModule  # noqa: E402
+from lightning_xai.world import TinyCNN, WorldDataModule, concept_set, random_set  # noqa: E402
+
+# Concepts for TCAV: matched sets (each image is a random scene with the concept planted in it, the random
+# pool is the same scenes without it), so a CAV learns the concept and nothing that comes with it.
+TCAV_CONCEPTS = ("shape:circle", "texture:striped", "texture:dotted", "colour:red")
 
 
 def build_callbacks() -> list:
     """Every lightning-xai callback that exists so far, at its defaults (later issues add theirs)."""
-    return [RepresentationDriftCallback(layers=["conv3"]), LogicRulesCallback()]
+    concepts = {c: concept_set(c, 100, seed=11) for c in TCAV_CONCEPTS}
+    return [
+        RepresentationDriftCallback(layers=["conv3"]),
+        LogicRulesCallback(),
+        ConceptAttributionCallback(
+            concepts, random=random_set(100, seed=11), every_n_epochs=2, images_per_class=10, probe_images=2
+        ),
+    ]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -112,6 +127,15 @@ def main(argv: list[str] | None = None) -> dict:
             )
         for rule in logic[-1].payload["global_rules"]:
             print(f"    {rule}")
+    tcav = [r for r in records if r.method == "concept_attribution" and r.name == "epoch"]
+    if tcav:
+        p = tcav[-1].payload
+        print(f"\nTCAV at epoch {tcav[-1].epoch} (sign fraction, * = significant after Bonferroni; layer {p['layers'][0]}):")
+        print(f"  {'class':<18}" + "".join(f"{c:>17}" for c in p["concepts"]))
+        for cname in p["classes"]:
+            cells = {r["concept"]: r for r in p["scores"] if r["class"] == cname and r["layer"] == p["layers"][0]}
+            print(f"  {cname:<18}" + "".join(
+                f"{cells[c]['tcav']:>16.2f}{'*' if cells[c]['significant'] else ' '}" for c in p["concepts"]))
     errors = [r for r in records if r.name == "error"]
     if errors:
         print(f"\n{len(errors)} explainer errors were recorded; see the records with name 'error'.")

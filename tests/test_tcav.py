@@ -24,6 +24,7 @@ How the comparison is set up, and why:
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import sys
 import warnings
@@ -85,7 +86,7 @@ def tie_ranked(values: list[float], ses: list[float], z: float = 2.0) -> list[fl
     """
     order = sorted(range(len(values)), key=lambda i: -values[i])
     groups, current = [], [order[0]]
-    for a, b in zip(order, order[1:]):
+    for a, b in itertools.pairwise(order):
         if values[a] - values[b] > z * math.hypot(ses[a], ses[b]):
             groups.append(current)
             current = [b]
@@ -302,26 +303,17 @@ def test_isolated_concept_sets_agree_worse_than_matched_ones(world: World, expla
 
 
 # ------------------------------------------------------------------------------ Done when: maps and IG
-@pytest.mark.slow
-def test_concept_maps_point_at_the_concept(world: World, explained: dict) -> None:
-    """Pointing game at the map's own resolution, at the default layer with the default (mean) CAVs: the cell
-    where the concept map peaks overlaps the concept's true mask.
-
-    Measured on 300 test images (conv5 is 4 x 4 cells of 16 px): textures 100%, circles 99%, squares 92%,
-    triangles 85%. Every square or triangle miss is the cell next to the object (triangle maps peak up-left of
-    the object, where a detector of its apex fires): the issue's 90% holds for circles and every texture,
-    not for squares and triangles, whose assertion is 80% (see the report). Chance is the share of cells the
-    concept covers (25-35% for shapes). Colours and the marker, which the model ignores (no effect on any
-    logit), have no localised map at any layer and are not scored.
-    """
-    ex = explained["mean"]["explainer"]
+def _pointing_game(ex: ConceptAttribution, layer: str) -> dict[str, tuple[float, float, int]]:
+    """``{concept: (hit rate, chance, n)}`` over 300 test scenes that contain the concept: a hit when the cell
+    where the concept map peaks overlaps the concept's true mask (at the map's own resolution)."""
     probes = WorldDataset(300, split="test", seed=0)
     scenes = [probes.scene(i) for i in range(len(probes))]
     images = torch.stack([s.image for s in scenes])
     # the map is a clipped monotone function of the raw projection: the projection's argmax is an argmax of the
     # map that does not depend on where the map saturates at 1
-    peaks = ex.maps(images, raw=True)[DEFAULT_LAYER]
+    peaks = ex.maps(images, raw=True)[layer]
     h, w = peaks.shape[-2:]
+    out = {}
     for concept in SHAPES_TEXTURES:
         k = ex.concepts.index(concept)
         hits, chance = [], []
@@ -331,10 +323,29 @@ def test_concept_maps_point_at_the_concept(world: World, explained: dict) -> Non
             covered = torch.nn.functional.adaptive_avg_pool2d(scene.masks[concept][None, None].float(), (h, w))[0, 0] > 0
             hits.append(bool(covered.flatten()[int(peaks[k, i].flatten().argmax())]))
             chance.append(float(covered.float().mean()))
-        rate = sum(hits) / len(hits)
-        assert len(hits) >= 30
+        out[concept] = (sum(hits) / len(hits), sum(chance) / len(chance), len(hits))
+    return out
+
+
+@pytest.mark.slow
+def test_concept_maps_point_at_the_concept(world: World, explained: dict) -> None:
+    """Pointing game on 300 test scenes (conv4 and conv5 are both 4 x 4 cells of 16 px on this model).
+
+    With logistic-regression CAVs at conv4, every shape and texture map peaks on its concept in >= 90% of the
+    scenes that contain it (measured: circles and squares 95%, plain 96%, the rest 100%). At the callback's
+    default (mean CAVs at conv5) textures reach 100% and circles 99%, but squares 92% and triangles only
+    85%: every miss is the cell next to the object (triangle maps peak up-left of the object, where a detector
+    of its apex fires), so there the assertion is 80% and twice chance (see the README). Colours and the
+    marker, which the model ignores (no effect on any logit), have no localised map and are not scored.
+    """
+    linear = _pointing_game(explained["linear"]["explainer"], "conv4")
+    for concept, (rate, _chance, n) in linear.items():
+        assert n >= 30
+        assert rate >= 0.9, (concept, rate)
+    default = _pointing_game(explained["mean"]["explainer"], DEFAULT_LAYER)
+    for concept, (rate, chance, _n) in default.items():
         if concept.startswith("shape"):
-            assert rate >= 2 * (sum(chance) / len(chance)), (concept, rate)
+            assert rate >= 2 * chance, (concept, rate, chance)
         threshold = 0.8 if concept in ("shape:square", "shape:triangle") else 0.9
         assert rate >= threshold, (concept, rate)
 
@@ -531,6 +542,42 @@ def test_linear_cavs_batched_equal_one_at_a_time() -> None:
     assert torch.allclose(means[2, 4], null[4].mean(0) - negatives[4].mean(0))
 
 
+def _primal_logistic_direction(xp: torch.Tensor, xn: torch.Tensor, l2: float) -> torch.Tensor:
+    """Unit normal of ``0.5 mean_pos softplus(-z) + 0.5 mean_neg softplus(z) + l2/2 |w|^2`` by primal L-BFGS."""
+    w = torch.zeros(xp.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=2000, tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = (0.5 * torch.nn.functional.softplus(-(xp.double() @ w + b)).mean()
+                + 0.5 * torch.nn.functional.softplus(xn.double() @ w + b).mean() + 0.5 * l2 * w.pow(2).sum())
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return (w / w.norm()).detach().float()
+
+
+def test_linear_cavs_reach_the_primal_optimum() -> None:
+    """The dual Newton solver finds the minimiser of the documented objective: compared with a plain primal
+    L-BFGS on ``0.5 mean_pos softplus(-z) + 0.5 mean_neg softplus(z) + l2/2 |w|^2`` (centred, RMS-scaled
+    features), in a regime with more features than images (m > n), like real layers."""
+    g = torch.Generator().manual_seed(1)
+    m = 300
+    direction = torch.randn(m, generator=g)
+    pos = torch.randn(40, m, generator=g) + 0.3 * direction
+    neg = torch.randn(1, 60, m, generator=g)
+    for l2 in (0.1, 1.0):
+        ours = linear_cavs([pos], neg, l2=l2)[0, 0]
+        center = neg[0].mean(0)
+        scale = (neg[0] - center).pow(2).mean().sqrt()
+        xp, xn = (pos - center) / scale, (neg[0] - center) / scale
+        reference = _primal_logistic_direction(xp, xn, l2)
+        assert float(ours @ reference) > 0.9999, (l2, float(ours @ reference))
+        assert float(ours @ direction / direction.norm()) > 0.5  # and it found the planted direction
+
+
 def test_pvalues_match_scipy_and_bonferroni_counts_every_hypothesis() -> None:
     g = torch.Generator().manual_seed(0)
     concept = torch.rand(3, 10, generator=g) * 0.2 + torch.tensor([[0.8], [0.5], [0.2]])
@@ -549,17 +596,17 @@ def test_pvalues_match_scipy_and_bonferroni_counts_every_hypothesis() -> None:
 
 # ---------------------------------------------------------------------------------------- callback
 def _trainer(root: Path, callbacks: list, **kwargs: Any) -> Trainer:
-    defaults: dict[str, Any] = dict(
-        default_root_dir=root,
-        max_epochs=1,
-        logger=CSVLogger(root, name="logs"),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-        num_sanity_val_steps=0,
-    )
+    defaults: dict[str, Any] = {
+        "default_root_dir": root,
+        "max_epochs": 1,
+        "logger": CSVLogger(root, name="logs"),
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "accelerator": "cpu",
+        "devices": 1,
+        "num_sanity_val_steps": 0,
+    }
     defaults.update(kwargs)
     return Trainer(callbacks=callbacks, **defaults)
 

@@ -1,7 +1,14 @@
 """Lightning callbacks: thin wrappers that decide when to explain, on which data, and where results go."""
 
 from lightning_xai.callbacks.base import ExplainResult, XAICallback
+from lightning_xai.callbacks.concept_attribution import ConceptAttributionCallback
 from lightning_xai.callbacks.logic_rules import LogicRulesCallback
 from lightning_xai.callbacks.representation_drift import RepresentationDriftCallback
 
-__all__ = ["ExplainResult", "LogicRulesCallback", "RepresentationDriftCallback", "XAICallback"]
+__all__ = [
+    "ConceptAttributionCallback",
+    "ExplainResult",
+    "LogicRulesCallback",
+    "RepresentationDriftCallback",
+    "XAICallback",
+]

@@ -75,7 +75,8 @@ class ConceptAttributionCallback(XAICallback):
             ``max_classes``, the most frequent first).
         random: random counter-examples (same forms as a concept); default: a seeded sample of
             ``random_pool_size`` validation images, the same every epoch.
-        n_random: random runs per concept (and random-vs-random null runs). Default: 10.
+        n_random: random runs per concept (and random-vs-random null runs). Default: 30, enough for
+            the t-test to survive the Bonferroni correction over a few concepts and classes.
         cav: ``"mean"`` (centroid difference, Visual-TCAV / FastCAV) or ``"linear"`` (logistic regression).
         probe_images: fixed images whose concept maps are logged: a tensor ``[N, C, H, W]``, or how many
             images of the validation sample to use (0: none). Default: 4.
@@ -114,7 +115,7 @@ class ConceptAttributionCallback(XAICallback):
         classes: Sequence[int | str] | None = None,
         *,
         random: Any = None,
-        n_random: int = 10,
+        n_random: int = 30,
         cav: Literal["mean", "linear"] = "mean",
         probe_images: int | Tensor = 4,
         every_n_epochs: int = 1,

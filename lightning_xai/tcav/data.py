@@ -33,8 +33,8 @@ from lightning_xai.capture import default_batch_to_input
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "ConceptSource",
     "ConceptDataError",
+    "ConceptSource",
     "check_images",
     "describe_source",
     "fingerprint",

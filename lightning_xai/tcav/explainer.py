@@ -16,7 +16,6 @@ index by concept, class and layer and turn into table rows.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +43,6 @@ from lightning_xai.tcav.data import (
 from lightning_xai.tcav.stats import bonferroni, two_sided_pvalues
 from lightning_xai.tcav.visual import (
     IntegratedGradients,
-    as_feature_map,
     concept_attributions,
     concept_maps,
     concept_projection,
@@ -73,7 +71,11 @@ class TCAVScore:
         sign_fraction: mean over random runs of the fraction of the class's inputs whose directional
             derivative along the CAV is positive (the TCAV score).
         sign_fraction_sd: its standard deviation over runs.
-        magnitude: mean over runs of the mean directional derivative ``grad logit_k . v / |v|``.
+        magnitude: mean over runs of the mean directional derivative along the unit CAV, scaled by the
+            concept's mean activation shift along it (``CAVSet.shift``): ``(grad logit_k . v_hat) *
+            (v_hat . (mean(concept) - mean(random_r)))``, the first-order change of the class logit when the
+            concept is added (logit units; for ``"mean"`` CAVs simply ``grad logit_k . v``). Comparable
+            across concepts, unlike the paper's unit-CAV magnitude (kept in ``TCAVResult.unit_magnitude_runs``).
         null_sign_fraction: mean score of the random-vs-random CAVs.
         p_value, p_adjusted, significant: Welch two-sided t-test of the run scores against the null runs,
             Bonferroni-corrected over every hypothesis of the evaluation.
@@ -112,7 +114,8 @@ class TCAVResult:
     Attributes:
         layers, concepts: names.
         classes: class indices; class_names: their names.
-        sign_runs, magnitude_runs: ``[L, K, C, R]`` per-run TCAV sign fraction and mean directional derivative.
+        sign_runs, magnitude_runs: ``[L, K, C, R]`` per-run TCAV sign fraction and magnitude (see
+            :class:`TCAVScore`); unit_magnitude_runs: the mean directional derivative along the unit CAV.
         null_sign_runs, null_magnitude_runs: ``[L, C, R]`` the same for the random-vs-random CAVs.
         n_inputs: ``[C]`` inputs of each class.
         p_values, p_adjusted: ``[L, K, C]``; significant: ``[L, K, C]`` bool.
@@ -189,7 +192,7 @@ class TCAVResult:
 
     @property
     def magnitude(self) -> Tensor:
-        """``[L, K, C]`` mean directional derivatives along the unit CAVs (mean over runs)."""
+        """``[L, K, C]`` TCAV magnitudes in logit units (mean over runs; see :class:`TCAVScore`)."""
         return self.magnitude_runs.mean(-1)
 
     def _index(self, concept: str, class_: int | str, layer: str | None) -> tuple[int, int, int]:
@@ -430,14 +433,15 @@ class ConceptAttribution:
         max_images: keep at most this many images per concept.
         class_names: names of the model's classes (default ``class_<k>``).
         batch_size: images per forward pass; ig_batch_rows: rows per integrated-gradients pass.
-        l2, max_iter: regularisation and L-BFGS iterations of ``"linear"`` CAVs.
+        l2, max_iter: L2 penalty and iteration cap of ``"linear"`` CAVs (see :func:`~lightning_xai.tcav.cav.linear_cavs`).
         seed: seed of the random sets.
         cache: an :class:`~lightning_xai.tcav.activations.ActivationCache` to share with other explainers of the
             same model (e.g. a ``"mean"`` and a ``"linear"`` one: activations and integrated gradients are
             computed once).
 
     Raises:
-        ValueError: an unknown ``cav``, ``n_random < 1``, ``m_steps < 1`` or no concepts.
+        ValueError: an unknown ``cav``, ``n_random < 2``, ``m_steps < 1``, no concepts or no random pool.
+        LayerNotFoundError: a layer name that is not a sub-module (the message lists close names).
 
     Example:
         >>> from lightning_xai.world import TinyCNN, concept_set, random_set
@@ -461,7 +465,7 @@ class ConceptAttribution:
         random: ConceptSource | None = None,
         *,
         cav: str = "mean",
-        n_random: int = 10,
+        n_random: int = 30,
         random_set_size: int | None = None,
         alpha: float = 0.05,
         m_steps: int = 50,
@@ -472,7 +476,7 @@ class ConceptAttribution:
         batch_size: int = 64,
         ig_batch_rows: int = 512,
         l2: float = 1.0,
-        max_iter: int = 500,
+        max_iter: int = 50,
         seed: int = 0,
         cache: ActivationCache | None = None,
     ) -> None:
@@ -480,8 +484,8 @@ class ConceptAttribution:
             raise ValueError(f"cav={cav!r} is not supported; choose one of {list(CAV_KINDS)}.")
         if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 2:
             raise ValueError(f"n_random must be an integer >= 2 (a t-test needs two runs), got {n_random!r}.")
-        if m_steps < 1:
-            raise ValueError(f"m_steps must be >= 1, got {m_steps!r}.")
+        if isinstance(m_steps, bool) or not isinstance(m_steps, int) or m_steps < 1:
+            raise ValueError(f"m_steps must be an integer >= 1, got {m_steps!r}.")
         if not concepts:
             raise ValueError(
                 "No concepts given: pass concepts={'striped': images_or_dataset_or_folder, ...} with at least one concept."
