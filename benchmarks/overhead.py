@@ -23,10 +23,12 @@ from lightning.pytorch import Callback, Trainer, seed_everything  # noqa: E402
 
 from lightning_xai.callbacks import (  # noqa: E402
     ConceptAttributionCallback,
+    ConceptPermutationCallback,
     LogicRulesCallback,
     RepresentationDriftCallback,
 )
-from lightning_xai.world import TinyCNN, WorldDataModule, concept_set, random_set  # noqa: E402
+from lightning_xai.permutation import world_concept_table  # noqa: E402
+from lightning_xai.world import TinyCNN, WorldDataModule, WorldGenerator, concept_set, random_set  # noqa: E402
 
 CONFIGS: dict[str, Callable[[], list[Callback]]] = {
     "none": lambda: [],
@@ -40,6 +42,9 @@ CONFIGS: dict[str, Callable[[], list[Callback]]] = {
             images_per_class=10,
             probe_images=2,
         )
+    ],
+    "concept_permutation": lambda: [
+        ConceptPermutationCallback(WorldGenerator(), world_concept_table(200, seed=0), n_repeats=5, show_progress=False)
     ],
 }
 

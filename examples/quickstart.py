@@ -28,12 +28,14 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger  # noqa: E402
 
 from lightning_xai.callbacks import (  # noqa: E402
     ConceptAttributionCallback,
+    ConceptPermutationCallback,
     LogicRulesCallback,
     RepresentationDriftCallback,
 )
+from lightning_xai.permutation import world_concept_table  # noqa: E402
 from lightning_xai.records import read_records  # noqa: E402
 from lightning_xai.wandb_offline import find_offline_runs, logged_images, logged_tables  # noqa: E402
-from lightning_xai.world import TinyCNN, WorldDataModule, concept_set, random_set  # noqa: E402
+from lightning_xai.world import TinyCNN, WorldDataModule, WorldGenerator, concept_set, random_set  # noqa: E402
 
 # Concepts for TCAV: matched sets (each image is a random scene with the concept planted in it, the random
 # pool is the same scenes without it), so a CAV learns the concept and nothing that comes with it.
@@ -49,6 +51,8 @@ def build_callbacks() -> list:
         ConceptAttributionCallback(
             concepts, random=random_set(100, seed=11), every_n_epochs=2, images_per_class=10, probe_images=2
         ),
+        # DEPICT: 200 world scenes rendered from their captions (once), re-scored every second epoch
+        ConceptPermutationCallback(WorldGenerator(), world_concept_table(200, seed=0), n_repeats=5, every_n_epochs=2),
     ]
 
 
@@ -136,6 +140,15 @@ def main(argv: list[str] | None = None) -> dict:
             cells = {r["concept"]: r for r in p["scores"] if r["class"] == cname and r["layer"] == p["layers"][0]}
             print(f"  {cname:<18}" + "".join(
                 f"{cells[c]['tcav']:>16.2f}{'*' if cells[c]['significant'] else ' '}" for c in p["concepts"]))
+    depict = [r for r in records if r.method == "concept_permutation" and r.name == "epoch"]
+    if depict:
+        print("\nConcept permutation importance (accuracy drop when a concept is shuffled across captions):")
+        for rec in depict:
+            p = rec.payload
+            cells = ", ".join(f"{r['concept']} {r['importance']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+                              for r in sorted(p["importance"], key=lambda r: r["rank"]))
+            tau = p["kendall_tau_prev"]
+            print(f"  epoch {rec.epoch}: {cells}" + (f"; Kendall tau vs epoch {p['previous_epoch']}: {tau:.2f}" if tau is not None else ""))
     errors = [r for r in records if r.name == "error"]
     if errors:
         print(f"\n{len(errors)} explainer errors were recorded; see the records with name 'error'.")

@@ -2,11 +2,13 @@
 
 from lightning_xai.callbacks.base import ExplainResult, XAICallback
 from lightning_xai.callbacks.concept_attribution import ConceptAttributionCallback
+from lightning_xai.callbacks.concept_permutation import ConceptPermutationCallback
 from lightning_xai.callbacks.logic_rules import LogicRulesCallback
 from lightning_xai.callbacks.representation_drift import RepresentationDriftCallback
 
 __all__ = [
     "ConceptAttributionCallback",
+    "ConceptPermutationCallback",
     "ExplainResult",
     "LogicRulesCallback",
     "RepresentationDriftCallback",

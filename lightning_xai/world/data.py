@@ -47,7 +47,7 @@ __all__ = [
     "scene_seeds",
 ]
 
-SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2, "probe": 3, "effects": 4}
+SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2, "probe": 3, "effects": 4, "depict": 5}
 """Split name -> split id used in seed derivation."""
 
 CONCEPT_SET_KINDS = ("matched", "isolated")

@@ -1,0 +1,34 @@
+"""DEPICT: concept permutation importance through a text-to-image generator (no Lightning imports).
+
+* :class:`ConceptTable` holds rows of concept values, labels, per-row seeds and a caption template, and
+  builds seeded column permutations (:func:`world_concept_table` for the planted-concept world).
+* :class:`GenerationCache` generates every (generator, caption, seed) image once.
+* :class:`ConceptPermutation` scores a classifier: metric on unpermuted minus permuted images.
+* :func:`effective_generation` and :func:`independence_matrix`: the paper's checks, with any detector.
+"""
+
+from lightning_xai.permutation.cache import GenerationCache, GeneratorOutputError
+from lightning_xai.permutation.checks import effective_generation, independence_matrix
+from lightning_xai.permutation.importance import (
+    METRICS,
+    ConceptPermutation,
+    PermutationResult,
+    kendall_tau,
+    resolve_metric,
+)
+from lightning_xai.permutation.table import ConceptTable, Permutation, world_concept_table
+
+__all__ = [
+    "METRICS",
+    "ConceptPermutation",
+    "ConceptTable",
+    "GenerationCache",
+    "GeneratorOutputError",
+    "Permutation",
+    "PermutationResult",
+    "kendall_tau",
+    "resolve_metric",
+    "effective_generation",
+    "independence_matrix",
+    "world_concept_table",
+]

@@ -1,0 +1,163 @@
+"""A generation cache: every (generator, caption, seed) image is generated once per run.
+
+DEPICT's cost is generation; scoring a classifier on the images is cheap. While a model trains, the
+images do not change (only the classifier does), so they are generated on the first explained epoch
+and re-scored every later one. Keys include the generator's fingerprint (weights and settings), so a
+changed generator never reuses stale images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+__all__ = ["GenerationCache", "GeneratorOutputError"]
+
+
+class GeneratorOutputError(ValueError):
+    """A generator returned something other than float images ``[N, 3, H, W]``."""
+
+
+class GenerationCache:
+    """Images keyed by ``(generator fingerprint, caption, seed)``, in memory and optionally on disk.
+
+    Args:
+        generator: anything with ``generate(captions, seeds) -> Tensor[N, 3, H, W]`` and a ``fingerprint``
+            string (:class:`~lightning_xai.world.WorldGenerator`,
+            :class:`~lightning_xai.generators.DiffusersGenerator`).
+        directory: optional folder; images are also stored there (one ``.pt`` file per image, named by
+            its key) and read back by later runs with the same generator.
+        batch_size: captions per ``generate`` call.
+        show_progress: a progress bar over generation.
+
+    Attributes:
+        calls: ``generate`` calls made; generated: images generated; hits: images served from the cache.
+
+    Example:
+        >>> from lightning_xai.world import WorldGenerator
+        >>> cache = GenerationCache(WorldGenerator(), show_progress=False)
+        >>> cache.get(["a red circle on a plain background"] * 2, [0, 0]).shape, cache.generated
+        (torch.Size([2, 3, 64, 64]), 1)
+    """
+
+    def __init__(
+        self,
+        generator: object,
+        directory: str | os.PathLike | None = None,
+        batch_size: int = 64,
+        show_progress: bool = True,
+    ) -> None:
+        if not callable(getattr(generator, "generate", None)):
+            raise TypeError(
+                f"generator must have a generate(captions, seeds) method, got {type(generator).__name__}."
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+        self.generator = generator
+        self.directory = Path(directory) if directory is not None else None
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        self._images: dict[str, Tensor] = {}
+        self.calls = 0
+        self.generated = 0
+        self.hits = 0
+        self.shape: tuple[int, ...] | None = None
+        self._fingerprint: str | None = None
+
+    def _current_fingerprint(self) -> str:
+        fp = getattr(self.generator, "fingerprint", None)
+        if callable(fp):
+            fp = fp()
+        return str(fp) if fp is not None else f"{type(self.generator).__module__}.{type(self.generator).__qualname__}"
+
+    @property
+    def fingerprint(self) -> str:
+        """The generator's fingerprint, read once per :meth:`prefetch` (a diffusers one hashes weights)."""
+        if self._fingerprint is None:
+            self._fingerprint = self._current_fingerprint()
+        return self._fingerprint
+
+    def key(self, caption: str, seed: int) -> str:
+        return hashlib.sha256(f"{self.fingerprint}\x00{caption}\x00{int(seed)}".encode()).hexdigest()[:32]
+
+    def __contains__(self, item: tuple[str, int]) -> bool:
+        return self.key(*item) in self._images
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def _check(self, images: object, n: int) -> Tensor:
+        name = type(self.generator).__name__
+        if not isinstance(images, Tensor):
+            raise GeneratorOutputError(f"{name}.generate returned {type(images).__name__}; expected a Tensor [N, 3, H, W].")
+        if images.dim() != 4 or images.shape[0] != n or images.shape[1] not in (1, 3):
+            raise GeneratorOutputError(
+                f"{name}.generate returned shape {list(images.shape)} for {n} captions; expected [{n}, 3, H, W]."
+            )
+        if not images.is_floating_point():
+            raise GeneratorOutputError(
+                f"{name}.generate returned dtype {images.dtype}; expected float images in [0, 1] (e.g. float32)."
+            )
+        if self.shape is not None and tuple(images.shape[1:]) != self.shape:
+            raise GeneratorOutputError(
+                f"{name}.generate returned images of shape {list(images.shape[1:])} after earlier ones of {list(self.shape)}."
+            )
+        self.shape = tuple(images.shape[1:])
+        return images.detach().float().cpu()
+
+    def prefetch(self, captions: Sequence[str], seeds: Sequence[int], desc: str = "generating") -> int:
+        """Generate every (caption, seed) not cached yet; returns how many were generated."""
+        if len(captions) != len(seeds):
+            raise ValueError(f"got {len(captions)} captions but {len(seeds)} seeds; pass one seed per caption.")
+        # re-read once per call: a generator whose weights or settings changed gets new keys, never stale images
+        current = self._current_fingerprint()
+        if current != self._fingerprint:
+            self.shape = None  # a new generator may make another image size
+        self._fingerprint = current
+        todo: dict[str, tuple[str, int]] = {}
+        for c, s in zip(captions, seeds):
+            k = self.key(c, s)
+            if k in self._images or k in todo:
+                continue
+            if self.directory is not None and (self.directory / f"{k}.pt").exists():
+                self._images[k] = torch.load(self.directory / f"{k}.pt", weights_only=True)
+                continue
+            todo[k] = (c, int(s))
+        if not todo:
+            return 0
+        items = list(todo.items())
+        bar = tqdm(total=len(items), desc=desc, unit="img", disable=not self.show_progress, leave=False)
+        try:
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start : start + self.batch_size]
+                self.calls += 1
+                with torch.no_grad():
+                    out = self.generator.generate([c for _, (c, _) in chunk], [s for _, (_, s) in chunk])
+                out = self._check(out, len(chunk))
+                for (k, _), img in zip(chunk, out):
+                    img = img.clone()
+                    self._images[k] = img
+                    if self.directory is not None:
+                        tmp = self.directory / f"{k}.pt.tmp"
+                        torch.save(img, tmp)
+                        os.replace(tmp, self.directory / f"{k}.pt")  # atomic: a crash never leaves half a file
+                self.generated += len(chunk)
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+        return len(items)
+
+    def get(self, captions: Sequence[str], seeds: Sequence[int]) -> Tensor:
+        """The images of ``(captions[i], seeds[i])``, generating those not cached yet. ``[N, 3, H, W]``."""
+        before = self.generated
+        self.prefetch(captions, seeds)
+        self.hits += len(captions) - (self.generated - before)
+        return torch.stack([self._images[self.key(c, s)] for c, s in zip(captions, seeds)])

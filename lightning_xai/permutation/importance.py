@@ -1,0 +1,403 @@
+"""DEPICT: concept permutation importance through a text-to-image generator (Jabbour et al., ECCV 2024).
+
+Importance of concept ``k`` = the classifier's performance on images generated from the unpermuted
+captions minus its performance after ``k``'s column is permuted across rows, over ``R`` seeded
+repeats. Images are generated once (cached) and re-scored as often as the classifier changes; per
+epoch the classifier runs once on every *distinct* image, and each permutation reuses the base
+image's output for rows whose caption did not change.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import Tensor, nn
+
+from lightning_xai.capture import explanation_mode
+from lightning_xai.permutation.cache import GenerationCache
+from lightning_xai.permutation.table import ConceptTable, Permutation
+
+__all__ = ["METRICS", "ConceptPermutation", "PermutationResult", "kendall_tau", "resolve_metric"]
+
+METRICS = ("accuracy", "auroc")
+MetricFn = Callable[[Tensor, Tensor], float]
+
+
+def _accuracy(logits: Tensor, labels: Tensor) -> float:
+    from torchmetrics.functional.classification import multiclass_accuracy
+
+    return float(multiclass_accuracy(logits, labels, num_classes=logits.shape[1], average="micro"))
+
+
+def _auroc(logits: Tensor, labels: Tensor) -> float:
+    from torchmetrics.functional.classification import binary_auroc, multiclass_auroc
+
+    probs = logits.float().softmax(-1)
+    if logits.shape[1] == 2:
+        return float(binary_auroc(probs[:, 1], labels))
+    return float(multiclass_auroc(probs, labels, num_classes=logits.shape[1], average="macro"))
+
+
+def resolve_metric(metric: str | Any) -> tuple[str, MetricFn]:
+    """``(name, fn(logits, labels) -> float)`` for a metric name, a torchmetrics ``Metric`` or a callable.
+
+    ``"accuracy"`` (micro, from the argmax) and ``"auroc"`` (binary for 2 classes, else macro one-vs-rest)
+    come from torchmetrics. A ``torchmetrics.Metric`` instance gets softmax probabilities and the labels
+    (it is cloned per call, so its state is never shared). A plain callable gets ``(logits, labels)``.
+
+    Raises:
+        ValueError: an unknown metric name (the message lists the valid ones) or another type.
+    """
+    if isinstance(metric, str):
+        if metric == "accuracy":
+            return "accuracy", _accuracy
+        if metric == "auroc":
+            return "auroc", _auroc
+        raise ValueError(f"metric={metric!r} is not supported; choose one of {list(METRICS)}, a torchmetrics Metric or a callable.")
+    try:
+        from torchmetrics import Metric
+    except ImportError:  # pragma: no cover - torchmetrics is a dependency
+        Metric = ()  # type: ignore[assignment]
+    if isinstance(metric, Metric):
+
+        def fn(logits: Tensor, labels: Tensor) -> float:
+            m = metric.clone()
+            m.reset()
+            m.update(logits.float().softmax(-1), labels)
+            return float(m.compute())
+
+        return type(metric).__name__, fn
+    if callable(metric):
+        return getattr(metric, "__name__", type(metric).__name__), lambda logits, labels: float(metric(logits, labels))
+    raise ValueError(
+        f"metric must be one of {list(METRICS)}, a torchmetrics Metric or a callable (logits, labels) -> float; "
+        f"got {type(metric).__name__}."
+    )
+
+
+def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
+    """Kendall's tau-b between two score vectors (1: same order; nan with fewer than 2 entries or no variance)."""
+    if len(a) < 2:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(stats.kendalltau(np.asarray(a, float), np.asarray(b, float)).statistic)
+
+
+@dataclass
+class PermutationResult:
+    """Concept permutation importances of one classifier state.
+
+    Attributes:
+        concepts: concept names (rows). metric: the metric's name.
+        base: the metric on the unpermuted generated images.
+        permuted: ``[K, R]`` the metric after each permutation.
+        importance: ``[K, R]`` ``base - permuted`` (signed: a negative drop is a warning sign).
+        changed: ``[K, R]`` rows whose caption the permutation changed.
+        mean, sd: ``[K]`` over repeats; low, high: ``[K]`` percentile interval over the repeats (``interval``
+            coverage), as the paper reports it. It shows how much the shuffles disagree, not how much the
+            result depends on the particular rows: the base score is one draw of ``n_rows`` images.
+        bootstrap: ``[K, B]`` the mean importance on ``B`` row resamples (the same resampled rows for the
+            base and every repeat, a paired bootstrap), or ``None``; ci_low, ci_high: its percentile interval,
+            which covers both sources of variation. An irrelevant concept's ``ci`` contains 0 unless the model
+            really responds to it.
+        constant: concepts whose column has one distinct value (importance 0 by construction).
+        n_rows: rows of the table; interval: the intervals' coverage.
+    """
+
+    concepts: list[str]
+    metric: str
+    base: float
+    permuted: np.ndarray
+    importance: np.ndarray
+    changed: np.ndarray
+    interval: float
+    n_rows: int
+    constant: list[str] = field(default_factory=list)
+    bootstrap: np.ndarray | None = None
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.importance.mean(1)
+
+    @property
+    def sd(self) -> np.ndarray:
+        r = self.importance.shape[1]
+        return self.importance.std(1, ddof=1) if r > 1 else np.zeros(len(self.concepts))
+
+    @property
+    def low(self) -> np.ndarray:
+        return np.percentile(self.importance, 50 * (1 - self.interval), axis=1)
+
+    @property
+    def high(self) -> np.ndarray:
+        return np.percentile(self.importance, 100 - 50 * (1 - self.interval), axis=1)
+
+    @property
+    def ci_low(self) -> np.ndarray:
+        if self.bootstrap is None:
+            return self.low
+        return np.nanpercentile(self.bootstrap, 50 * (1 - self.interval), axis=1)
+
+    @property
+    def ci_high(self) -> np.ndarray:
+        if self.bootstrap is None:
+            return self.high
+        return np.nanpercentile(self.bootstrap, 100 - 50 * (1 - self.interval), axis=1)
+
+    def ranking(self) -> list[str]:
+        """Concepts by mean importance, most important first (ties keep the table's order)."""
+        order = sorted(range(len(self.concepts)), key=lambda i: -self.mean[i])
+        return [self.concepts[i] for i in order]
+
+    def rank_of(self) -> dict[str, int]:
+        return {c: i + 1 for i, c in enumerate(self.ranking())}
+
+    def importance_of(self, concept: str) -> float:
+        return float(self.mean[self.concepts.index(concept)])
+
+    def kendall_tau(self, other: PermutationResult) -> float:
+        """Agreement of the importance orderings of the concepts both results hold."""
+        common = [c for c in self.concepts if c in other.concepts]
+        return kendall_tau([self.importance_of(c) for c in common], [other.importance_of(c) for c in common])
+
+    def rows(self) -> list[dict[str, Any]]:
+        ranks = self.rank_of()
+        return [
+            {
+                "concept": c,
+                "rank": ranks[c],
+                "importance": float(self.mean[i]),
+                "sd": float(self.sd[i]),
+                "low": float(self.low[i]),
+                "high": float(self.high[i]),
+                "ci_low": float(self.ci_low[i]),
+                "ci_high": float(self.ci_high[i]),
+                "base": self.base,
+                "permuted": float(self.permuted[i].mean()),
+                "changed_rows": float(self.changed[i].mean()),
+                "constant": c in self.constant,
+            }
+            for i, c in enumerate(self.concepts)
+        ]
+
+
+class ConceptPermutation:
+    """DEPICT permutation importance of a table's concepts for a classifier, through a generator.
+
+    Args:
+        generator: ``generate(captions, seeds) -> Tensor[N, 3, H, W]`` with a ``fingerprint``
+            (:class:`~lightning_xai.world.WorldGenerator`, :class:`~lightning_xai.generators.DiffusersGenerator`).
+        table: the :class:`ConceptTable` (rows, labels, seeds, caption template).
+        metric: ``"accuracy"``, ``"auroc"``, a torchmetrics ``Metric`` or ``fn(logits, labels) -> float``.
+        n_repeats: permutations per concept (``R``; the paper's notebook uses 25).
+        seed: seed of the permutations (each concept's shuffles depend on its name and the repeat only).
+        interval: coverage of the percentile interval over repeats.
+        transform: applied to generated images before the classifier (resize, normalise); default none.
+        batch_size: images per classifier forward.
+        cache: a :class:`GenerationCache` to share (default: a new one over ``generator``).
+        cache_dir: folder for an on-disk cache (ignored when ``cache`` is given).
+        show_progress: progress bars over generation.
+        n_bootstrap: row resamples of the paired bootstrap interval (0: none). Accuracy is resampled in one
+            vectorised step; other metrics cost ``n_bootstrap * (n_repeats + 1)`` metric calls per concept.
+
+    Raises:
+        ValueError: bad ``n_repeats``, ``interval``, ``batch_size`` or ``n_bootstrap``, an unknown metric.
+
+    Example:
+        >>> from lightning_xai.world import TinyCNN, WorldGenerator
+        >>> from lightning_xai.permutation import world_concept_table
+        >>> depict = ConceptPermutation(WorldGenerator(), world_concept_table(8), n_repeats=2, show_progress=False)
+        >>> result = depict.explain(TinyCNN(num_classes=6))
+        >>> result.importance.shape
+        (4, 2)
+    """
+
+    def __init__(
+        self,
+        generator: Any,
+        table: ConceptTable,
+        *,
+        metric: str | Any = "accuracy",
+        n_repeats: int = 10,
+        seed: int = 0,
+        interval: float = 0.95,
+        transform: Callable[[Tensor], Tensor] | None = None,
+        batch_size: int = 128,
+        cache: GenerationCache | None = None,
+        cache_dir: str | None = None,
+        show_progress: bool = True,
+        n_bootstrap: int = 200,
+    ) -> None:
+        if not isinstance(table, ConceptTable):
+            raise ValueError(f"table must be a ConceptTable, got {type(table).__name__}.")
+        if isinstance(n_repeats, bool) or not isinstance(n_repeats, int) or n_repeats < 1:
+            raise ValueError(f"n_repeats must be an integer >= 1, got {n_repeats!r}.")
+        if not isinstance(interval, (int, float)) or not 0.0 < float(interval) < 1.0:
+            raise ValueError(f"interval must lie in (0, 1), got {interval!r}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+        if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 0:
+            raise ValueError(f"n_bootstrap must be an integer >= 0, got {n_bootstrap!r}.")
+        self.metric_name, self.metric = resolve_metric(metric)
+        self.n_bootstrap = n_bootstrap
+        self.table = table
+        self.n_repeats = n_repeats
+        self.seed = int(seed)
+        self.interval = float(interval)
+        self.transform = transform
+        self.batch_size = batch_size
+        self.cache = cache if cache is not None else GenerationCache(
+            generator, directory=cache_dir, show_progress=show_progress
+        )
+        self._perms: dict[str, list[Permutation]] = {}
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------------ generation
+    def permutations(self, concept: str) -> list[Permutation]:
+        if concept not in self._perms:
+            self._perms[concept] = [self.table.permutation(concept, r, self.seed) for r in range(self.n_repeats)]
+        return self._perms[concept]
+
+    def _check_concepts(self, concepts: Sequence[str] | None) -> list[str]:
+        concepts = list(self.table.concepts if concepts is None else concepts)
+        unknown = [c for c in concepts if c not in self.table.columns]
+        if unknown:
+            raise ValueError(f"concepts {unknown} are not columns of the table; the columns are {sorted(self.table.columns)}.")
+        for c in concepts:
+            if self.table.is_constant(c) and c not in self._warned:
+                self._warned.add(c)
+                warnings.warn(
+                    f"Concept {c!r} has one distinct value ({self.table.columns[c][0]!r}) in all {self.table.n} rows: "
+                    "permuting it cannot change any caption, so its importance is reported as 0. Add rows with "
+                    "other values to measure it.",
+                    stacklevel=3,
+                )
+        return concepts
+
+    def needed(self, concepts: Sequence[str] | None = None) -> tuple[list[str], list[int]]:
+        """Every (caption, seed) that scoring ``concepts`` needs: the base rows plus each permutation's changed rows."""
+        concepts = self._check_concepts(concepts)
+        captions, seeds = list(self.table.captions()), list(self.table.seeds)
+        for c in concepts:
+            if self.table.is_constant(c):
+                continue
+            for p in self.permutations(c):
+                for i in np.flatnonzero(p.changed):
+                    captions.append(p.captions[i])
+                    seeds.append(self.table.seeds[i])
+        return captions, seeds
+
+    def generate(self, concepts: Sequence[str] | None = None) -> int:
+        """Generate (once) every image scoring ``concepts`` needs; returns how many were generated now."""
+        captions, seeds = self.needed(concepts)
+        return self.cache.prefetch(captions, seeds, desc="DEPICT: generating images")
+
+    # ------------------------------------------------------------------ scoring
+    def _logits(self, model: nn.Module, captions: list[str], seeds: list[int], device: torch.device) -> dict[str, Tensor]:
+        """The classifier's logits for every distinct (caption, seed), keyed by cache key."""
+        keys = list(dict.fromkeys(self.cache.key(c, s) for c, s in zip(captions, seeds)))
+        pairs = {self.cache.key(c, s): (c, s) for c, s in zip(captions, seeds)}
+        out: dict[str, Tensor] = {}
+        with explanation_mode(model), torch.no_grad():
+            for start in range(0, len(keys), self.batch_size):
+                chunk = keys[start : start + self.batch_size]
+                x = self.cache.get([pairs[k][0] for k in chunk], [pairs[k][1] for k in chunk]).to(device)
+                if self.transform is not None:
+                    x = self.transform(x)
+                logits = model(x)
+                if not isinstance(logits, Tensor) or logits.dim() != 2:
+                    raise ValueError(
+                        f"the classifier must return logits [N, classes]; got {getattr(logits, 'shape', type(logits))}."
+                    )
+                for k, row in zip(chunk, logits.detach().float().cpu()):
+                    out[k] = row
+        return out
+
+    def explain(
+        self, model: nn.Module, concepts: Sequence[str] | None = None, device: torch.device | str | None = None
+    ) -> PermutationResult:
+        """Importance of ``concepts`` (default: the table's) for ``model`` in its current state.
+
+        Generates whatever is not cached yet, runs the classifier once per distinct image, and scores every
+        permutation. The model's modes and ``requires_grad`` flags are restored afterwards.
+        """
+        concepts = self._check_concepts(concepts)
+        if device is None:
+            param = next(iter(model.parameters()), None)
+            device = param.device if param is not None else torch.device("cpu")
+        device = torch.device(device)
+        self.generate(concepts)
+        captions, seeds = self.needed(concepts)
+        logits = self._logits(model, captions, seeds, device)
+        base_keys = [self.cache.key(c, s) for c, s in zip(self.table.captions(), self.table.seeds)]
+        base_logits = torch.stack([logits[k] for k in base_keys])
+        labels = self.table.labels
+        n_classes = base_logits.shape[1]
+        if int(labels.max()) >= n_classes or int(labels.min()) < 0:
+            raise ValueError(f"labels range over [{int(labels.min())}, {int(labels.max())}] but the classifier has {n_classes} classes.")
+        base = self.metric(base_logits, labels)
+        K, R = len(concepts), self.n_repeats
+        permuted = np.full((K, R), base, dtype=float)
+        changed = np.zeros((K, R), dtype=float)
+        constant = []
+        perm_logits_all: list[list[Tensor | None]] = [[None] * R for _ in range(K)]
+        for ki, c in enumerate(concepts):
+            if self.table.is_constant(c):
+                constant.append(c)
+                continue
+            for r, p in enumerate(self.permutations(c)):
+                rows = np.flatnonzero(p.changed)
+                changed[ki, r] = len(rows) / self.table.n
+                if len(rows) == 0:
+                    continue
+                perm_logits = base_logits.clone()
+                perm_logits[torch.as_tensor(rows)] = torch.stack(
+                    [logits[self.cache.key(p.captions[i], self.table.seeds[i])] for i in rows]
+                )
+                permuted[ki, r] = self.metric(perm_logits, labels)
+                perm_logits_all[ki][r] = perm_logits
+        boot = self._bootstrap(base_logits, perm_logits_all, labels) if self.n_bootstrap else None
+        return PermutationResult(
+            concepts=concepts,
+            metric=self.metric_name,
+            base=float(base),
+            permuted=permuted,
+            importance=base - permuted,
+            changed=changed,
+            interval=self.interval,
+            n_rows=self.table.n,
+            constant=constant,
+            bootstrap=boot,
+        )
+
+    def _bootstrap(self, base: Tensor, permuted: list[list[Tensor | None]], labels: Tensor) -> np.ndarray:
+        """``[K, B]``: mean importance over repeats on ``B`` row resamples, shared by base and repeats (paired)."""
+        n, B = base.shape[0], self.n_bootstrap
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 4099]))
+        idx = torch.as_tensor(rng.integers(0, n, size=(B, n)))
+        out = np.zeros((len(permuted), B))
+        if self.metric_name == "accuracy" and self.metric is _accuracy:
+            correct = (base.argmax(1) == labels).double()
+            for ki, reps in enumerate(permuted):
+                diffs = [correct - (p.argmax(1) == labels).double() if p is not None else torch.zeros(n, dtype=torch.float64)
+                         for p in reps]
+                d = torch.stack(diffs).mean(0)  # [N]: per-row drop, averaged over repeats
+                out[ki] = d[idx].mean(1).numpy()
+            return out
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a resample may miss a class; such resamples give nan and are skipped
+            for b in range(B):
+                rows = idx[b]
+                y = labels[rows]
+                m_base = self.metric(base[rows], y)
+                for ki, reps in enumerate(permuted):
+                    drops = [m_base - self.metric(p[rows], y) if p is not None else 0.0 for p in reps]
+                    out[ki, b] = float(np.mean(drops))
+        return out
