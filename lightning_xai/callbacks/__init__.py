@@ -5,6 +5,7 @@ from lightning_xai.callbacks.concept_attribution import ConceptAttributionCallba
 from lightning_xai.callbacks.concept_permutation import ConceptPermutationCallback
 from lightning_xai.callbacks.logic_rules import LogicRulesCallback
 from lightning_xai.callbacks.representation_drift import RepresentationDriftCallback
+from lightning_xai.callbacks.symbolic_tree import SymbolicTreeCallback
 
 __all__ = [
     "ConceptAttributionCallback",
@@ -12,5 +13,6 @@ __all__ = [
     "ExplainResult",
     "LogicRulesCallback",
     "RepresentationDriftCallback",
+    "SymbolicTreeCallback",
     "XAICallback",
 ]
