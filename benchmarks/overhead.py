@@ -26,6 +26,7 @@ from lightning_xai.callbacks import (  # noqa: E402
     ConceptPermutationCallback,
     LogicRulesCallback,
     RepresentationDriftCallback,
+    SymbolicTreeCallback,
 )
 from lightning_xai.permutation import world_concept_table  # noqa: E402
 from lightning_xai.world import TinyCNN, WorldDataModule, WorldGenerator, concept_set, random_set  # noqa: E402
@@ -46,6 +47,7 @@ CONFIGS: dict[str, Callable[[], list[Callback]]] = {
     "concept_permutation": lambda: [
         ConceptPermutationCallback(WorldGenerator(), world_concept_table(200, seed=0), n_repeats=5, show_progress=False)
     ],
+    "symbolic_tree (50 steps)": lambda: [SymbolicTreeCallback(steps_per_epoch=50, warmup_steps=50)],
 }
 
 
