@@ -25,10 +25,10 @@ from typing import Any
 os.environ.setdefault("WANDB_MODE", "offline")
 
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from _world_bench import TrainEpochTimer, fit_world
+from lightning.pytorch import Trainer
 
 from lightning_xai.callbacks.logic_rules import LogicRulesCallback
-from lightning_xai.world import TinyCNN, WorldDataModule
 
 #: LogicRulesCallback arguments per configuration (on top of the defaults)
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -64,43 +64,9 @@ class TimedLogicRules(LogicRulesCallback):
         self.forwards.append(calls[0])
 
 
-class TrainEpochTimer(Callback):
-    """Wall time of the training part of each epoch (validation excluded)."""
-
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-        self._start = 0.0
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self._start = time.perf_counter()
-
-    def on_validation_start(self, trainer, pl_module):  # validation runs inside the epoch: stop the clock
-        if not trainer.sanity_checking and self._start:
-            self.seconds.append(time.perf_counter() - self._start)
-            self._start = 0.0
-
-
-def one_run(
-    kwargs: dict[str, Any], epochs: int, n_train: int, seed: int, root: str
-) -> tuple[list, list, list]:
-    seed_everything(seed, verbose=False)
-    dm = WorldDataModule(n_train=n_train, n_val=600, seed=seed)
-    dm.setup("fit")  # rendering the world is not part of what we time
-    model = TinyCNN(num_classes=dm.num_classes, classes=dm.classes)
+def one_run(kwargs: dict[str, Any], epochs: int, n_train: int, seed: int, root: str) -> tuple[list, list, list]:
     cb, timer = TimedLogicRules(**kwargs), TrainEpochTimer()
-    trainer = Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        default_root_dir=root,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[cb, timer],
-    )
-    trainer.fit(model, datamodule=dm)
+    fit_world([cb, timer], epochs, n_train, seed, root)
     return cb.seconds, timer.seconds, cb.forwards
 
 

@@ -13,13 +13,13 @@ import argparse
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable
 
 os.environ.setdefault("WANDB_MODE", "offline")
 
 import torch  # noqa: E402
-from lightning.pytorch import Callback, Trainer, seed_everything  # noqa: E402
+from _world_bench import ForwardCounter, fit_world  # noqa: E402
+from lightning.pytorch import Callback  # noqa: E402
 
 from lightning_xai.callbacks import (  # noqa: E402
     ConceptAttributionCallback,
@@ -29,7 +29,7 @@ from lightning_xai.callbacks import (  # noqa: E402
     SymbolicTreeCallback,
 )
 from lightning_xai.permutation import world_concept_table  # noqa: E402
-from lightning_xai.world import TinyCNN, WorldDataModule, WorldGenerator, concept_set, random_set  # noqa: E402
+from lightning_xai.world import WorldGenerator, concept_set, random_set  # noqa: E402
 
 CONFIGS: dict[str, Callable[[], list[Callback]]] = {
     "none": lambda: [],
@@ -51,45 +51,10 @@ CONFIGS: dict[str, Callable[[], list[Callback]]] = {
 }
 
 
-class ForwardCounter(Callback):
-    """Counts the model's forward calls (training + validation) per epoch."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self._handle = None
-
-    def setup(self, trainer, pl_module, stage):
-        def count(module, args):
-            self.calls += 1
-
-        self._handle = pl_module.register_forward_pre_hook(count)
-
-    def teardown(self, trainer, pl_module, stage):
-        if self._handle is not None:
-            self._handle.remove()
-
-
 def one_run(name: str, epochs: int, n_train: int, seed: int, root: str) -> tuple[float, float]:
-    seed_everything(seed, verbose=False)
-    dm = WorldDataModule(n_train=n_train, n_val=600, seed=seed)
-    model = TinyCNN(num_classes=dm.num_classes)
     counter = ForwardCounter()
-    trainer = Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        default_root_dir=root,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[*CONFIGS[name](), counter],
-    )
-    dm.setup("fit")  # rendering the world is not part of what we time
-    start = time.perf_counter()
-    trainer.fit(model, datamodule=dm)
-    return time.perf_counter() - start, counter.calls / epochs
+    seconds = fit_world([*CONFIGS[name](), counter], epochs, n_train, seed, root, classes=False)
+    return seconds, counter.calls / epochs
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ where records go) lives here.
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -39,6 +40,24 @@ _ON_ERROR_CHOICES = ("warn", "raise")
 
 # one dispatcher (local store + logger sinks) per trainer, shared by all callbacks of that trainer
 _DISPATCHERS: weakref.WeakKeyDictionary[Trainer, SinkDispatcher] = weakref.WeakKeyDictionary()
+
+
+def check_int(name: str, value: Any, low: int) -> int:
+    """``value`` if it is an integer (not a bool) >= ``low``; else a MisconfigurationException naming both."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise MisconfigurationException(f"{name} must be an integer >= {low}, but got {value!r}.")
+    return value
+
+
+def check_interval(name: str, value: Any, low: float, high: float, low_open: bool, high_open: bool) -> float:
+    """``float(value)`` if it is a finite number in the interval; else a MisconfigurationException naming it."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        raise MisconfigurationException(f"{name} must lie in {lo}{low}, {high}{hi}, but got {value!r}.")
+    return float(value)
 
 
 def dispatcher_for(trainer: Trainer) -> SinkDispatcher:
@@ -119,12 +138,10 @@ class XAICallback(Callback):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise MisconfigurationException(f"every_n_epochs must be an integer >= 1, but got {every_n_epochs!r}.")
+        check_int("every_n_epochs", every_n_epochs, 1)
         if on not in _ON_CHOICES:
             raise MisconfigurationException(f"on={on!r} is not supported; choose one of {list(_ON_CHOICES)}.")
-        if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 2:
-            raise MisconfigurationException(f"max_samples must be an integer >= 2, but got {max_samples!r}.")
+        check_int("max_samples", max_samples, 2)
         if on_error not in _ON_ERROR_CHOICES:
             raise MisconfigurationException(
                 f"on_error={on_error!r} is not supported; choose one of {list(_ON_ERROR_CHOICES)}."

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_xai.callbacks.base import ExplainResult, XAICallback
+from lightning_xai.callbacks.base import ExplainResult, XAICallback, check_int, check_interval
 from lightning_xai.capture import ValidationSample, resolve_layer
 from lightning_xai.records import Chart, Media, Table
 from lightning_xai.tcav.cav import CAV_KINDS
@@ -168,8 +168,7 @@ class ConceptAttributionCallback(XAICallback):
             ("max_classes", max_classes, 1),
             ("m_steps", m_steps, 1),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise MisconfigurationException(f"{name} must be an integer >= {low}, but got {value!r}.")
+            check_int(name, value, low)
         if isinstance(probe_images, Tensor):
             if probe_images.dim() != 4 or probe_images.shape[0] < 1:
                 raise MisconfigurationException(
@@ -180,8 +179,7 @@ class ConceptAttributionCallback(XAICallback):
             raise MisconfigurationException(
                 f"probe_images must be a tensor [N, C, H, W] or an integer >= 0, but got {probe_images!r}."
             )
-        if not isinstance(alpha, (int, float)) or not 0.0 < float(alpha) < 1.0:
-            raise MisconfigurationException(f"alpha must lie in (0, 1), but got {alpha!r}.")
+        check_interval("alpha", alpha, 0, 1, low_open=True, high_open=True)
         if random is not None and not isinstance(random, (Tensor, Dataset, str, os.PathLike)):
             raise MisconfigurationException(
                 f"random must be None (a sample of validation images), a tensor, a Dataset or a folder path, got "
@@ -609,55 +607,57 @@ def _maps_figure(image: Tensor, maps: np.ndarray, concepts: list[str], attr: dic
     return fig
 
 
-def _tcav_figure(tcav: TCAVResult, layer: str) -> Any:
+def _grouped_bars(
+    concepts: list[str], class_names: list[str], means: list[np.ndarray], errors: list[np.ndarray]
+) -> tuple[Any, Any, np.ndarray, float]:
+    """A figure with one bar per (concept, class), grouped by concept; returns ``(fig, ax, x, width)``."""
     from matplotlib.figure import Figure
 
-    li = tcav.layers.index(layer)
-    K, C = len(tcav.concepts), len(tcav.classes)
+    K, C = len(concepts), len(class_names)
     fig = Figure(figsize=(min(16.0, 2.0 + 0.9 * K * max(1, C) / 2), 3.8), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / max(1, C)
     x = np.arange(K, dtype=float)
     for ci in range(C):
-        mean = tcav.sign_runs[li, :, ci].mean(-1).numpy()
-        sd = tcav.sign_runs[li, :, ci].std(-1).numpy() if tcav.sign_runs.shape[-1] > 1 else np.zeros(K)
+        ax.bar(x + (ci - (C - 1) / 2) * width, means[ci], width=width, yerr=errors[ci], capsize=2, label=class_names[ci])
+    ax.set_xticks(x)
+    ax.set_xticklabels(concepts, rotation=30, ha="right", fontsize=8)
+    if C > 1:
+        ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return fig, ax, x, width
+
+
+def _tcav_figure(tcav: TCAVResult, layer: str) -> Any:
+    li = tcav.layers.index(layer)
+    K, C = len(tcav.concepts), len(tcav.classes)
+    runs = tcav.sign_runs[li]  # [K, C, R]
+    means = [runs[:, ci].mean(-1).numpy() for ci in range(C)]
+    sds = [runs[:, ci].std(-1).numpy() if runs.shape[-1] > 1 else np.zeros(K) for ci in range(C)]
+    fig, ax, x, width = _grouped_bars(tcav.concepts, tcav.class_names, means, sds)
+    for ci in range(C):
         pos = x + (ci - (C - 1) / 2) * width
-        ax.bar(pos, mean, width=width, yerr=sd, capsize=2, label=tcav.class_names[ci])
         for k in range(K):
             if bool(tcav.significant[li, k, ci]):
-                ax.text(pos[k], min(1.02, float(mean[k]) + 0.05), "*", ha="center", fontsize=10)
+                ax.text(pos[k], min(1.02, float(means[ci][k]) + 0.05), "*", ha="center", fontsize=10)
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
-    ax.set_xticks(x)
-    ax.set_xticklabels(tcav.concepts, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0.0, 1.1)
     ax.set_ylabel("TCAV score (sign fraction)")
     ax.set_title(f"TCAV at {layer} (* significant after Bonferroni, m={tcav.n_hypotheses})", fontsize=9)
-    if C > 1:
-        ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     return fig
 
 
 def _global_figure(glob: GlobalExplanation, layer: str) -> Any:
-    from matplotlib.figure import Figure
-
     li = glob.layers.index(layer)
-    K, C = len(glob.concepts), len(glob.classes)
-    fig = Figure(figsize=(min(16.0, 2.0 + 0.9 * K * max(1, C) / 2), 3.8), dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
-    width = 0.8 / max(1, C)
-    x = np.arange(K, dtype=float)
-    for ci in range(C):
+    means, errors = [], []
+    for ci in range(len(glob.classes)):
         mean = np.nan_to_num(glob.mean[li, :, ci].numpy())
         lo = mean - np.nan_to_num(glob.ci_low[li, :, ci].numpy())
         hi = np.nan_to_num(glob.ci_high[li, :, ci].numpy()) - mean
-        ax.bar(x + (ci - (C - 1) / 2) * width, mean, width=width, yerr=np.stack([lo, hi]), capsize=2,
-               label=glob.class_names[ci])
-    ax.set_xticks(x)
-    ax.set_xticklabels(glob.concepts, rotation=30, ha="right", fontsize=8)
+        means.append(mean)
+        errors.append(np.stack([lo, hi]))
+    fig, ax, _, _ = _grouped_bars(glob.concepts, glob.class_names, means, errors)
     ax.set_ylabel("attribution (share of logit gain)")
     ax.set_title(f"Visual-TCAV global attribution at {layer} (2-SE intervals)", fontsize=9)
-    if C > 1:
-        ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     return fig

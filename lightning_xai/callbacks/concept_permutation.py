@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
-from lightning_xai.callbacks.base import ExplainResult, XAICallback
+from lightning_xai.callbacks.base import ExplainResult, XAICallback, check_int, check_interval
 from lightning_xai.capture import ValidationSample
 from lightning_xai.permutation import ConceptPermutation, ConceptTable, GenerationCache, PermutationResult
 from lightning_xai.permutation.importance import resolve_metric
@@ -108,14 +108,10 @@ class ConceptPermutationCallback(XAICallback):
                 f"generator must have a generate(captions, seeds) method (e.g. lightning_xai.world.WorldGenerator or "
                 f"lightning_xai.generators.DiffusersGenerator), got {type(generator).__name__}."
             )
-        if isinstance(n_repeats, bool) or not isinstance(n_repeats, int) or n_repeats < 1:
-            raise MisconfigurationException(f"n_repeats must be an integer >= 1, but got {n_repeats!r}.")
-        if not isinstance(interval, (int, float)) or not 0.0 < float(interval) < 1.0:
-            raise MisconfigurationException(f"interval must lie in (0, 1), but got {interval!r}.")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise MisconfigurationException(f"batch_size must be an integer >= 1, but got {batch_size!r}.")
-        if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 0:
-            raise MisconfigurationException(f"n_bootstrap must be an integer >= 0, but got {n_bootstrap!r}.")
+        check_int("n_repeats", n_repeats, 1)
+        check_interval("interval", interval, 0, 1, low_open=True, high_open=True)
+        check_int("batch_size", batch_size, 1)
+        check_int("n_bootstrap", n_bootstrap, 0)
         if transform is not None and not callable(transform):
             raise MisconfigurationException(f"transform must be callable, got {type(transform).__name__}.")
         try:

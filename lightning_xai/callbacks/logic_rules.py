@@ -12,7 +12,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
-from lightning_xai.callbacks.base import ExplainResult, XAICallback
+from lightning_xai.callbacks.base import ExplainResult, XAICallback, check_int
 from lightning_xai.capture import ValidationSample, resolve_layer
 from lightning_xai.logic import (
     DEFAULT_LEVELS,
@@ -47,12 +47,6 @@ __all__ = ["LogicRulesCallback"]
 _SCORING_CHOICES = ("auto", *SCORINGS)
 _GUIDED_RGB = (0.1, 0.85, 0.2)
 _RANDOM_RGB = (0.95, 0.2, 0.2)
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise MisconfigurationException(f"{name} must be an integer >= {low}, but got {value!r}.")
-    return value
 
 
 def _finite_mean(values: Sequence[float]) -> float:
@@ -160,10 +154,10 @@ class LogicRulesCallback(XAICallback):
             raise MisconfigurationException(
                 f"grounding_layer must be a dotted layer name or None (automatic), but got {grounding_layer!r}."
             )
-        self.max_grounding_images = _check_int("max_grounding_images", max_grounding_images, 0)
-        self.max_predicates_per_image = _check_int("max_predicates_per_image", max_predicates_per_image, 1)
-        self.max_perturbation_images = _check_int("max_perturbation_images", max_perturbation_images, 0)
-        self.max_terms = _check_int("max_terms", max_terms, 1)
+        self.max_grounding_images = check_int("max_grounding_images", max_grounding_images, 0)
+        self.max_predicates_per_image = check_int("max_predicates_per_image", max_predicates_per_image, 1)
+        self.max_perturbation_images = check_int("max_perturbation_images", max_perturbation_images, 0)
+        self.max_terms = check_int("max_terms", max_terms, 1)
         levels = (
             [perturbation_levels]
             if isinstance(perturbation_levels, (int, float))

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
-from lightning_xai.callbacks.base import ExplainResult, XAICallback
+from lightning_xai.callbacks.base import ExplainResult, XAICallback, check_int, check_interval
 from lightning_xai.capture import ActivationCapture, ValidationSample
 from lightning_xai.hyperbolic import (
     LevelsError,
@@ -36,22 +36,6 @@ from lightning_xai.hyperbolic import (
 from lightning_xai.records import Chart, Media, Table
 
 __all__ = ["SymbolicTreeCallback"]
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise MisconfigurationException(f"{name} must be an integer >= {low}, but got {value!r}.")
-    return value
-
-
-def _check_float(name: str, value: Any, low: float, high: float, low_open: bool, high_open: bool) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise MisconfigurationException(f"{name} must lie in {lo}{low}, {high}{hi}, but got {value!r}.")
-    return float(value)
 
 
 def _none_if_nan(value: float | None) -> float | None:
@@ -178,16 +162,16 @@ class SymbolicTreeCallback(XAICallback):
             seed=seed,
         )
         self.layer = layer
-        self.steps_per_epoch = _check_int("steps_per_epoch", steps_per_epoch, 1)
-        self.warmup_steps = _check_int("warmup_steps", warmup_steps, 0)
+        self.steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, 1)
+        self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
         if top_symbols is not None:
-            _check_int("top_symbols", top_symbols, 1)
-        self.image_trees = _check_int("image_trees", image_trees, 0)
-        self.semantic_symbols = _check_int("semantic_symbols", semantic_symbols, 0)
-        self.semantic_images = _check_int("semantic_images", semantic_images, 1)
-        self.holdout = _check_float("holdout", holdout, 0.0, 1.0, low_open=True, high_open=True)
-        self.prune = _check_float("prune", prune, 0.0, 1.0, low_open=False, high_open=False)
-        self.class_share = _check_float("class_share", class_share, 0.0, 1.0, low_open=True, high_open=False)
+            check_int("top_symbols", top_symbols, 1)
+        self.image_trees = check_int("image_trees", image_trees, 0)
+        self.semantic_symbols = check_int("semantic_symbols", semantic_symbols, 0)
+        self.semantic_images = check_int("semantic_images", semantic_images, 1)
+        self.holdout = check_interval("holdout", holdout, 0.0, 1.0, low_open=True, high_open=True)
+        self.prune = check_interval("prune", prune, 0.0, 1.0, low_open=False, high_open=False)
+        self.class_share = check_interval("class_share", class_share, 0.0, 1.0, low_open=True, high_open=False)
         if loss_weights is not None and not isinstance(loss_weights, Mapping):
             raise MisconfigurationException(f"loss_weights must be a dict or None, but got {loss_weights!r}.")
         if loss_weights:

@@ -302,8 +302,10 @@ class ConceptPermutation:
     # ------------------------------------------------------------------ scoring
     def _logits(self, model: nn.Module, captions: list[str], seeds: list[int], device: torch.device) -> dict[str, Tensor]:
         """The classifier's logits for every distinct (caption, seed), keyed by cache key."""
-        keys = list(dict.fromkeys(self.cache.key(c, s) for c, s in zip(captions, seeds)))
-        pairs = {self.cache.key(c, s): (c, s) for c, s in zip(captions, seeds)}
+        pairs: dict[str, tuple[str, int]] = {}
+        for c, s in zip(captions, seeds):
+            pairs.setdefault(self.cache.key(c, s), (c, s))
+        keys = list(pairs)
         out: dict[str, Tensor] = {}
         with explanation_mode(model), torch.no_grad():
             for start in range(0, len(keys), self.batch_size):
@@ -333,8 +335,8 @@ class ConceptPermutation:
             param = next(iter(model.parameters()), None)
             device = param.device if param is not None else torch.device("cpu")
         device = torch.device(device)
-        self.generate(concepts)
         captions, seeds = self.needed(concepts)
+        self.cache.prefetch(captions, seeds, desc="DEPICT: generating images")
         logits = self._logits(model, captions, seeds, device)
         base_keys = [self.cache.key(c, s) for c, s in zip(self.table.captions(), self.table.seeds)]
         base_logits = torch.stack([logits[k] for k in base_keys])

@@ -1,0 +1,73 @@
+"""What the benchmark scripts share: fitting a TinyCNN on the world with callbacks, and two probes.
+
+Imported by the scripts in this folder (``python benchmarks/<script>.py`` puts the folder on the path).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from lightning.pytorch import Callback, Trainer, seed_everything
+
+from lightning_xai.world import TinyCNN, WorldDataModule
+
+
+class TrainEpochTimer(Callback):
+    """Wall time of the training part of each epoch (validation excluded)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+
+    def on_validation_start(self, trainer, pl_module):  # validation runs inside the epoch: stop the clock
+        if not trainer.sanity_checking and self._start:
+            self.seconds.append(time.perf_counter() - self._start)
+            self._start = 0.0
+
+
+class ForwardCounter(Callback):
+    """Counts the model's forward calls (training + validation)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._handle = None
+
+    def setup(self, trainer, pl_module, stage):
+        def count(module, args):
+            self.calls += 1
+
+        self._handle = pl_module.register_forward_pre_hook(count)
+
+    def teardown(self, trainer, pl_module, stage):
+        if self._handle is not None:
+            self._handle.remove()
+
+
+def fit_world(callbacks: Sequence[Callback], epochs: int, n_train: int, seed: int, root: str, classes: bool = True) -> float:
+    """Fit a fresh TinyCNN on ``n_train`` world scenes (600 validation) with ``callbacks``; returns fit seconds.
+
+    Rendering the world happens before the clock starts; no logger, checkpoint, progress bar or sanity check.
+    """
+    seed_everything(seed, verbose=False)
+    dm = WorldDataModule(n_train=n_train, n_val=600, seed=seed)
+    dm.setup("fit")
+    model = TinyCNN(num_classes=dm.num_classes, classes=dm.classes if classes else None)
+    trainer = Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        default_root_dir=root,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=list(callbacks),
+    )
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    return time.perf_counter() - start
