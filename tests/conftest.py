@@ -10,6 +10,11 @@ Public fixtures:
     ``.classes``. The model is shared by every test: treat it as read-only (or use
     ``trained_model_copy``). Tests using it should be marked ``@pytest.mark.slow``.
 
+``spurious_world`` (session scope)
+    A :class:`~lightning_xai.world.TrainedWorld` trained (width 16, 6 epochs, 2000 scenes) with the marker
+    tied to class 0 in the training split (``spurious_class=0, spurious_p=1.0``): a model that has learned
+    the planted spurious feature. Read-only, like ``trained_world``.
+
 ``trained_model_copy`` (function scope)
     A deep copy of the trained model in eval mode, safe to modify, hook or fit further.
 
@@ -48,6 +53,14 @@ def trained_world():
     from lightning_xai.world import train_tiny_cnn
 
     return train_tiny_cnn(task="shape_texture", seed=0)
+
+
+@pytest.fixture(scope="session")
+def spurious_world():
+    """A TinyCNN trained with the marker present exactly in class 0's training scenes."""
+    from lightning_xai.world import train_tiny_cnn
+
+    return train_tiny_cnn(epochs=6, n_train=2000, n_val=300, width=16, seed=0, spurious_class=0, spurious_p=1.0)
 
 
 @pytest.fixture()

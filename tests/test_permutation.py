@@ -163,20 +163,15 @@ def test_ranking_matches_the_ground_truth(weighted_models: list[Any], seed: int)
         assert abs(result.importance_of(c) - truth[c]) < 0.1, (c, result.importance_of(c), truth[c])
 
 
-@pytest.fixture(scope="module")
-def spurious_model() -> Any:
-    return train_tiny_cnn(epochs=6, n_train=2000, n_val=300, width=16, seed=0, spurious_class=0, spurious_p=1.0)
-
-
 @pytest.mark.slow
 def test_spurious_marker_is_important_only_for_the_model_that_learned_it(
-    spurious_model: Any, trained_world: Any
+    spurious_world: Any, trained_world: Any
 ) -> None:
     """The table carries the training split's correlation (marker iff class 0); permuting the marker breaks
     it. A model trained with the correlation loses accuracy, one trained without it does not."""
     table = world_concept_table(ROWS, seed=5, spurious_class=0)
     spurious = ConceptPermutation(WorldGenerator(), table, n_repeats=REPEATS, show_progress=False).explain(
-        spurious_model.model
+        spurious_world.model
     )
     clean = ConceptPermutation(WorldGenerator(), table, n_repeats=REPEATS, show_progress=False).explain(
         trained_world.model

@@ -3,6 +3,7 @@
 from lightning_xai.callbacks.base import ExplainResult, XAICallback
 from lightning_xai.callbacks.concept_attribution import ConceptAttributionCallback
 from lightning_xai.callbacks.concept_permutation import ConceptPermutationCallback
+from lightning_xai.callbacks.diffusion_explainer import DiffusionExplainerCallback
 from lightning_xai.callbacks.logic_rules import LogicRulesCallback
 from lightning_xai.callbacks.representation_drift import RepresentationDriftCallback
 from lightning_xai.callbacks.symbolic_tree import SymbolicTreeCallback
@@ -10,6 +11,7 @@ from lightning_xai.callbacks.symbolic_tree import SymbolicTreeCallback
 __all__ = [
     "ConceptAttributionCallback",
     "ConceptPermutationCallback",
+    "DiffusionExplainerCallback",
     "ExplainResult",
     "LogicRulesCallback",
     "RepresentationDriftCallback",

@@ -71,6 +71,7 @@ from .data import (
     sample_slots,
     scene_seeds,
 )
+from .detector import WorldColourMarkerDetector
 from .effects import EffectTable, interventional_effects, model_logits
 from .generator import WorldGenerator
 from .model import DEFAULT_TRAINING, TinyCNN, TrainedWorld, train_tiny_cnn
@@ -113,6 +114,7 @@ __all__ = [
     "Slots",
     "TinyCNN",
     "TrainedWorld",
+    "WorldColourMarkerDetector",
     "WorldDataModule",
     "WorldDataset",
     "WorldGenerator",

@@ -50,3 +50,20 @@ class WorldColourMarkerDetector:
         white = (x.min(1).values > self.white).sum((1, 2))
         markers = [" with a marker" if int(w) >= self.min_marker_pixels else "" for w in white]
         return {"colour": colours, "marker": markers}
+
+    def scores(self, images: Tensor) -> dict[str, Tensor]:
+        """Per-concept presence scores (0 or 1) for ``colour:<c>`` and ``marker:present``.
+
+        The concept-detector form that DiffExplainer's bias report takes
+        (:func:`~lightning_xai.diffexplainer.bias_report`).
+
+        Example:
+            >>> from lightning_xai.world import WorldGenerator
+            >>> x = WorldGenerator().generate(["a blue square on a plain background with a marker"], [3])
+            >>> {k: float(v[0]) for k, v in WorldColourMarkerDetector().scores(x).items() if v[0] > 0}
+            {'colour:blue': 1.0, 'marker:present': 1.0}
+        """
+        found = self(images)
+        out = {f"colour:{c}": torch.tensor([float(v == c) for v in found["colour"]]) for c in self._names}
+        out["marker:present"] = torch.tensor([float(bool(m)) for m in found["marker"]])
+        return out

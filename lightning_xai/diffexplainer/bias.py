@@ -1,0 +1,138 @@
+"""Bias identification: concepts over-represented in class-maximising images that are not the class's core."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["BiasReport", "ConceptDetector", "bias_report"]
+
+ConceptDetector = Callable[[Tensor], Mapping[str, Any]]
+"""``images [N, 3, H, W] in [0, 1] -> {concept: N scores in [0, 1]}``: a CLIP-style zero-shot scorer
+(image-text similarity turned into a probability), a trained concept classifier, or the world's
+:meth:`~lightning_xai.world.WorldColourMarkerDetector.scores`."""
+
+
+def _scores(detector: ConceptDetector, images: Tensor) -> dict[str, Tensor]:
+    out = detector(images)
+    if not isinstance(out, Mapping):
+        raise TypeError(
+            f"the concept detector must return a mapping concept -> scores, got {type(out).__name__}"
+        )
+    scores = {}
+    for concept, value in out.items():
+        t = torch.as_tensor(value, dtype=torch.float32).flatten()
+        if t.numel() != len(images):
+            raise ValueError(
+                f"the detector gave {t.numel()} scores for concept {concept!r} on {len(images)} images"
+            )
+        scores[str(concept)] = t
+    return scores
+
+
+@dataclass
+class BiasReport:
+    """Concept scores of a target's maximising images against reference images.
+
+    Attributes:
+        target: Readable target (``"class 0"`` or a class name).
+        rows: One dict per concept: ``concept``, ``score`` (mean over the target's images), ``reference``
+            (mean over the reference images), ``excess`` (score - reference), ``core`` (declared core
+            concept of the target), ``flagged`` (suspected spurious feature).
+        min_excess, min_score: The flagging thresholds used.
+    """
+
+    target: str
+    rows: list[dict[str, Any]]
+    min_excess: float
+    min_score: float
+
+    @property
+    def flagged(self) -> list[str]:
+        """Suspected spurious concepts, most over-represented first."""
+        return [r["concept"] for r in sorted(self.rows, key=lambda r: -r["excess"]) if r["flagged"]]
+
+    @property
+    def core_found(self) -> list[str]:
+        """Declared core concepts that are over-represented too (the images show what they should)."""
+        return [
+            r["concept"]
+            for r in self.rows
+            if r["core"] and r["excess"] >= self.min_excess and r["score"] >= self.min_score
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "flagged": self.flagged,
+            "core_found": self.core_found,
+            "min_excess": self.min_excess,
+            "min_score": self.min_score,
+            "rows": [dict(r) for r in self.rows],
+        }
+
+
+def bias_report(
+    images: Tensor,
+    detector: ConceptDetector,
+    core_concepts: Iterable[str],
+    reference: Tensor | Mapping[str, float],
+    *,
+    target: str = "",
+    min_excess: float = 0.3,
+    min_score: float = 0.5,
+) -> BiasReport:
+    """Flag concepts that the class-maximising images show far more often than reference images and that
+    are not among the target's declared core concepts (suspected spurious features, DiffExplainer's bias
+    identification).
+
+    A concept is flagged when ``mean score on images - mean score on reference >= min_excess``, its mean
+    score is at least ``min_score``, and it is not a core concept. The reference says what the generator
+    shows without optimisation: images of the initial prompt with the same seeds (what
+    :class:`~lightning_xai.callbacks.DiffusionExplainerCallback` uses), or known base rates per concept.
+
+    Args:
+        images: The target's maximising images, ``[N, 3, H, W]`` in [0, 1].
+        detector: ``images -> {concept: scores}`` (see :data:`ConceptDetector`).
+        core_concepts: Concepts that define the target (``"shape:circle"``, ``"padlock"``).
+        reference: Reference images, or ``{concept: base rate}``.
+        target: Name of the target, for the report.
+        min_excess, min_score: Thresholds (see above).
+
+    Example:
+        >>> det = lambda x: {"wood": (x[:, 0].mean((1, 2)) > 0.5).float(), "metal": torch.zeros(len(x))}
+        >>> imgs, ref = torch.ones(4, 3, 8, 8), torch.zeros(4, 3, 8, 8)
+        >>> bias_report(imgs, det, core_concepts=["metal"], reference=ref, target="padlock").flagged
+        ['wood']
+    """
+    if not 0.0 < float(min_excess) <= 1.0:
+        raise ValueError(f"min_excess must lie in (0, 1], got {min_excess!r}")
+    if not 0.0 <= float(min_score) <= 1.0:
+        raise ValueError(f"min_score must lie in [0, 1], got {min_score!r}")
+    core = set(core_concepts)
+    scores = _scores(detector, images)
+    if isinstance(reference, Tensor):
+        base = {k: float(v.mean()) for k, v in _scores(detector, reference).items()}
+    else:
+        base = {str(k): float(v) for k, v in reference.items()}
+    rows = []
+    for concept in sorted(scores):
+        score = float(scores[concept].mean())
+        ref = base.get(concept, 0.0)
+        excess = score - ref
+        is_core = concept in core
+        rows.append(
+            {
+                "concept": concept,
+                "score": score,
+                "reference": ref,
+                "excess": excess,
+                "core": is_core,
+                "flagged": (not is_core) and excess >= float(min_excess) and score >= float(min_score),
+            }
+        )
+    return BiasReport(target=target, rows=rows, min_excess=float(min_excess), min_score=float(min_score))
