@@ -24,10 +24,12 @@ from lightning.pytorch import Callback  # noqa: E402
 from lightning_xai.callbacks import (  # noqa: E402
     ConceptAttributionCallback,
     ConceptPermutationCallback,
+    DiffusionExplainerCallback,
     LogicRulesCallback,
     RepresentationDriftCallback,
     SymbolicTreeCallback,
 )
+from lightning_xai.diffexplainer import WorldPromptGenerator  # noqa: E402
 from lightning_xai.permutation import world_concept_table  # noqa: E402
 from lightning_xai.world import WorldGenerator, concept_set, random_set  # noqa: E402
 
@@ -48,6 +50,8 @@ CONFIGS: dict[str, Callable[[], list[Callback]]] = {
         ConceptPermutationCallback(WorldGenerator(), world_concept_table(200, seed=0), n_repeats=5, show_progress=False)
     ],
     "symbolic_tree (50 steps)": lambda: [SymbolicTreeCallback(steps_per_epoch=50, warmup_steps=50)],
+    # the classifier runs on generated images: 4 per step, up to 100 steps per class (6 classes)
+    "diffusion_explainer": lambda: [DiffusionExplainerCallback(WorldPromptGenerator(), steps=100, show_progress=False)],
 }
 
 
@@ -64,12 +68,16 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=2400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", default="benchmarks/results")
+    parser.add_argument(
+        "--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), help="configurations to run ('none' always runs)"
+    )
     args = parser.parse_args()
 
-    times: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    names = ["none", *[n for n in args.configs if n != "none"]]
+    times: dict[str, list[float]] = {name: [] for name in names}
     forwards: dict[str, float] = {}
     for run in range(args.runs):
-        for name in CONFIGS:  # interleaved
+        for name in names:  # interleaved
             seconds, calls = one_run(name, args.epochs, args.n_train, args.seed + run, args.root)
             times[name].append(seconds)
             forwards[name] = calls

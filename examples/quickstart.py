@@ -29,14 +29,24 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger  # noqa: E402
 from lightning_xai.callbacks import (  # noqa: E402
     ConceptAttributionCallback,
     ConceptPermutationCallback,
+    DiffusionExplainerCallback,
     LogicRulesCallback,
     RepresentationDriftCallback,
     SymbolicTreeCallback,
 )
+from lightning_xai.diffexplainer import WorldPromptGenerator  # noqa: E402
 from lightning_xai.permutation import world_concept_table  # noqa: E402
 from lightning_xai.records import read_records  # noqa: E402
 from lightning_xai.wandb_offline import find_offline_runs, logged_images, logged_tables  # noqa: E402
-from lightning_xai.world import TinyCNN, WorldDataModule, WorldGenerator, concept_set, random_set  # noqa: E402
+from lightning_xai.world import (  # noqa: E402
+    TinyCNN,
+    WorldColourMarkerDetector,
+    WorldDataModule,
+    WorldGenerator,
+    concept_set,
+    get_task,
+    random_set,
+)
 
 # Concepts for TCAV: matched sets (each image is a random scene with the concept planted in it, the random
 # pool is the same scenes without it), so a CAV learns the concept and nothing that comes with it.
@@ -56,6 +66,17 @@ def build_callbacks() -> list:
         ConceptPermutationCallback(WorldGenerator(), world_concept_table(200, seed=0), n_repeats=5, every_n_epochs=2),
         # hyperbolic symbol trees on conv5, warm-started each epoch (about 3 s per explained epoch on a CPU)
         SymbolicTreeCallback(steps_per_epoch=50, warmup_steps=50),
+        # DiffExplainer: per class, a world prompt (logits over each caption slot's words) optimised so its scenes
+        # maximise the class, warm-started every second epoch; concepts the class's scenes show far more often than
+        # an unoptimised prompt's, and that are not the class's own (shape, texture), are flagged as suspected bias
+        DiffusionExplainerCallback(
+            WorldPromptGenerator(),
+            steps=100,
+            every_n_epochs=2,
+            concept_detector=WorldColourMarkerDetector().scores,
+            core_concepts=get_task("shape_texture").positive_concepts,
+            show_progress=False,
+        ),
     ]
 
 
@@ -161,6 +182,15 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  epoch {rec.epoch}: fidelity {p['fidelity']['accuracy']:.3f}, norms {norms}")
         for rule in [r["text"] for r in trees[-1].payload["rules"] if r["text"].startswith("class")][:3]:
             print(f"    {rule}")
+    prompts = [r for r in records if r.method == "diffusion_explainer" and r.name == "epoch"]
+    if prompts:
+        print(f"\nDiffExplainer at epoch {prompts[-1].epoch} (optimised prompt read out; p = mean class probability of its scenes):")
+        classes = datamodule.classes
+        for t in prompts[-1].payload["targets"]:
+            flagged = (t["bias"] or {}).get("flagged", [])
+            name = classes[t["target"]["index"]]
+            print(f"  {name:<18} p={t['mean_probability']:.2f}  \"{t['readout']['caption']}\""
+                  + (f"  flagged: {', '.join(flagged)}" if flagged else ""))
     errors = [r for r in records if r.name == "error"]
     if errors:
         print(f"\n{len(errors)} explainer errors were recorded; see the records with name 'error'.")

@@ -549,3 +549,38 @@ def test_callback_runs_with_a_diffusers_prompt_generator(tmp_path: Path, tiny_pr
     (entry,) = record.payload["targets"]
     assert entry["readout"]["positions"] == ["token 1", "token 2", "token 3"] and entry["steps"] == 2
     assert record.payload["generator"].startswith("diffusers-prompt:StableDiffusionPipeline")
+
+
+def test_world_prompt_generator_pickles_and_repeats() -> None:
+    import pickle
+
+    gen = WorldPromptGenerator(size=16, seeds=(0, 1))
+    gen.render(gen.init_prompt())
+    copy_ = pickle.loads(pickle.dumps(gen))
+    assert copy_.fingerprint == gen.fingerprint
+    assert torch.equal(copy_.render(copy_.init_prompt("circle")), gen.render(gen.init_prompt("circle")))
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ddp_splits_the_targets_and_gathers_the_single_process_result(tmp_path: Path, trained_model_copy: TinyCNN) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    def run(root: Path, **kwargs: Any) -> dict:
+        cb = _callback(targets=[0, 1, 4], steps=15)
+        trainer = Trainer(default_root_dir=root, logger=CSVLogger(root, name="logs"), enable_progress_bar=False,
+                          enable_model_summary=False, accelerator="cpu", callbacks=[cb], **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.validate(copy.deepcopy(trained_model_copy), WorldDataModule(n_train=32, n_val=32, seed=0), verbose=False)
+        return read_records(root / "logs" / "version_0", method="diffusion_explainer")[0].payload
+
+    single = run(tmp_path / "single", devices=1)
+    ddp = run(tmp_path / "ddp", devices=2, strategy="ddp_spawn")
+    # 3 targets over 2 ranks (0 and 4 on rank 0, 1 on rank 1): every target once, in order, with the same numbers
+    assert [t["label"] for t in ddp["targets"]] == [t["label"] for t in single["targets"]] == ["class 0", "class 1", "class 4"]
+    for a, b in zip(single["targets"], ddp["targets"]):
+        assert a["readout"] == b["readout"] and a["steps"] == b["steps"]
+        assert a["loss_curve"] == pytest.approx(b["loss_curve"], abs=1e-6)
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-6)
+        assert a["bias"]["flagged"] == b["bias"]["flagged"]

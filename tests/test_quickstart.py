@@ -32,10 +32,11 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
 def test_quickstart_writes_one_record_per_explained_epoch(quickstart_run: tuple[Path, dict]) -> None:
     out, summary = quickstart_run
     lines = (out / "xai" / "records.jsonl").read_text().splitlines()
-    # drift, logic rules and symbol trees explain both epochs; concept attribution and permutation every second
-    assert len(lines) == 8 == summary["records"]
+    # drift, logic rules and symbol trees explain both epochs; concept attribution, permutation and DiffExplainer
+    # every second
+    assert len(lines) == 9 == summary["records"]
     assert sorted((r.method, r.epoch) for r in read_records(out)) == [
-        ("concept_attribution", 1), ("concept_permutation", 1),
+        ("concept_attribution", 1), ("concept_permutation", 1), ("diffusion_explainer", 1),
         ("logic_rules", 0), ("logic_rules", 1), ("representation_drift", 0), ("representation_drift", 1),
         ("symbolic_tree", 0), ("symbolic_tree", 1),
     ]

@@ -234,7 +234,7 @@ class DiffusionExplainerCallback(XAICallback):
                 return sorted(self.core_concepts[key])
         return []
 
-    def _optimise(self, pl_module: LightningModule, target: Target, position: str) -> dict[str, Any]:
+    def _optimise(self, pl_module: LightningModule, target: Target, show_progress: bool) -> dict[str, Any]:
         start = self._prompts.get(target.label) if self.warm_start else None
         result = optimize_prompt(
             pl_module,
@@ -248,7 +248,7 @@ class DiffusionExplainerCallback(XAICallback):
             min_prob=self.min_prob,
             preprocess=self.preprocess,
             image_seeds=self.image_seeds,
-            show_progress=self.show_progress,
+            show_progress=show_progress,
         )
         bias = None
         if self.concept_detector is not None:
@@ -276,14 +276,20 @@ class DiffusionExplainerCallback(XAICallback):
         world, rank = max(1, trainer.world_size), trainer.global_rank
         mine = [t for i, t in enumerate(targets) if i % world == rank]
         local: list[tuple[str, dict[str, Any]]] = []
-        for i, target in enumerate(mine):
-            if self.show_progress and trainer.is_global_zero:
-                print(
-                    f"DiffusionExplainer epoch {trainer.current_epoch}: target {i + 1}/{len(mine)} ({target.label})",
-                    flush=True,
-                )
-            done = self._optimise(pl_module, target, f"{i + 1}/{len(mine)}")
-            local.append((target.label, _portable(done)))
+        show = self.show_progress and trainer.is_global_zero
+        bar = None
+        if show:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(mine), desc=f"DiffExplainer epoch {trainer.current_epoch}", unit="target")
+        try:
+            for target in mine:
+                local.append((target.label, _portable(self._optimise(pl_module, target, show))))
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
         gathered = dict(item for part in _gather_objects(trainer, local) for item in part)
         entries = [_entry(t, gathered[t.label], self._readouts.get(t.label)) for t in targets]
         for t in targets:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -113,6 +114,17 @@ class WorldPromptGenerator:
         self.init_strength = float(init_strength)
         self._device = torch.device(device) if device is not None else torch.device("cpu")
         self._rendered: Tensor | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.Generator does not pickle (DDP spawn pickles callbacks), and the render table is rebuilt lazily
+        state = self.__dict__.copy()
+        state["_noise"] = None
+        state["_rendered"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._noise = torch.Generator().manual_seed(self.noise_seed)
 
     # ------------------------------------------------------------------ identity
     @property
