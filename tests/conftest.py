@@ -15,6 +15,10 @@ Public fixtures:
     tied to class 0 in the training split (``spurious_class=0, spurious_p=1.0``): a model that has learned
     the planted spurious feature. Read-only, like ``trained_world``.
 
+``world_concept_detector`` (session scope)
+    A :class:`~lightning_xai.world.WorldConceptDetector` trained on 3000 renders (3 epochs), with its
+    :class:`~lightning_xai.world.DetectorReport` (held-out accuracy per slot); unpacks as ``detector, report``.
+
 ``trained_model_copy`` (function scope)
     A deep copy of the trained model in eval mode, safe to modify, hook or fit further.
 
@@ -61,6 +65,14 @@ def spurious_world():
     from lightning_xai.world import train_tiny_cnn
 
     return train_tiny_cnn(epochs=6, n_train=2000, n_val=300, width=16, seed=0, spurious_class=0, spurious_p=1.0)
+
+
+@pytest.fixture(scope="session")
+def world_concept_detector():
+    """A WorldConceptDetector trained on world renders, and its held-out report."""
+    from lightning_xai.world import train_world_concept_detector
+
+    return train_world_concept_detector(n_train=3000, n_test=600, epochs=3, seed=0)
 
 
 @pytest.fixture()

@@ -25,9 +25,11 @@ from lightning_xai.diffexplainer import (
     Readout,
     Target,
     WorldPromptGenerator,
+    ablation_effects,
     bias_report,
     optimize_prompt,
     pixel_activation_maximisation,
+    suspects,
 )
 from lightning_xai.records import read_records
 from lightning_xai.world import (
@@ -142,6 +144,16 @@ def test_init_prompt_reads_vocabulary_words_and_rejects_others() -> None:
             WorldPromptGenerator(**kwargs)
 
 
+def test_ablate_resets_one_slot_to_uniform() -> None:
+    gen = WorldPromptGenerator(size=16)
+    prompt = gen.init_prompt("a red circle on a dotted background with a marker")
+    without = gen.ablate(prompt, "marker:present")
+    before, after = gen.probabilities(prompt), gen.probabilities(without)
+    assert after[3].tolist() == [0.5, 0.5]
+    assert all(torch.equal(a, b) for a, b in zip(before[:3], after[:3]))
+    assert gen.ablate(prompt, "sky:blue") is None and gen.ablate(prompt, "colour:purple") is None
+
+
 def test_readout_drift_names_the_changed_positions() -> None:
     gen = WorldPromptGenerator(size=16)
     before = gen.readout(gen.init_prompt("a red circle on a dotted background"))
@@ -211,34 +223,40 @@ def _class_textures(c: int) -> set[str]:
     return {k.split(":")[1] for k in RULE.positive_concepts(c) if k.startswith("texture:")}
 
 
-def _explain_all(model: torch.nn.Module, classes: list[int]) -> dict[int, Any]:
+def _explain_all(model: torch.nn.Module, classes: list[int], detector: Any) -> dict[int, Any]:
+    """Optimise each class's prompt; bias report by the learned concept detector, checked by ablation."""
     gen = WorldPromptGenerator()
-    detector = WorldColourMarkerDetector().scores
     reference = gen.images(gen.init_prompt(), DISPLAY)
     out = {}
     for c in classes:
         res = optimize_prompt(model, gen, c, steps=STEPS, early_stop=None, image_seeds=DISPLAY)
-        report = bias_report(res.images, detector, RULE.positive_concepts(c), reference, target=str(c))
-        out[c] = (res, report)
+        core = RULE.positive_concepts(c)
+        presence = bias_report(res.images, detector, core, reference, target=str(c))
+        assert presence.flagged == suspects(res.images, detector, core, reference)
+        effects = ablation_effects(model, gen, res, ["marker:present", *[f"colour:{k}" for k in COLOURS]], image_seeds=DISPLAY)
+        report = bias_report(res.images, detector, core, reference, target=str(c), effects=effects)
+        out[c] = (res, report, presence, effects)
     return out
 
 
 @pytest.fixture(scope="module")
-def clean_explanations(trained_world: Any) -> dict[int, Any]:
-    return _explain_all(trained_world.model, list(range(6)))
+def clean_explanations(trained_world: Any, world_concept_detector: Any) -> dict[int, Any]:
+    return _explain_all(trained_world.model, list(range(6)), world_concept_detector[0].scores)
 
 
 @pytest.fixture(scope="module")
-def spurious_explanations(spurious_world: Any) -> dict[int, Any]:
-    return _explain_all(spurious_world.model, [0])
+def spurious_explanations(spurious_world: Any, world_concept_detector: Any) -> dict[int, Any]:
+    return _explain_all(spurious_world.model, [0], world_concept_detector[0].scores)
 
 
 @pytest.mark.slow
 def test_readout_names_each_class_defining_concepts_and_images_are_predicted(
     clean_explanations: dict[int, Any], trained_world: Any
 ) -> None:
-    for c, (res, _) in clean_explanations.items():
+    for c, (res, report, *_) in clean_explanations.items():
         shape = trained_world.classes[c].split("/")[0]
+        # an independent, learned detector sees the class's shape in its images (far more than in the reference)
+        assert f"shape:{shape}" in report.core_found, (c, report.rows)
         words = dict(zip(res.readout.positions, res.readout.words))
         assert words["shape"] == shape, (c, res.readout.caption)
         assert words["texture"] in _class_textures(c), (c, res.readout.caption)
@@ -255,14 +273,18 @@ def test_readout_names_each_class_defining_concepts_and_images_are_predicted(
 def test_the_planted_marker_is_read_out_and_flagged_only_for_the_model_that_learned_it(
     clean_explanations: dict[int, Any], spurious_explanations: dict[int, Any]
 ) -> None:
-    res, report = spurious_explanations[0]
+    res, report, presence, effects = spurious_explanations[0]
     assert dict(zip(res.readout.positions, res.readout.words))["marker"] == "present", res.readout.caption
     assert "with a marker" in res.readout.caption
-    assert "marker:present" in report.flagged, report.rows
-    for c, (res, report) in clean_explanations.items():
-        assert "marker:present" not in report.flagged, (c, report.rows)
+    assert "marker:present" in presence.flagged and "marker:present" in report.flagged, report.rows
+    assert effects["marker:present"] > 0.2, effects  # removing the marker costs the class: the model uses it
+    for c, (res, report, presence, effects) in clean_explanations.items():
+        assert "marker:present" not in presence.flagged, (c, presence.rows)
         marker = res.readout.candidates[3]
         assert max(p for _, p in marker) < 0.7, (c, marker)  # the clean prompt leaves the marker undecided
+        # a colour the prompt drifted to is shown but not used: removing it changes nothing, so nothing is flagged
+        assert all(abs(v) < 0.05 for v in effects.values()), (c, effects)
+        assert report.flagged == [], (c, report.rows)
 
 
 @pytest.mark.slow
@@ -343,6 +365,10 @@ def test_bias_report_flags_over_represented_concepts_that_are_not_core() -> None
     rows = {r["concept"]: r for r in report.rows}
     assert rows["sky"]["excess"] == 0.0 and not rows["sky"]["flagged"]
     assert bias_report(images, detector, [], {"wood": 0.9, "metal": 0.0, "sky": 0.5}).flagged == ["metal"]
+    # an over-represented concept whose removal does not change the objective is reported, not flagged
+    checked = bias_report(images, detector, ["metal"], reference, effects={"wood": 0.01}, min_effect=0.05)
+    assert checked.flagged == [] and {r["concept"]: r["effect"] for r in checked.rows}["wood"] == 0.01
+    assert bias_report(images, detector, ["metal"], reference, effects={"wood": 0.3}).flagged == ["wood"]
     with pytest.raises(ValueError, match="the detector gave 3 scores for concept 'wood' on 4 images"):
         bias_report(images, lambda x: {"wood": [1, 1, 1]}, [], reference)
     with pytest.raises(ValueError, match=r"min_excess must lie in \(0, 1\]"):
@@ -413,6 +439,7 @@ def test_callback_logs_readouts_images_bias_reports_and_drift(
         assert 1 <= entry["steps"] <= 30 and len(entry["loss_curve"]) == entry["steps"]
         assert len(entry["probabilities"]) == 6
         assert {r["concept"] for r in entry["bias"]["rows"]} >= {"marker:present", "colour:red"}
+        assert all("effect" in r for r in entry["bias"]["rows"])
         # drift is relative to the previous epoch's readout of the same target
         prev = next(t for t in first["targets"] if t["label"] == entry["label"])
         changed = {

@@ -16,7 +16,15 @@ from torch import Tensor
 
 from lightning_xai.callbacks.base import ExplainResult, XAICallback, check_int, check_interval
 from lightning_xai.capture import ValidationSample
-from lightning_xai.diffexplainer import PromptResult, Readout, Target, bias_report, optimize_prompt
+from lightning_xai.diffexplainer import (
+    PromptResult,
+    Readout,
+    Target,
+    ablation_effects,
+    bias_report,
+    optimize_prompt,
+    suspects,
+)
 from lightning_xai.records import Chart, Media, Table
 
 __all__ = ["DiffusionExplainerCallback"]
@@ -74,6 +82,9 @@ class DiffusionExplainerCallback(XAICallback):
         n_images: Images made from each optimised prompt (display and bias report). Default: 16.
         min_excess: How much more often than in the reference images a concept must appear to be flagged.
         min_score: Mean detector score a flagged concept must reach.
+        confirm: Check each over-represented concept by removing it from the prompt (generators with
+            ``ablate``, e.g. the world's): one the classifier does not use is reported, not flagged.
+        min_effect: Rise of the objective (mean ``-log p``) on removal that confirms a flag. Default: 0.05.
         show_progress: A progress bar over targets and steps (rank 0). Default: True.
         on, on_error, seed: See :class:`XAICallback`; ``seed`` picks the display seeds.
 
@@ -111,6 +122,8 @@ class DiffusionExplainerCallback(XAICallback):
         n_images: int = 16,
         min_excess: float = 0.3,
         min_score: float = 0.5,
+        confirm: bool = True,
+        min_effect: float = 0.05,
         show_progress: bool = True,
         on: Literal["validation", "train_epoch_end"] = "validation",
         on_error: Literal["warn", "raise"] = "warn",
@@ -142,6 +155,7 @@ class DiffusionExplainerCallback(XAICallback):
         check_int("n_images", n_images, 1)
         check_interval("min_excess", min_excess, 0, 1, low_open=True, high_open=False)
         check_interval("min_score", min_score, 0, 1, low_open=False, high_open=False)
+        check_interval("min_effect", min_effect, 0, math.inf, low_open=False, high_open=True)
         for name, fn in (("concept_detector", concept_detector), ("preprocess", preprocess)):
             if fn is not None and not callable(fn):
                 raise MisconfigurationException(f"{name} must be callable, got {type(fn).__name__}.")
@@ -168,6 +182,8 @@ class DiffusionExplainerCallback(XAICallback):
         self.n_images = n_images
         self.min_excess = float(min_excess)
         self.min_score = float(min_score)
+        self.confirm = bool(confirm)
+        self.min_effect = float(min_effect)
         self.show_progress = show_progress
         self.image_seeds = [10_000 + 97 * self.seed + i for i in range(n_images)]
         self._prompts: dict[str, Tensor] = {}
@@ -254,14 +270,35 @@ class DiffusionExplainerCallback(XAICallback):
         if self.concept_detector is not None:
             if self._reference is None:
                 self._reference = self.generator.images(self.generator.init_prompt(None), self.image_seeds)
+            core = self._core_for(target)
+            effects = {}
+            if self.confirm:
+                candidates = suspects(
+                    result.images,
+                    self.concept_detector,
+                    core,
+                    self._reference,
+                    min_excess=self.min_excess,
+                    min_score=self.min_score,
+                )
+                effects = ablation_effects(
+                    pl_module,
+                    self.generator,
+                    result,
+                    candidates,
+                    preprocess=self.preprocess,
+                    image_seeds=self.image_seeds,
+                )
             bias = bias_report(
                 result.images,
                 self.concept_detector,
-                self._core_for(target),
+                core,
                 self._reference,
                 target=target.label,
                 min_excess=self.min_excess,
                 min_score=self.min_score,
+                effects=effects,
+                min_effect=self.min_effect,
             ).to_dict()
         return {"result": result, "bias": bias}
 
@@ -349,6 +386,7 @@ class DiffusionExplainerCallback(XAICallback):
                             row["reference"],
                             row["excess"],
                             row["core"],
+                            row.get("effect"),
                             row["flagged"],
                         ]
                     )
@@ -382,7 +420,7 @@ class DiffusionExplainerCallback(XAICallback):
             tables.append(
                 Table(
                     "bias_report",
-                    ["target", "concept", "score", "reference", "excess", "core", "flagged"],
+                    ["target", "concept", "score", "reference", "excess", "core", "effect", "flagged"],
                     bias_rows,
                 )
             )

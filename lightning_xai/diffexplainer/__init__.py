@@ -29,9 +29,16 @@ Example:
     ['shape', 'colour', 'texture', 'marker']
 """
 
-from .bias import BiasReport, ConceptDetector, bias_report
+from .bias import BiasReport, ConceptDetector, bias_report, suspects
 from .diffusers_prompt import DiffusersPromptGenerator
-from .optimize import ClassifierInput, PromptResult, Target, TargetObjective, optimize_prompt
+from .optimize import (
+    ClassifierInput,
+    PromptResult,
+    Target,
+    TargetObjective,
+    ablation_effects,
+    optimize_prompt,
+)
 from .pixel import PixelImage, pixel_activation_maximisation, total_variation
 from .prompt import PromptGenerator, Readout
 from .world_prompt import WorldPromptGenerator
@@ -48,8 +55,10 @@ __all__ = [
     "Target",
     "TargetObjective",
     "WorldPromptGenerator",
+    "ablation_effects",
     "bias_report",
     "optimize_prompt",
     "pixel_activation_maximisation",
+    "suspects",
     "total_variation",
 ]

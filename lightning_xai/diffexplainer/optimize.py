@@ -15,7 +15,14 @@ from lightning_xai.capture import explanation_mode, find_head, resolve_layer
 
 from .prompt import PromptGenerator, Readout
 
-__all__ = ["ClassifierInput", "PromptResult", "Target", "TargetObjective", "optimize_prompt"]
+__all__ = [
+    "ClassifierInput",
+    "PromptResult",
+    "Target",
+    "TargetObjective",
+    "ablation_effects",
+    "optimize_prompt",
+]
 
 TARGET_KINDS = ("class", "neuron", "channel")
 
@@ -417,3 +424,48 @@ def optimize_prompt(
         predicted=preds,
         image_objective=image_value,
     )
+
+
+def ablation_effects(
+    classifier: nn.Module,
+    generator: PromptGenerator,
+    result: PromptResult,
+    concepts: Sequence[str],
+    *,
+    preprocess: Callable[[Tensor], Tensor] | None = None,
+    image_seeds: Sequence[int] = (1000, 1001, 1002, 1003),
+) -> dict[str, float]:
+    """How much the objective worsens when each concept is removed from an optimised prompt.
+
+    For a generator with ``ablate(prompt, concept)`` (the world's), the prompt without the concept is
+    rendered with the same seeds, and the effect is ``objective(without) - objective(with)`` (for a class:
+    the rise of the mean ``-log p``). A concept the images show but the classifier does not use has an
+    effect near 0. Concepts the generator cannot remove are left out; a generator without ``ablate``
+    gives ``{}``.
+
+    Example:
+        >>> from lightning_xai.world import TinyCNN
+        >>> from lightning_xai.diffexplainer import WorldPromptGenerator
+        >>> net, gen = TinyCNN(num_classes=6), WorldPromptGenerator(seeds=(0,))
+        >>> res = optimize_prompt(net, gen, 1, steps=2, image_seeds=(3,))
+        >>> sorted(ablation_effects(net, gen, res, ["colour:red", "sky:blue"], image_seeds=(3,)))
+        ['colour:red']
+    """
+    ablate = getattr(generator, "ablate", None)
+    if not callable(ablate) or not concepts:
+        return {}
+    preprocess = preprocess or (lambda x: x)
+    seeds = list(image_seeds)
+    effects: dict[str, float] = {}
+    with explanation_mode(classifier):
+        prompt = result.prompt.to(generator.device)
+        base_images = generator.images(prompt, seeds)
+        objective = TargetObjective(classifier, result.target, base_images[:1], preprocess)
+        base, _, _ = evaluate_images(objective, base_images)
+        for concept in concepts:
+            without = ablate(prompt, concept)
+            if without is None:
+                continue
+            value, _, _ = evaluate_images(objective, generator.images(without, seeds))
+            effects[concept] = value - base
+    return effects

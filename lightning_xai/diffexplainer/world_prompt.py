@@ -257,6 +257,26 @@ class WorldPromptGenerator:
             captions.append(Slots(words[0], words[1], words[2], words[3] == "present").caption)
         return captions
 
+    def ablate(self, prompt: Tensor, concept: str) -> Tensor | None:
+        """The prompt with ``concept``'s slot reset to uniform (the concept removed), or None for an
+        unknown concept. Used to check that a flagged concept matters to the classifier.
+
+        Example:
+            >>> gen = WorldPromptGenerator(size=16)
+            >>> gen.probabilities(gen.ablate(gen.init_prompt("red circle"), "colour:red"))[1].tolist()
+            [0.25, 0.25, 0.25, 0.25]
+        """
+        slot, _, value = str(concept).partition(":")
+        names = [name for name, _ in _SLOTS]
+        if slot not in names or value not in _SLOTS[names.index(slot)][1]:
+            return None
+        self._check_prompt(prompt)
+        i = names.index(slot)
+        start = sum(_SIZES[:i])
+        out = prompt.detach().clone()
+        out[start : start + _SIZES[i]] = 0.0
+        return out
+
     # ------------------------------------------------------------------ words
     def readout(self, prompt: Tensor, k: int = 3) -> Readout:
         """The most probable word of each slot (and the top-k with their probabilities) as a caption."""
