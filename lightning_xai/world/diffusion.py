@@ -1,0 +1,166 @@
+"""A Stable-Diffusion-architecture text-to-image model of the world: components, tokenizer, loading.
+
+The architecture is Stable Diffusion's (``UNet2DConditionModel`` + ``AutoencoderKL`` + ``CLIPTextModel`` +
+``CLIPTokenizer`` + a DDIM scheduler), scaled down to the world: 32x32 images (the world's 64x64 scenes
+rendered at half size), a 16x16x4 latent, a 2-layer text encoder and a tokenizer whose vocabulary holds
+every caption word as one token. :func:`world_diffusion_pipeline` builds it with random weights;
+``examples/train_world_diffusion.py`` trains it on captions rendered by the world.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .vocab import COLOURS, SHAPES, TEXTURES
+
+__all__ = ["WORLD_WORDS", "world_diffusion_pipeline", "world_tokenizer"]
+
+WORLD_WORDS: tuple[str, ...] = (
+    "a", "an", "on", "with", "background", "marker", "empty", *SHAPES, *COLOURS, *TEXTURES,
+)  # fmt: skip
+"""Every word of the world's captions; each is one token of :func:`world_tokenizer`."""
+
+_INSTALL_HINT = 'install the diffusion extra: pip install "lightning-xai[diffusion]"'
+
+
+def world_tokenizer(max_length: int = 16) -> Any:
+    """A ``CLIPTokenizer`` with one token per world word (and single characters for anything else).
+
+    The BPE merges spell each word of :data:`WORLD_WORDS` letter by letter, so CLIP's tokenizer turns
+    ``"a red circle"`` into the three tokens ``a</w> red</w> circle</w>``; unknown words fall back to
+    characters, like a real CLIP tokenizer with a word it has never seen. Built offline.
+
+    Example:
+        >>> tok = world_tokenizer()  # doctest: +SKIP
+        >>> tok.convert_ids_to_tokens(tok("a red circle").input_ids)  # doctest: +SKIP
+        ['<|startoftext|>', 'a</w>', 'red</w>', 'circle</w>', '<|endoftext|>']
+    """
+    try:
+        from transformers import CLIPTokenizer
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(f"world_tokenizer needs transformers; {_INSTALL_HINT}") from err
+    # BPE applies the lowest-ranked pair first anywhere in a word, so one word's merge can fire inside
+    # another word and break its chain ("t r" of "triangle" inside "striped"): words whose chain breaks
+    # move to the front (earlier ranks) until every world word is a single token
+    order = sorted(WORLD_WORDS, key=lambda w: (-len(w), w))
+    for _ in range(4 * len(order)):
+        tokenizer = _bpe_tokenizer(CLIPTokenizer, order, max_length)
+        broken = [w for w in order if len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
+        if not broken:
+            return tokenizer
+        order.remove(broken[0])
+        order.insert(0, broken[0])
+    raise RuntimeError(f"world_tokenizer: the words {broken} do not map to single tokens")  # pragma: no cover
+
+
+def _bpe_tokenizer(tokenizer_cls: Any, words: list[str], max_length: int) -> Any:
+    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in string.ascii_lowercase + string.digits + string.punctuation:
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault(f"{char}</w>", len(vocab))
+    merges: list[str] = []
+    for word in words:
+        pieces = [*word[:-1], f"{word[-1]}</w>"]
+        while len(pieces) > 1:  # merge left to right: "r e" -> "re", "re d</w>" -> "red</w>"
+            merge = f"{pieces[0]} {pieces[1]}"
+            if merge not in merges:
+                merges.append(merge)
+            pieces = [pieces[0] + pieces[1], *pieces[2:]]
+            vocab.setdefault(pieces[0], len(vocab))
+    with tempfile.TemporaryDirectory(prefix="lightning_xai_world_tokenizer_") as folder:
+        vocab_file, merges_file = Path(folder) / "vocab.json", Path(folder) / "merges.txt"
+        vocab_file.write_text(json.dumps(vocab), encoding="utf-8")
+        merges_file.write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+        return tokenizer_cls(str(vocab_file), str(merges_file), model_max_length=max_length)
+
+
+def world_diffusion_pipeline(seed: int = 0, image_size: int = 32, max_length: int = 16) -> Any:
+    """A randomly initialised world text-to-image pipeline (``StableDiffusionPipeline``), built offline.
+
+    Components (``torch.manual_seed(seed)`` before each; the global RNG is restored): ``AutoencoderKL``
+    with channels (32, 64) (latent 4 x image_size/2 x image_size/2), ``UNet2DConditionModel`` with
+    channels (48, 96), cross-attention in both resolutions, cross-attention dim 64;
+    ``CLIPTextModel`` with hidden size 64, 2 layers, 4 heads; :func:`world_tokenizer`; a DDIM scheduler
+    with Stable Diffusion's scaled-linear noise schedule. Train it with ``examples/train_world_diffusion.py``.
+
+    Example:
+        >>> pipe = world_diffusion_pipeline()  # doctest: +SKIP
+        >>> pipe("a red circle on a striped background", num_inference_steps=2, output_type="pt").images.shape  # doctest: +SKIP
+        torch.Size([1, 3, 32, 32])
+    """
+    try:
+        from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            f"world_diffusion_pipeline needs diffusers and transformers; {_INSTALL_HINT}"
+        ) from err
+    if image_size % 8:
+        raise ValueError(f"image_size must be a multiple of 8, got {image_size}")
+    tokenizer = world_tokenizer(max_length)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=(32, 64),
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            latent_channels=4,
+            norm_num_groups=16,
+            sample_size=image_size,
+        )
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=image_size // 2,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(48, 96),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=64,
+            attention_head_dim=8,
+            norm_num_groups=16,
+        )
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=max(tokenizer.vocab_size, len(tokenizer)),
+                hidden_size=64,
+                intermediate_size=128,
+                num_attention_heads=4,
+                num_hidden_layers=2,
+                max_position_embeddings=max_length,
+                bos_token_id=0,
+                eos_token_id=1,
+                pad_token_id=1,
+            )
+        )
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    for module in (unet, vae, text_encoder):
+        module.eval()
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )

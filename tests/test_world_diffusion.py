@@ -1,0 +1,71 @@
+"""The world's Stable-Diffusion-architecture pipeline: offline tokenizer with one token per caption word,
+components that build, save and load offline, and both generator wrappers on top of it (mechanics only:
+the weights here are random; the trained model is a separate step)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from lightning_xai.world import Slots, all_slot_combinations
+from lightning_xai.world.diffusion import WORLD_WORDS, world_diffusion_pipeline, world_tokenizer
+
+
+def test_every_world_word_is_one_token_and_every_caption_fits() -> None:
+    tok = world_tokenizer()
+    for word in WORLD_WORDS:
+        (token,) = tok.convert_ids_to_tokens(tok(word, add_special_tokens=False).input_ids)
+        assert token == f"{word}</w>"
+    captions = [s.caption for s in all_slot_combinations()] + [Slots(None, None, "dotted", True).caption]
+    ids = [tuple(tok(c).input_ids) for c in captions]
+    assert max(len(i) for i in ids) <= tok.model_max_length
+    assert len(set(ids)) == len(captions)  # distinct captions, distinct token sequences
+    assert all(len(i) == len(c.split()) + 2 for i, c in zip(ids, captions))  # one token per word
+    unknown = tok(
+        "purple", add_special_tokens=False
+    ).input_ids  # not a world word: spelled in pieces, never <unk>
+    assert len(unknown) > 1 and tok.unk_token_id not in unknown
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> Any:
+    return world_diffusion_pipeline(seed=0)
+
+
+def test_pipeline_generates_world_sized_images_and_round_trips_offline(pipeline: Any, tmp_path: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    pipeline.set_progress_bar_config(disable=True)
+    caption = "a red circle on a striped background with a marker"
+
+    def draw(pipe: Any) -> torch.Tensor:
+        return pipe(
+            caption, num_inference_steps=2, generator=torch.Generator().manual_seed(3), output_type="pt"
+        ).images
+
+    first = draw(pipeline)
+    assert first.shape == (1, 3, 32, 32)
+    pipeline.save_pretrained(tmp_path)
+    loaded = StableDiffusionPipeline.from_pretrained(tmp_path, local_files_only=True)
+    loaded.set_progress_bar_config(disable=True)
+    assert torch.equal(draw(loaded), first)
+
+
+def test_both_generator_wrappers_run_on_it(pipeline: Any) -> None:
+    from lightning_xai.diffexplainer import DiffusersPromptGenerator
+    from lightning_xai.generators import DiffusersGenerator
+
+    images = DiffusersGenerator(pipeline, num_inference_steps=2).generate(
+        ["a blue square on a plain background"] * 2, [0, 1]
+    )
+    assert images.shape == (2, 3, 32, 32) and not torch.equal(images[0], images[1])
+    gen = DiffusersPromptGenerator(pipeline, init_word="circle", num_inference_steps=2, seeds=(0,))
+    readout = gen.readout(gen.init_prompt())
+    assert (
+        readout.words == ["circle"] and readout.caption == "a photo of circle"
+    )  # one soft token per world word
