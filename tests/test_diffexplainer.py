@@ -611,3 +611,11 @@ def test_ddp_splits_the_targets_and_gathers_the_single_process_result(tmp_path: 
         assert a["loss_curve"] == pytest.approx(b["loss_curve"], abs=1e-6)
         assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-6)
         assert a["bias"]["flagged"] == b["bias"]["flagged"]
+
+
+@pytest.mark.gpu
+def test_a_classifier_on_cuda_works_with_the_cpu_world_generator() -> None:
+    net = TinyCNN(num_classes=6).cuda().eval()
+    res = optimize_prompt(net, WorldPromptGenerator(seeds=(0, 1)), 1, steps=3, image_seeds=(2,))
+    assert len(res.loss_curve) == 3 and res.images.device.type == "cpu" and res.prompt.device.type == "cpu"
+    assert all(p.grad is None for p in net.parameters())

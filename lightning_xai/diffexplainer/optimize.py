@@ -160,6 +160,9 @@ class TargetObjective:
         self.classifier = classifier
         self.target = target
         self.preprocess = preprocess
+        # the generator may live elsewhere (world renderer on CPU, classifier on a GPU): images follow the
+        # classifier, and .to() keeps the graph, so gradients still reach the prompt
+        self.device = next(iter(classifier.parameters()), torch.empty(0)).device
         self._module: nn.Module | None = None
         if target.kind == "neuron":
             _, self._module = find_head(classifier)
@@ -196,7 +199,7 @@ class TargetObjective:
 
     def _forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         with self._tap() as store:
-            logits = _first_tensor(self.classifier(self.preprocess(images)))
+            logits = _first_tensor(self.classifier(self.preprocess(images.to(self.device))))
         return logits, (store[-1] if store else None)
 
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -286,10 +289,9 @@ def evaluate_images(
 ) -> tuple[float, list[float] | None, list[int]]:
     """Objective, target probabilities and predictions on images (no gradient)."""
     values, probs, preds = [], [], []
-    device = next(iter(objective.classifier.parameters()), torch.empty(0)).device
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size].to(device)
+            chunk = images[start : start + batch_size]
             value, logits = objective(chunk)
             values.append(float(value) * len(chunk))
             p = logits.float().softmax(1)
