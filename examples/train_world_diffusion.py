@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--eval-seeds", type=int, default=4, help="images per held-out caption")
+    parser.add_argument(
+        "--resume", type=Path, default=None, help="continue from a saved pipeline: keep its VAE, train the UNet further"
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -85,14 +88,19 @@ def main(argv: list[str] | None = None) -> dict:
     captions = [s.caption for s in slots]
     timings["render_s"] = time.perf_counter() - t0
 
-    pipe = world_diffusion_pipeline(seed=args.seed, image_size=SIZE)
+    if args.resume is not None:
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline.from_pretrained(args.resume, local_files_only=True)
+    else:
+        pipe = world_diffusion_pipeline(seed=args.seed, image_size=SIZE)
     vae, unet, text_encoder, tokenizer = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
 
     # ---- 1. VAE
     t0 = time.perf_counter()
     vae.train()
     opt = torch.optim.Adam(vae.parameters(), lr=args.lr)
-    bar = tqdm(range(args.vae_steps), desc="VAE")
+    bar = tqdm(range(0 if args.resume is not None else args.vae_steps), desc="VAE")
     for _ in bar:
         rows = torch.randint(0, args.n_train, (args.batch_size,), generator=gen)
         x = images[rows] * 2 - 1
@@ -108,8 +116,9 @@ def main(argv: list[str] | None = None) -> dict:
         latents = torch.cat(
             [vae.encode(images[i : i + 256] * 2 - 1).latent_dist.mean for i in range(0, args.n_train, 256)]
         )
-    scaling = float(1.0 / latents.std())
-    vae.register_to_config(scaling_factor=scaling)
+    if args.resume is None:
+        vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    scaling = float(vae.config.scaling_factor)
     latents = latents * scaling
     timings["vae_s"] = time.perf_counter() - t0
 
