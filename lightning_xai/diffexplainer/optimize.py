@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_xai.capture import _first_tensor as first_tensor
 from lightning_xai.capture import explanation_mode, find_head, resolve_layer
 
 from .prompt import PromptGenerator, Readout
@@ -135,15 +136,18 @@ class ClassifierInput:
 
 
 def _first_tensor(out: Any) -> Tensor:
-    if isinstance(out, Tensor):
-        return out
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-        return out[0]
+    """The logits of a classifier output: a tensor, a tuple starting with one, or a dict with ``logits``."""
     if isinstance(out, dict):
         for key in ("logits", "out", "output"):
             if isinstance(out.get(key), Tensor):
                 return out[key]
-    raise TypeError(f"the classifier returned {type(out).__name__}; expected a logits tensor")
+    return first_tensor(out, "the classifier")
+
+
+def predicts_target(logits: Tensor, index: int, min_prob: float) -> bool:
+    """Every row predicts class ``index`` with probability >= ``min_prob`` (one step of early stopping)."""
+    p = logits.detach().float().softmax(1)
+    return bool((p.argmax(1) == index).all()) and float(p[:, index].min()) >= min_prob
 
 
 class TargetObjective:
@@ -229,6 +233,7 @@ class PromptResult:
         probabilities: Softmax probability of the target class for each display image (class targets).
         predicted: Predicted class of each display image.
         image_objective: The objective on the display images.
+        image_seeds: The seeds the display images were made with.
     """
 
     target: Target
@@ -243,6 +248,7 @@ class PromptResult:
     probabilities: list[float] | None = None
     predicted: list[int] = field(default_factory=list)
     image_objective: float = float("nan")
+    image_seeds: list[int] = field(default_factory=list)
 
     @property
     def share_predicted(self) -> float | None:
@@ -389,12 +395,7 @@ def optimize_prompt(
                 (grad,) = torch.autograd.grad(loss, prompt)
                 curve.append(float(value.detach()))
                 if target.kind == "class" and early_stop is not None:
-                    p = logits.detach().float().softmax(1)
-                    hit = (
-                        bool((p.argmax(1) == target.index).all())
-                        and float(p[:, target.index].min()) >= min_prob
-                    )
-                    streak = streak + 1 if hit else 0
+                    streak = streak + 1 if predicts_target(logits, target.index, min_prob) else 0
                 prompt.grad = grad
                 optimiser.step()
                 optimiser.zero_grad(set_to_none=True)
@@ -425,6 +426,7 @@ def optimize_prompt(
         probabilities=probs,
         predicted=preds,
         image_objective=image_value,
+        image_seeds=[int(v) for v in image_seeds],
     )
 
 
@@ -435,12 +437,13 @@ def ablation_effects(
     concepts: Sequence[str],
     *,
     preprocess: Callable[[Tensor], Tensor] | None = None,
-    image_seeds: Sequence[int] = (1000, 1001, 1002, 1003),
+    image_seeds: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """How much the objective worsens when each concept is removed from an optimised prompt.
 
     For a generator with ``ablate(prompt, concept)`` (the world's), the prompt without the concept is
-    rendered with the same seeds, and the effect is ``objective(without) - objective(with)`` (for a class:
+    rendered with the same seeds (default: the result's display seeds, whose objective it already holds), and
+    the effect is ``objective(without) - objective(with)`` (for a class:
     the rise of the mean ``-log p``). A concept the images show but the classifier does not use has an
     effect near 0. Concepts the generator cannot remove are left out; a generator without ``ablate``
     gives ``{}``.
@@ -457,13 +460,17 @@ def ablation_effects(
     if not callable(ablate) or not concepts:
         return {}
     preprocess = preprocess or (lambda x: x)
-    seeds = list(image_seeds)
+    seeds = list(result.image_seeds if image_seeds is None else image_seeds)
     effects: dict[str, float] = {}
     with explanation_mode(classifier):
         prompt = result.prompt.to(generator.device)
-        base_images = generator.images(prompt, seeds)
-        objective = TargetObjective(classifier, result.target, base_images[:1], preprocess)
-        base, _, _ = evaluate_images(objective, base_images)
+        if seeds == result.image_seeds:  # the display images already hold the base objective
+            objective = TargetObjective(classifier, result.target, result.images[:1], preprocess)
+            base = result.image_objective
+        else:
+            base_images = generator.images(prompt, seeds)
+            objective = TargetObjective(classifier, result.target, base_images[:1], preprocess)
+            base, _, _ = evaluate_images(objective, base_images)
         for concept in concepts:
             without = ablate(prompt, concept)
             if without is None:

@@ -10,7 +10,15 @@ from torch import Tensor, nn
 
 from lightning_xai.capture import explanation_mode
 
-from .optimize import PromptResult, Target, TargetObjective, _check_optimiser_args, _progress, evaluate_images
+from .optimize import (
+    PromptResult,
+    Target,
+    TargetObjective,
+    _check_optimiser_args,
+    _progress,
+    evaluate_images,
+    predicts_target,
+)
 
 __all__ = ["PixelImage", "pixel_activation_maximisation", "total_variation"]
 
@@ -132,12 +140,7 @@ def pixel_activation_maximisation(
                 grads = torch.autograd.grad(loss, params)
                 curve.append(float(value.detach()))
                 if target.kind == "class" and early_stop is not None:
-                    p = logits.detach().float().softmax(1)
-                    hit = (
-                        bool((p.argmax(1) == target.index).all())
-                        and float(p[:, target.index].min()) >= min_prob
-                    )
-                    streak = streak + 1 if hit else 0
+                    streak = streak + 1 if predicts_target(logits, target.index, min_prob) else 0
                 for p_, g in zip(params, grads):
                     p_.grad = g
                 optimiser.step()

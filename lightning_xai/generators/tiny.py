@@ -88,7 +88,7 @@ def tiny_stable_diffusion_pipeline(
     max_length = _check_int("max_length", max_length, 3, 4096)
 
     try:
-        from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+        from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel
     except ImportError as err:
         raise ImportError(
@@ -136,6 +136,13 @@ def tiny_stable_diffusion_pipeline(
                 pad_token_id=1,
             )
         )
+    return _assemble_pipeline(vae, text_encoder, _char_clip_tokenizer(max_length), unet, num_train_timesteps)
+
+
+def _assemble_pipeline(vae, text_encoder, tokenizer, unet, num_train_timesteps: int = 1000):
+    """A ``StableDiffusionPipeline`` of these components in eval mode, with Stable Diffusion's DDIM schedule."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
     scheduler = DDIMScheduler(
         num_train_timesteps=num_train_timesteps,
         beta_start=0.00085,
@@ -150,7 +157,7 @@ def tiny_stable_diffusion_pipeline(
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=_char_clip_tokenizer(max_length),
+        tokenizer=tokenizer,
         unet=unet,
         scheduler=scheduler,
         safety_checker=None,
@@ -167,15 +174,25 @@ def _char_clip_tokenizer(max_length: int):
     transformers 5 renamed the constructor's ``vocab_file``/``merges_file`` to ``vocab``/``merges``
     and silently ignores the old keywords, while positions mean the same in both versions.
     """
-    from transformers import CLIPTokenizer
+    return _clip_tokenizer(_char_vocab(), [], max_length)
 
+
+def _char_vocab() -> dict[str, int]:
+    """Start and end tokens, then each character and its word-final ``x</w>`` form."""
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for char in _TOKEN_CHARS:
-        vocab[char] = len(vocab)
-        vocab[f"{char}</w>"] = len(vocab)
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault(f"{char}</w>", len(vocab))
+    return vocab
+
+
+def _clip_tokenizer(vocab: dict[str, int], merges: list[str], max_length: int):
+    """A ``CLIPTokenizer`` from a vocabulary and BPE merges, through temporary files (offline)."""
+    from transformers import CLIPTokenizer
+
     with tempfile.TemporaryDirectory(prefix="lightning_xai_tokenizer_") as folder:
         vocab_file = Path(folder) / "vocab.json"
         merges_file = Path(folder) / "merges.txt"
         vocab_file.write_text(json.dumps(vocab), encoding="utf-8")
-        merges_file.write_text("#version: 0.2\n", encoding="utf-8")
+        merges_file.write_text("#version: 0.2\n" + "".join(f"{m}\n" for m in merges), encoding="utf-8")
         return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=max_length)

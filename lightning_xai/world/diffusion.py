@@ -9,10 +9,6 @@ every caption word as one token. :func:`world_diffusion_pipeline` builds it with
 
 from __future__ import annotations
 
-import json
-import string
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,7 +38,7 @@ def world_tokenizer(max_length: int = 16) -> Any:
         ['<|startoftext|>', 'a</w>', 'red</w>', 'circle</w>', '<|endoftext|>']
     """
     try:
-        from transformers import CLIPTokenizer
+        import transformers  # noqa: F401  (a clear error before any tokenizer work)
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(f"world_tokenizer needs transformers; {_INSTALL_HINT}") from err
     # BPE applies the lowest-ranked pair first anywhere in a word, so one word's merge can fire inside
@@ -50,7 +46,7 @@ def world_tokenizer(max_length: int = 16) -> Any:
     # move to the front (earlier ranks) until every world word is a single token
     order = sorted(WORLD_WORDS, key=lambda w: (-len(w), w))
     for _ in range(4 * len(order)):
-        tokenizer = _bpe_tokenizer(CLIPTokenizer, order, max_length)
+        tokenizer = _bpe_tokenizer(order, max_length)
         broken = [w for w in order if len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
         if not broken:
             return tokenizer
@@ -59,11 +55,10 @@ def world_tokenizer(max_length: int = 16) -> Any:
     raise RuntimeError(f"world_tokenizer: the words {broken} do not map to single tokens")  # pragma: no cover
 
 
-def _bpe_tokenizer(tokenizer_cls: Any, words: list[str], max_length: int) -> Any:
-    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in string.ascii_lowercase + string.digits + string.punctuation:
-        vocab.setdefault(char, len(vocab))
-        vocab.setdefault(f"{char}</w>", len(vocab))
+def _bpe_tokenizer(words: list[str], max_length: int) -> Any:
+    from lightning_xai.generators.tiny import _char_vocab, _clip_tokenizer
+
+    vocab = _char_vocab()
     merges: list[str] = []
     for word in words:
         pieces = [*word[:-1], f"{word[-1]}</w>"]
@@ -73,11 +68,7 @@ def _bpe_tokenizer(tokenizer_cls: Any, words: list[str], max_length: int) -> Any
                 merges.append(merge)
             pieces = [pieces[0] + pieces[1], *pieces[2:]]
             vocab.setdefault(pieces[0], len(vocab))
-    with tempfile.TemporaryDirectory(prefix="lightning_xai_world_tokenizer_") as folder:
-        vocab_file, merges_file = Path(folder) / "vocab.json", Path(folder) / "merges.txt"
-        vocab_file.write_text(json.dumps(vocab), encoding="utf-8")
-        merges_file.write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-        return tokenizer_cls(str(vocab_file), str(merges_file), model_max_length=max_length)
+    return _clip_tokenizer(vocab, merges, max_length)
 
 
 def world_diffusion_pipeline(seed: int = 0, image_size: int = 32, max_length: int = 16) -> Any:
@@ -95,8 +86,10 @@ def world_diffusion_pipeline(seed: int = 0, image_size: int = 32, max_length: in
         torch.Size([1, 3, 32, 32])
     """
     try:
-        from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+        from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel
+
+        from lightning_xai.generators.tiny import _assemble_pipeline
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
             f"world_diffusion_pipeline needs diffusers and transformers; {_INSTALL_HINT}"
@@ -143,24 +136,4 @@ def world_diffusion_pipeline(seed: int = 0, image_size: int = 32, max_length: in
                 pad_token_id=1,
             )
         )
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    for module in (unet, vae, text_encoder):
-        module.eval()
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return _assemble_pipeline(vae, text_encoder, tokenizer, unet)
