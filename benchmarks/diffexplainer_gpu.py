@@ -39,10 +39,10 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 def sd15_pipeline(device: torch.device):
     """A StableDiffusionPipeline with SD-1.5's architecture and random weights, built on ``device``."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from lightning_xai.generators.tiny import _char_clip_tokenizer
+    from lightning_xai.generators.tiny import _assemble_pipeline, _char_clip_tokenizer
 
     torch.manual_seed(0)
     # Parameters are created (and randomly initialised) directly on the device: initialising 1B
@@ -85,27 +85,7 @@ def sd15_pipeline(device: torch.device):
                 pad_token_id=1,
             )
         )
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    for module in (unet, vae, text_encoder):
-        module.eval()
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=_char_clip_tokenizer(77),
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return _assemble_pipeline(vae, text_encoder, _char_clip_tokenizer(77), unet)
 
 
 def classifier(kind: str, device: torch.device) -> torch.nn.Module:
