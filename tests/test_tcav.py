@@ -516,6 +516,61 @@ def test_activation_cache_is_keyed_by_the_data_and_the_model_state() -> None:
     assert ex.cavs()["conv5"] is not a
 
 
+class _FlattensWithView(torch.nn.Module):
+    """A classic CNN that flattens with ``.view()``, which fails on a channels-last feature map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.act = torch.nn.ReLU(inplace=True)  # writes into the hooked layer's output
+        self.pool = torch.nn.MaxPool2d(2)
+        self.fc = torch.nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pool(self.act(self.conv(x)))
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def test_layer_gradients_are_exact_and_survive_in_place_ops_and_view() -> None:
+    """The graph starts at the hooked layer (the input needs no grad): an in-place ReLU right after it is
+    allowed, the gradient equals the hand-derived one, and a model that cannot take channels-last images
+    (``.view`` on a conv output) falls back to contiguous ones with the same values."""
+    from lightning_xai.tcav.activations import _CONTIGUOUS_ONLY, layer_gradients
+
+    torch.manual_seed(0)
+    model = _FlattensWithView().eval()
+    x, t = torch.randn(5, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1])
+    acts, grads, logits = layer_gradients(model, ["conv"], x, t)
+    assert model in _CONTIGUOUS_ONLY
+    assert torch.allclose(logits, model(x), atol=1e-6)
+    a = model.conv(x).detach().requires_grad_(True)
+    out = model.fc(model.pool(torch.relu(a)).flatten(1))
+    (expected,) = torch.autograd.grad(out.gather(1, t[:, None]).sum(), a)
+    assert torch.allclose(acts["conv"], a.detach()) and torch.allclose(grads["conv"], expected, atol=1e-6)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_channels_last_images_give_the_same_activations_and_gradients(trained_model_copy: TinyCNN) -> None:
+    from lightning_xai.tcav.activations import _CONTIGUOUS_ONLY, layer_gradients
+
+    model = trained_model_copy.eval()
+    x, t = random_set(12, seed=3), torch.arange(12) % 6
+    fast = layer_gradients(model, ["conv3", "conv5"], x, t)
+    assert model not in _CONTIGUOUS_ONLY
+    _CONTIGUOUS_ONLY.add(model)
+    try:
+        plain = layer_gradients(model, ["conv3", "conv5"], x, t)
+        plain_acts, _ = layer_activations(model, ["conv4"], x)
+    finally:
+        _CONTIGUOUS_ONLY.discard(model)
+    fast_acts, _ = layer_activations(model, ["conv4"], x)
+    for f, p in zip(fast[:2], plain[:2]):
+        for layer in ("conv3", "conv5"):
+            assert torch.allclose(f[layer], p[layer], atol=1e-5), layer
+    assert torch.allclose(fast[2], plain[2], atol=1e-5)
+    assert torch.allclose(fast_acts["conv4"], plain_acts["conv4"], atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------ CAVs and stats
 def test_linear_cavs_batched_equal_one_at_a_time() -> None:
     """All runs of all concepts are one batched model; batching changes nothing in the solution."""

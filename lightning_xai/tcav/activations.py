@@ -19,6 +19,7 @@ for the duration (:func:`lightning_xai.capture.explanation_mode`), so no ``.grad
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -71,7 +72,12 @@ def _first_tensor(value: Any, what: str) -> Tensor:
 
 
 class _Hooks:
-    """Forward hooks that keep the latest output of each named layer (optionally still in the graph)."""
+    """Forward hooks that keep the latest output of each named layer (optionally still in the graph).
+
+    With ``detach=False`` the first hooked output that is not yet in a graph becomes a leaf that requires
+    grad: gradients with respect to the hooked layers then need no graph before the earliest of them, so
+    the layers in front run without autograd (the input need not require grad).
+    """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], detach: bool) -> None:
         self.outputs: dict[str, Tensor] = {}
@@ -80,10 +86,23 @@ class _Hooks:
         for name in layers:
             module = resolve_layer(model, name)
 
-            def hook(mod: nn.Module, args: tuple, output: Any, name: str = name) -> None:
+            def hook(mod: nn.Module, args: tuple, output: Any, name: str = name) -> Any:
                 out = _first_tensor(output, f"Layer {name!r}")
-                self.outputs[name] = out.detach() if detach else out
                 self.calls[name] += 1
+                if detach:
+                    self.outputs[name] = out.detach()
+                    return None
+                if out.requires_grad or not torch.is_grad_enabled():
+                    self.outputs[name] = out
+                    return None
+                leaf = out.detach().requires_grad_(True)
+                self.outputs[name] = leaf
+                # the model goes on with a copy in the graph: an in-place op downstream (ReLU(inplace=True))
+                # may not write into a leaf that requires grad
+                passed = leaf.clone()
+                if isinstance(output, Tensor):
+                    return passed
+                return type(output)([passed, *output[1:]])
 
             self.handles.append(module.register_forward_hook(hook))
 
@@ -101,14 +120,34 @@ class _Hooks:
         self.outputs = {}
 
 
+# models that cannot take channels-last images (e.g. ``.view()`` on a convolution's output)
+_CONTIGUOUS_ONLY: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
 def _forward_checked(model: nn.Module, x: Tensor, what: str) -> Tensor:
+    """``model(x)`` (first tensor of the output), with an error that names ``what`` when the images do not fit.
+
+    On the CPU, image batches go in channels-last: convolutions and pooling run about a third faster there
+    and the values (read through logical indexing) are the same. A model that fails on them but runs on
+    contiguous images (e.g. ``.view()`` on a feature map) is remembered and gets contiguous images from then
+    on; images that fit neither way raise, and leave the model eligible.
+    """
+    channels_last = x.dim() == 4 and x.device.type == "cpu" and model not in _CONTIGUOUS_ONLY
+    if channels_last:
+        try:
+            return _first_tensor(model(x.contiguous(memory_format=torch.channels_last)), "The model")
+        except RuntimeError:
+            pass
     try:
-        return _first_tensor(model(x), "The model")
+        out = _first_tensor(model(x), "The model")
     except (RuntimeError, ValueError) as exc:
         raise ValueError(
             f"The model cannot run on {what} (input batch of shape {list(x.shape)}): {exc}. Do the images have the "
             "shape, channels and preprocessing of the model's inputs?"
         ) from exc
+    if channels_last:
+        _CONTIGUOUS_ONLY.add(model)
+    return out
 
 
 def layer_activations(
@@ -185,9 +224,9 @@ def layer_gradients(
     try:
         with explanation_mode(model):
             for start in range(0, images.shape[0], batch_size):
-                # a fresh leaf so the graph reaches the hooked layers; parameters are frozen, so nothing
+                # the hooks start the graph at the earliest hooked layer; parameters are frozen, so nothing
                 # accumulates in any parameter's .grad
-                x = images[start : start + batch_size].to(device).clone().requires_grad_(True)
+                x = images[start : start + batch_size].to(device)
                 t = targets[start : start + batch_size].to(device)
                 logits = _forward_checked(model, x, "the inputs")
                 outs = hooks.take(layers)
@@ -308,13 +347,16 @@ class ActivationCache:
         layers: Sequence[str],
         sets: dict[str, Tensor],
         batch_size: int = 128,
+        fps_known: dict[str, str] | None = None,
     ) -> dict[str, dict[str, Tensor]]:
         """Activations of several image sets at ``layers``: ``{set name: {layer: [N_set, ...]}}``.
 
         Every (set, layer) not cached yet is computed in *one* batched pass over the concatenated sets
-        (hooks on all missing layers at once), then split back per set.
+        (hooks on all missing layers at once), then split back per set. ``fps_known`` passes fingerprints
+        the caller already computed (``{set name: fingerprint}``), so no set is hashed twice.
         """
-        fps = {name: fingerprint(images) for name, images in sets.items()}
+        fps = {name: fps_known[name] if fps_known and name in fps_known else fingerprint(images)
+               for name, images in sets.items()}
         todo = [name for name in sets if any((n, fps[name]) not in self._store for n in layers)]
         self.hits += len(sets) - len(todo)
         if todo:

@@ -243,11 +243,13 @@ def fingerprint(tensor: Tensor) -> str:
         False
     """
     t = tensor.detach().to("cpu").contiguous().reshape(-1)
-    h = hashlib.blake2b(digest_size=16)
+    # SHA-256 has hardware support on current CPUs (about twice blake2b's speed here); hashing the array's
+    # buffer directly avoids a copy of the images
+    h = hashlib.sha256()
     h.update(f"{t.dtype}|{list(tensor.shape)}|".encode())
     if t.numel():
-        h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+        h.update(t.view(torch.uint8).numpy())
+    return h.hexdigest()[:32]
 
 
 def random_set_indices(pool_size: int, n_sets: int, set_size: int, seed: int) -> Tensor:

@@ -596,13 +596,14 @@ class ConceptAttribution:
                     f"{list(pool.shape[1:])}; both must be preprocessed like the model's inputs."
                 )
         layers = list(layers) if layers is not None else self.layers(pool)
-        fps = tuple((name, fingerprint(x)) for name, x in images.items()) + ((RANDOM, fingerprint(pool)),)
+        set_fps = {name: fingerprint(x) for name, x in {**images, RANDOM: pool}.items()}
+        fps = tuple(set_fps.items())
         config = (self.cav, self.n_random, self.random_set_size, self.seed, self.l2, self.max_iter)
         keys = {layer: (self._token, layer, fps, config) for layer in layers}
         missing = [layer for layer in layers if keys[layer] not in self._cavs]
         if missing:
             sets = {**images, RANDOM: pool}
-            acts = self.cache.activations(self.model, missing, sets, batch_size=self.batch_size)
+            acts = self.cache.activations(self.model, missing, sets, batch_size=self.batch_size, fps_known=set_fps)
             set_size = self._random_set_size(images, pool)
             idx = random_set_indices(pool.shape[0], self.n_random + 1, set_size, self.seed)
             for layer in missing:
