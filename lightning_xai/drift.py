@@ -17,11 +17,15 @@ DDP.
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-__all__ = ["MinibatchCKA", "linear_cka", "minibatch_cka", "unbiased_hsic"]
+__all__ = ["MinibatchCKA", "js_divergence", "linear_cka", "minibatch_cka", "unbiased_hsic"]
 
 
 def _flat(x: Tensor) -> Tensor:
@@ -39,13 +43,13 @@ def _check_pair(x: Tensor, y: Tensor, min_n: int) -> tuple[Tensor, Tensor]:
     return x, y
 
 
-def unbiased_hsic(k: Tensor, l: Tensor) -> Tensor:  # noqa: E741 - the papers' notation
+def unbiased_hsic(k: Tensor, l: Tensor) -> Tensor:
     """Unbiased HSIC estimator of Song et al. (2012) from two ``[n, n]`` Gram matrices (n >= 4)."""
     n = k.shape[0]
     if n < 4:
         raise ValueError(f"The unbiased HSIC estimator needs at least 4 samples, but got {n}.")
     k = k.clone()
-    l = l.clone()  # noqa: E741
+    l = l.clone()
     k.fill_diagonal_(0)
     l.fill_diagonal_(0)
     ones = torch.ones(n, 1, dtype=k.dtype, device=k.device)
@@ -75,7 +79,7 @@ def linear_cka(x: Tensor, y: Tensor, unbiased: bool = False) -> float:
     """
     x, y = _check_pair(x, y, 4 if unbiased else 2)
     if unbiased:
-        k, l = x @ x.T, y @ y.T  # noqa: E741
+        k, l = x @ x.T, y @ y.T
         xy, xx, yy = unbiased_hsic(k, l), unbiased_hsic(k, k), unbiased_hsic(l, l)
     else:
         x = x - x.mean(0, keepdim=True)
@@ -122,7 +126,7 @@ class MinibatchCKA(Metric):
 
     def update(self, x: Tensor, y: Tensor) -> None:
         x, y = _check_pair(x, y, 4)
-        k, l = x @ x.T, y @ y.T  # noqa: E741
+        k, l = x @ x.T, y @ y.T
         self.hsic_xy += unbiased_hsic(k, l)
         self.hsic_xx += unbiased_hsic(k, k)
         self.hsic_yy += unbiased_hsic(l, l)
@@ -147,8 +151,29 @@ def minibatch_cka(x: Tensor, y: Tensor, batch_size: int = 256) -> float:
     if len(bounds) > 2 and bounds[-1] - bounds[-2] < 4:
         bounds.pop(-2)
     metric = MinibatchCKA()
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in itertools.pairwise(bounds):
         metric.update(x[lo:hi], y[lo:hi])
     return float(metric.compute())
 
 
+def js_divergence(p: Sequence[float] | Tensor, q: Sequence[float] | Tensor) -> float:
+    """Jensen-Shannon divergence (base 2, in [0, 1]) of two histograms (normalised here).
+
+    Example:
+        >>> js_divergence([1, 0], [0, 1]), js_divergence([2, 2], [1, 1])
+        (1.0, 0.0)
+    """
+    a = torch.as_tensor(p, dtype=torch.float64).flatten()
+    b = torch.as_tensor(q, dtype=torch.float64).flatten()
+    if a.shape != b.shape:
+        raise ValueError(f"histograms of different sizes: {a.numel()} and {b.numel()}.")
+    if a.sum() <= 0 or b.sum() <= 0:
+        return math.nan
+    a, b = a / a.sum(), b / b.sum()
+    m = 0.5 * (a + b)
+
+    def kl(x: Tensor) -> float:
+        mask = x > 0
+        return float((x[mask] * (x[mask] / m[mask]).log2()).sum())
+
+    return min(1.0, max(0.0, 0.5 * kl(a) + 0.5 * kl(b)))

@@ -93,3 +93,24 @@ class NoHeadNet(SmallNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(torch.relu(self.bn(self.conv(x))))).flatten(1)
+
+
+def make_trainer(root, callbacks: list, max_epochs: int = 2, **kwargs):
+    """A quiet CPU Trainer for callback tests: CSV logger under ``root/logs``, no checkpoints, 4 batches."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import CSVLogger
+
+    defaults = {
+        "default_root_dir": root,
+        "max_epochs": max_epochs,
+        "logger": CSVLogger(root, name="logs"),
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "accelerator": "cpu",
+        "devices": 1,
+        "limit_train_batches": 4,
+        "num_sanity_val_steps": 0,
+    }
+    defaults.update(kwargs)
+    return Trainer(callbacks=callbacks, **defaults)

@@ -18,8 +18,8 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.rank_zero import WarningCache
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import WarningCache
 from torch import Tensor
 from typing_extensions import override
 
@@ -33,7 +33,7 @@ from lightning_xai.capture import (
 from lightning_xai.records import Chart, Explanation, Media, Record, Table
 from lightning_xai.sinks import SinkDispatcher
 
-__all__ = ["ExplainResult", "XAICallback"]
+__all__ = ["ExplainResult", "XAICallback", "result_listeners"]
 
 _ON_CHOICES = ("validation", "train_epoch_end")
 _ON_ERROR_CHOICES = ("warn", "raise")
@@ -77,6 +77,9 @@ class ExplainResult:
         scalars: logged with ``pl_module.log`` as ``xai/<method>/<key>`` (monitorable).
         tables, charts, media, text: sent to every logger and kept in the local store.
         name: the record's name (``"epoch"`` for the per-epoch explanation).
+        extras: in-memory results for listeners such as
+            :class:`~lightning_xai.callbacks.ConceptDriftMonitor` (e.g. CAV vectors too large for the
+            record); never written or logged.
     """
 
     payload: dict[str, Any]
@@ -86,6 +89,22 @@ class ExplainResult:
     media: list[Media] = field(default_factory=list)
     text: dict[str, str] = field(default_factory=dict)
     name: str = "epoch"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def result_listeners(trainer: Trainer) -> list[Any]:
+    """The trainer's callbacks that observe explanation results (each once, in callback order).
+
+    A listener has ``on_xai_result(trainer, pl_module, source, record, result)``; it is called on every
+    rank, right after ``source`` logged its scalars, with the same record and result on every rank.
+    """
+    seen: set[int] = set()
+    out = []
+    for cb in getattr(trainer, "callbacks", []):
+        if callable(getattr(cb, "on_xai_result", None)) and id(cb) not in seen:
+            seen.add(id(cb))
+            out.append(cb)
+    return out
 
 
 class XAICallback(Callback):
@@ -311,12 +330,16 @@ class XAICallback(Callback):
             pl_module.log(f"xai/{self.method}/time_s", elapsed, on_step=False, on_epoch=True, sync_dist=False)
             for key, value in result.scalars.items():
                 pl_module.log(f"xai/{self.method}/{key}", float(value), on_step=False, on_epoch=True, sync_dist=False)
+            record = Record(self.method, result.name, epoch, step, elapsed, result.payload)
             if trainer.is_global_zero:
-                record = Record(self.method, result.name, epoch, step, elapsed, result.payload)
                 explanation = Explanation(record, result.tables, result.charts, result.media, result.text)
                 dispatcher_for(trainer).dispatch(explanation, step=step)
         except Exception as exc:  # noqa: BLE001 - reported, then raised or survived by choice
             self._handle_error(trainer, exc, epoch, step)
+            return
+        # after the record is out, so a listener's own records follow it; a listener handles its own errors
+        for listener in result_listeners(trainer):
+            listener.on_xai_result(trainer, pl_module, self, record, result)
 
     def _handle_error(self, trainer: Trainer, exc: Exception, epoch: int, step: int) -> None:
         if self.on_error == "raise":

@@ -380,7 +380,9 @@ class ConceptAttributionCallback(XAICallback):
 
         probes = self._probes(inputs) if trainer.is_global_zero else None
         local_rows, media = self._local(ex, probes, names, layers) if probes is not None else ([], [])
-        return self._result(epoch, tcav, glob, similarity, previous_epoch, local_rows, media, pool, names)
+        result = self._result(epoch, tcav, glob, similarity, previous_epoch, local_rows, media, pool, names)
+        result.extras["cavs"] = current  # {layer: {concept: run-averaged CAV}} for the drift monitor
+        return result
 
     def _scores(
         self,

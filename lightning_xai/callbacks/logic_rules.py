@@ -49,6 +49,15 @@ _GUIDED_RGB = (0.1, 0.85, 0.2)
 _RANDOM_RGB = (0.95, 0.2, 0.2)
 
 
+def _fidelity_per_class(rule_pred: Tensor, model_pred: Tensor, n_classes: int) -> list[float | None]:
+    """Per class, the share of the images the model assigns to it that the rules assign to it too."""
+    out: list[float | None] = []
+    for k in range(n_classes):
+        mine = model_pred == k
+        out.append(float((rule_pred.cpu()[mine] == k).double().mean()) if bool(mine.any()) else None)
+    return out
+
+
 def _finite_mean(values: Sequence[float]) -> float:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     return sum(vals) / len(vals) if vals else math.nan
@@ -613,6 +622,8 @@ class LogicRulesCallback(XAICallback):
             "scoring": chosen,
             "crossfit_folds": self.crossfit_folds,
             "evaluation": {s: e.to_dict() for s, e in evals.items()},
+            # per class: the share of the images the model assigns to it that the rules assign to it too
+            "fidelity_per_class": _fidelity_per_class(ev.predictions, sample.logits.argmax(1).cpu(), c),
             "vocabulary": vocab.to_dict(),
             "n80": [cv.n80 for cv in vocab.classes],
             "global_rules": [g.text(self.max_terms, names) for g in grules],

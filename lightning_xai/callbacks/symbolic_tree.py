@@ -311,7 +311,8 @@ class SymbolicTreeCallback(XAICallback):
         if trainer.is_global_zero:
             try:
                 result = self._explain_local(trainer, pl_module, sample)
-                message = {"ok": True, "scalars": result.scalars, "state": self.explainer_state()}
+                # the payload too: listeners (the drift monitor) see the same result on every rank
+                message = {"ok": True, "scalars": result.scalars, "state": self.explainer_state(), "payload": result.payload}
             except Exception as exc:  # noqa: BLE001 - re-raised below, after the others heard of it
                 error = exc
                 message = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
@@ -324,7 +325,7 @@ class SymbolicTreeCallback(XAICallback):
         if not message["ok"]:
             raise RuntimeError(f"rank 0 failed to fit the symbolic model: {message['error']}")
         self.load_explainer_state(copy.deepcopy(message["state"]))
-        return ExplainResult(payload={}, scalars=dict(message["scalars"]))
+        return ExplainResult(payload=dict(message["payload"]), scalars=dict(message["scalars"]))
 
     def _explain_local(self, trainer: Trainer, pl_module: LightningModule, sample: ValidationSample) -> ExplainResult:
         epoch = trainer.current_epoch

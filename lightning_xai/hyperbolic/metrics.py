@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+from lightning_xai.drift import js_divergence
 
 from .model import SymbolicModel
 
@@ -68,29 +70,6 @@ def perplexity(counts: Tensor) -> float:
     p = counts.double() / counts.sum().clamp_min(1)
     p = p[p > 0]
     return float(torch.exp(-(p * p.log()).sum())) if p.numel() else 0.0
-
-
-def js_divergence(p: Sequence[float] | Tensor, q: Sequence[float] | Tensor) -> float:
-    """Jensen-Shannon divergence (base 2, in [0, 1]) of two histograms (normalised here).
-
-    Example:
-        >>> js_divergence([1, 0], [0, 1]), js_divergence([2, 2], [1, 1])
-        (1.0, 0.0)
-    """
-    a = torch.as_tensor(p, dtype=torch.float64).flatten()
-    b = torch.as_tensor(q, dtype=torch.float64).flatten()
-    if a.shape != b.shape:
-        raise ValueError(f"histograms of different sizes: {a.numel()} and {b.numel()}.")
-    if a.sum() <= 0 or b.sum() <= 0:
-        return math.nan
-    a, b = a / a.sum(), b / b.sum()
-    m = 0.5 * (a + b)
-
-    def kl(x: Tensor) -> float:
-        mask = x > 0
-        return float((x[mask] * (x[mask] / m[mask]).log2()).sum())
-
-    return min(1.0, max(0.0, 0.5 * kl(a) + 0.5 * kl(b)))
 
 
 def rules_jaccard(a: Iterable[str], b: Iterable[str]) -> float:

@@ -1,0 +1,441 @@
+"""Concept drift across explained epochs: what each method says about the model, compared epoch to epoch.
+
+The core of :class:`~lightning_xai.callbacks.ConceptDriftMonitor`; no Lightning imports. Each method's
+result (its record payload, plus in-memory extras such as CAV vectors) becomes a set of *observations*,
+one per ``(kind, key)``, e.g. the TCAV score of ``marker:present`` for class ``circle/lined`` at
+``conv5``. :class:`DriftTracker` compares every observation with the same one at the previous explained
+epoch and at a reference epoch, as a *drift distance* (0: unchanged, larger: more drift), and raises an
+alert when a distance passes its kind's threshold.
+
+Drift kinds (default thresholds in :data:`DRIFT_KINDS`, chosen on the planted-concept world, see the
+README's "Concept drift" section):
+
+================  ====================  ===========================================================
+kind              source method         distance
+================  ====================  ===========================================================
+``cka``           representation_drift  ``1 - linear CKA`` of a representation (the source's own
+                                        previous and reference epochs)
+``cav_cosine``    concept_attribution   ``1 - cosine`` of a concept's run-averaged CAV
+``tcav_score``    concept_attribution   ``|change|`` of a TCAV score; alerts only where the result is
+                                        significant on at least one side (sign fractions of concepts
+                                        the model ignores wander without meaning)
+``rule_jaccard``  logic_rules           ``1 - Jaccard`` of a class's predicate vocabulary
+``rule_fidelity`` logic_rules           drop of a class's rule fidelity (negative: it rose)
+``symbol_js``     symbolic_tree         Jensen-Shannon divergence (base 2) of a level's symbol usage
+``permutation_tau`` concept_permutation share of discordant concept pairs, ``(1 - Kendall tau) / 2``
+``readout``       diffusion_explainer   share of a target's prompt positions whose top word changed
+================  ====================  ===========================================================
+
+Example:
+    >>> tracker = DriftTracker()
+    >>> payload = {"fidelity_per_class": [0.95, 0.9], "classes": ["a", "b"], "vocabulary": {"classes": []}}
+    >>> _ = tracker.update("logic_rules", 0, observations("logic_rules", payload))
+    >>> payload["fidelity_per_class"] = [0.95, 0.6]
+    >>> rows, alerts = tracker.update("logic_rules", 1, observations("logic_rules", payload))
+    >>> [(r["kind"], r["key"], round(r["value"], 2)) for r in rows if r["against"] == "previous"]
+    [('rule_fidelity', 'a', 0.0), ('rule_fidelity', 'b', 0.3)]
+    >>> alerts[0]["message"]
+    "logic_rules: rule fidelity of class 'b' drifted since epoch 0 (previous): 0.90 -> 0.60 (rule_fidelity 0.300 > 0.1)"
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lightning_xai.drift import js_divergence
+
+__all__ = ["AGAINST", "DRIFT_KINDS", "DriftKind", "DriftTracker", "Observation", "observations"]
+
+AGAINST = ("previous", "reference")
+
+
+@dataclass(frozen=True)
+class DriftKind:
+    """One kind of drift: the method it comes from, its default alert threshold and what it measures."""
+
+    name: str
+    method: str
+    threshold: float
+    meaning: str
+
+
+DRIFT_KINDS: dict[str, DriftKind] = {
+    k.name: k
+    for k in (
+        DriftKind("cka", "representation_drift", 0.2, "1 - linear CKA of a representation"),
+        DriftKind("cav_cosine", "concept_attribution", 0.5, "1 - cosine of a concept's run-averaged CAV"),
+        DriftKind(
+            "tcav_score", "concept_attribution", 0.3, "|change| of a TCAV score, alerting where significant"
+        ),
+        DriftKind("rule_jaccard", "logic_rules", 0.6, "1 - Jaccard of a class's predicate vocabulary"),
+        DriftKind("rule_fidelity", "logic_rules", 0.1, "drop of a class's rule fidelity"),
+        DriftKind("symbol_js", "symbolic_tree", 0.2, "Jensen-Shannon divergence of a level's symbol usage"),
+        DriftKind("permutation_tau", "concept_permutation", 0.3, "share of discordant pairs of the ranking"),
+        DriftKind("readout", "diffusion_explainer", 0.5, "share of prompt positions whose top word changed"),
+    )
+}
+
+
+@dataclass
+class Observation:
+    """What one method says about one thing at one epoch.
+
+    Attributes:
+        kind: a key of :data:`DRIFT_KINDS`.
+        key: what it is about, e.g. ``"conv5/marker:present/circle/lined"``.
+        label: readable name for messages, e.g. ``"TCAV score of 'marker:present' for 'circle/lined' at conv5"``.
+        value: what is compared (a number, a vector, a set, a histogram, a mapping).
+        meta: extra facts (e.g. ``significant``).
+        given: distances the source computed itself, by ``"previous"``/``"reference"``, with the epochs
+            they refer to under ``"<against>_epoch"`` (CKA needs the activations, which only the source has).
+    """
+
+    kind: str
+    key: str
+    label: str
+    value: Any
+    meta: dict[str, Any] = field(default_factory=dict)
+    given: dict[str, Any] | None = None
+
+
+# ------------------------------------------------------------------------------------------ extractors
+def _representation(payload: Mapping[str, Any], extras: Mapping[str, Any]) -> list[Observation]:
+    out = []
+    for rep, cka in (payload.get("cka_prev") or {}).items():
+        ref = (payload.get("cka_ref") or {}).get(rep)
+        given = {
+            "previous": None if cka is None else 1.0 - float(cka),
+            "previous_epoch": payload.get("previous_epoch"),
+            "reference": None if ref is None else 1.0 - float(ref),
+            "reference_epoch": payload.get("reference_epoch"),
+        }
+        out.append(Observation("cka", str(rep), f"representation {rep!r}", cka, given=given))
+    return out
+
+
+def _concept_attribution(payload: Mapping[str, Any], extras: Mapping[str, Any]) -> list[Observation]:
+    out = []
+    for layer, vectors in (extras.get("cavs") or {}).items():
+        for concept, v in vectors.items():
+            label = f"CAV of {concept!r} at {layer}"
+            out.append(Observation("cav_cosine", f"{layer}/{concept}", label, torch.as_tensor(v).detach().cpu()))
+    for row in payload.get("scores") or []:
+        if row.get("tcav") is None or (isinstance(row["tcav"], float) and math.isnan(row["tcav"])):
+            continue
+        label = f"TCAV score of {row['concept']!r} for class {row['class']!r} at {row['layer']}"
+        out.append(
+            Observation(
+                "tcav_score",
+                f"{row['layer']}/{row['concept']}/{row['class']}",
+                label,
+                float(row["tcav"]),
+                meta={"significant": bool(row.get("significant")), "concept": row["concept"], "class": row["class"]},
+            )
+        )
+    return out
+
+
+def _logic_rules(payload: Mapping[str, Any], extras: Mapping[str, Any]) -> list[Observation]:
+    names = list(payload.get("classes") or [])
+    out = []
+    for cv in (payload.get("vocabulary") or {}).get("classes", []):
+        k = int(cv["class"])
+        name = names[k] if k < len(names) else f"class_{k}"
+        texts = {p["signed_id"]: p["text"] for p in cv.get("predicates", [])}
+        out.append(
+            Observation(
+                "rule_jaccard", name, f"rule vocabulary of class {name!r}", frozenset(texts), meta={"texts": texts}
+            )
+        )
+    for k, f in enumerate(payload.get("fidelity_per_class") or []):
+        if f is not None:
+            name = names[k] if k < len(names) else f"class_{k}"
+            out.append(Observation("rule_fidelity", name, f"rule fidelity of class {name!r}", float(f)))
+    return out
+
+
+def _symbolic_tree(payload: Mapping[str, Any], extras: Mapping[str, Any]) -> list[Observation]:
+    return [
+        Observation("symbol_js", f"level_{level}", f"symbol usage at level {level}", [float(n) for n in usage])
+        for level, usage in enumerate(payload.get("usage") or [])
+    ]
+
+
+def _concept_permutation(payload: Mapping[str, Any], extras: Mapping[str, Any]) -> list[Observation]:
+    importance = {r["concept"]: float(r["importance"]) for r in payload.get("importance") or []}
+    if len(importance) < 2:
+        return []
+    return [Observation("permutation_tau", "ranking", "concept importance ranking", importance)]
+
+
+def _diffusion_explainer(payload: Mapping[str, Any], extras: Mapping[str, Any]) -> list[Observation]:
+    out = []
+    for entry in payload.get("targets") or []:
+        readout = entry.get("readout")
+        if not readout:
+            continue
+        words = dict(zip(readout["positions"], readout["words"]))
+        label = f"readout of target {entry['label']!r}"
+        out.append(Observation("readout", str(entry["label"]), label, words, meta={"caption": readout["caption"]}))
+    return out
+
+
+EXTRACTORS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], list[Observation]]] = {
+    "representation_drift": _representation,
+    "concept_attribution": _concept_attribution,
+    "logic_rules": _logic_rules,
+    "symbolic_tree": _symbolic_tree,
+    "concept_permutation": _concept_permutation,
+    "diffusion_explainer": _diffusion_explainer,
+}
+
+
+def observations(
+    method: str, payload: Mapping[str, Any], extras: Mapping[str, Any] | None = None
+) -> dict[tuple[str, str], Observation]:
+    """The observations in one explained epoch of ``method`` (``{}`` for a method without drift kinds).
+
+    Example:
+        >>> obs = observations("symbolic_tree", {"usage": [[3, 1], [2, 2]]})
+        >>> sorted(obs)
+        [('symbol_js', 'level_0'), ('symbol_js', 'level_1')]
+    """
+    extract = EXTRACTORS.get(method)
+    if extract is None:
+        return {}
+    return {(o.kind, o.key): o for o in extract(payload, extras or {})}
+
+
+# ------------------------------------------------------------------------------------------- distances
+def _distance(before: Observation, after: Observation) -> float:
+    a, b = before.value, after.value
+    kind = after.kind
+    if kind == "cav_cosine":
+        if a.shape != b.shape:
+            return math.nan
+        return 1.0 - float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
+    if kind == "tcav_score":
+        return abs(b - a)
+    if kind == "rule_jaccard":
+        union = a | b
+        return 0.0 if not union else 1.0 - len(a & b) / len(union)
+    if kind == "rule_fidelity":
+        return a - b
+    if kind == "symbol_js":
+        return js_divergence(a, b) if len(a) == len(b) else math.nan
+    if kind == "permutation_tau":
+        from lightning_xai.permutation.importance import kendall_tau
+
+        common = [c for c in b if c in a]
+        tau = kendall_tau([a[c] for c in common], [b[c] for c in common])
+        return math.nan if math.isnan(tau) else (1.0 - tau) / 2.0
+    if kind == "readout":
+        common = [p for p in b if p in a]
+        return sum(a[p] != b[p] for p in common) / len(common) if common else math.nan
+    raise ValueError(f"no distance for drift kind {kind!r}; valid kinds: {sorted(DRIFT_KINDS)}")
+
+
+def _eligible(before: Observation, after: Observation) -> bool:
+    """Whether a change may alert: TCAV scores only where a side is significant."""
+    if after.kind == "tcav_score":
+        return bool(before.meta.get("significant") or after.meta.get("significant"))
+    return True
+
+
+def _state_text(o: Observation) -> str:
+    v = o.value
+    if o.kind == "tcav_score":
+        return f"{v:.2f} ({'significant' if o.meta.get('significant') else 'not significant'})"
+    if o.kind in ("rule_fidelity",):
+        return f"{v:.2f}"
+    if o.kind == "rule_jaccard":
+        texts = o.meta.get("texts", {})
+        shown = [texts.get(i, str(i)) for i in sorted(v)[:4]]
+        return "{" + ", ".join(shown) + (", ..." if len(v) > 4 else "") + "}"
+    if o.kind == "permutation_tau":
+        return " > ".join(sorted(v, key=lambda c: -v[c])[:4])
+    if o.kind == "readout":
+        return repr(o.meta.get("caption", " ".join(v.values())))
+    if o.kind == "symbol_js":
+        total = sum(v) or 1.0
+        top = sorted(range(len(v)), key=lambda i: -v[i])[:3]
+        return "top " + ", ".join(f"S{i} {v[i] / total:.0%}" for i in top)
+    if o.kind == "cka":
+        return "CKA"
+    return "vector"
+
+
+def _change_text(before: Observation, after: Observation) -> str:
+    if after.kind == "rule_jaccard":
+        texts = {**before.meta.get("texts", {}), **after.meta.get("texts", {})}
+        lost = [texts.get(i, str(i)) for i in sorted(before.value - after.value)[:3]]
+        gained = [texts.get(i, str(i)) for i in sorted(after.value - before.value)[:3]]
+        return f"lost {lost or 'nothing'}, gained {gained or 'nothing'}"
+    if after.kind in ("cav_cosine", "cka"):
+        return ""
+    return f"{_state_text(before)} -> {_state_text(after)}"
+
+
+def _plain(o: Observation) -> dict[str, Any]:
+    value = sorted(o.value) if isinstance(o.value, (set, frozenset)) else o.value
+    return {"kind": o.kind, "key": o.key, "label": o.label, "value": value, "meta": o.meta, "given": o.given}
+
+
+def _from_plain(d: Mapping[str, Any]) -> Observation:
+    value = frozenset(d["value"]) if d["kind"] == "rule_jaccard" else d["value"]
+    return Observation(d["kind"], d["key"], d["label"], value, dict(d.get("meta") or {}), d.get("given"))
+
+
+# -------------------------------------------------------------------------------------------- tracker
+class DriftTracker:
+    """Drift series of every source against its previous and its reference explained epoch, with alerts.
+
+    Args:
+        thresholds: alert threshold per drift kind, over :data:`DRIFT_KINDS`' defaults.
+        reference: ``"first"`` (each source's first tracked epoch) or an epoch number (the first explained
+            epoch at or after it).
+        start_epoch: epochs before it are ignored (early training always drifts).
+        alert_on: which comparisons may alert: ``"previous"``, ``"reference"`` or both.
+
+    A series that stays past its threshold against the reference alerts once, when it crosses, and again
+    only after it came back under; against the previous epoch every crossing alerts.
+    """
+
+    def __init__(
+        self,
+        thresholds: Mapping[str, float] | None = None,
+        reference: str | int = "first",
+        start_epoch: int = 0,
+        alert_on: Sequence[str] = AGAINST,
+    ) -> None:
+        self.thresholds = {k: d.threshold for k, d in DRIFT_KINDS.items()}
+        self.thresholds.update(dict(thresholds or {}))
+        self.reference = reference
+        self.start_epoch = int(start_epoch)
+        self.alert_on = tuple(alert_on)
+        self.sources: dict[str, dict[str, Any]] = {}
+        self.history: list[dict[str, Any]] = []
+        self.alerts: list[dict[str, Any]] = []
+        self._alerting: set[tuple[str, str, str]] = set()
+
+    def _is_reference(self, epoch: int) -> bool:
+        return self.reference == "first" or epoch >= int(self.reference)
+
+    def update(
+        self, source: str, epoch: int, obs: Mapping[tuple[str, str], Observation]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Compare ``source``'s observations at ``epoch``; returns this epoch's rows and new alerts.
+
+        An epoch at or before the source's last tracked one (``trainer.validate`` after ``fit``, a repeated
+        hook) is ignored, so no epoch of a series is counted twice.
+        """
+        if epoch < self.start_epoch or not obs:
+            return [], []
+        state = self.sources.setdefault(source, {"previous": None, "reference": None})
+        previous, reference = state["previous"], state["reference"]
+        if previous is not None and epoch <= previous["epoch"]:
+            return [], []
+        current = {"epoch": epoch, "obs": dict(obs)}
+        if reference is None and self._is_reference(epoch):
+            state["reference"] = current
+        bases = {"previous": previous, "reference": reference}
+        rows: list[dict[str, Any]] = []
+        alerts: list[dict[str, Any]] = []
+        for (kind, key), after in obs.items():
+            for against in AGAINST:
+                if after.given is not None:
+                    value, base_epoch = after.given.get(against), after.given.get(f"{against}_epoch")
+                    if value is None or base_epoch is None or base_epoch == epoch:
+                        continue
+                    before = after
+                else:
+                    base = bases[against]
+                    before = None if base is None else base["obs"].get((kind, key))
+                    if before is None:
+                        continue
+                    value, base_epoch = _distance(before, after), base["epoch"]
+                if value is None or math.isnan(value):
+                    continue
+                threshold = float(self.thresholds[kind])
+                over = value > threshold and _eligible(before, after)
+                alert = over and against in self.alert_on
+                if against == "reference":
+                    tag = (source, kind, key)
+                    if over and tag in self._alerting:
+                        alert = False
+                    if over:
+                        self._alerting.add(tag)
+                    else:
+                        self._alerting.discard(tag)
+                row = {
+                    "epoch": epoch,
+                    "source": source,
+                    "kind": kind,
+                    "key": key,
+                    "against": against,
+                    "base_epoch": base_epoch,
+                    "value": float(value),
+                    "threshold": threshold,
+                    "alert": bool(alert),
+                }
+                rows.append(row)
+                if alert:
+                    change = _change_text(before, after)
+                    message = (
+                        f"{source}: {after.label} drifted since epoch {base_epoch} ({against}): "
+                        + (f"{change} " if change else "")
+                        + f"({kind} {value:.3f} > {threshold:g})"
+                    )
+                    alerts.append(
+                        {
+                            **row,
+                            "label": after.label,
+                            "before": _state_text(before) if before is not after else None,
+                            "after": _state_text(after),
+                            "message": message,
+                        }
+                    )
+        state["previous"] = current
+        self.history.extend(rows)
+        self.alerts.extend(alerts)
+        return rows, alerts
+
+    def series(self, source: str | None = None) -> dict[tuple[str, str, str, str], list[tuple[int, float]]]:
+        """``{(source, kind, key, against): [(epoch, value), ...]}`` from the history."""
+        out: dict[tuple[str, str, str, str], list[tuple[int, float]]] = {}
+        for r in self.history:
+            if source is None or r["source"] == source:
+                out.setdefault((r["source"], r["kind"], r["key"], r["against"]), []).append((r["epoch"], r["value"]))
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain containers, tensors and numbers only (checkpoints load with ``weights_only=True``)."""
+
+        def snapshot(snap: dict[str, Any] | None) -> dict[str, Any] | None:
+            if snap is None:
+                return None
+            return {"epoch": snap["epoch"], "obs": [_plain(o) for o in snap["obs"].values()]}
+
+        return {
+            "sources": {s: {k: snapshot(v) for k, v in st.items()} for s, st in self.sources.items()},
+            "history": list(self.history),
+            "alerts": list(self.alerts),
+            "alerting": [list(t) for t in sorted(self._alerting)],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        def snapshot(snap: Mapping[str, Any] | None) -> dict[str, Any] | None:
+            if snap is None:
+                return None
+            obs = [_from_plain(o) for o in snap["obs"]]
+            return {"epoch": snap["epoch"], "obs": {(o.kind, o.key): o for o in obs}}
+
+        self.sources = {s: {k: snapshot(v) for k, v in st.items()} for s, st in state.get("sources", {}).items()}
+        self.history = list(state.get("history", []))
+        self.alerts = list(state.get("alerts", []))
+        self._alerting = {tuple(t) for t in state.get("alerting", [])}
