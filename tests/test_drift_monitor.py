@@ -13,9 +13,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from lightning_xai.callbacks import ConceptDriftMonitor, LogicRulesCallback, RepresentationDriftCallback
+from lightning_xai.callbacks import (
+    ConceptAttributionCallback,
+    ConceptDriftMonitor,
+    LogicRulesCallback,
+    RepresentationDriftCallback,
+)
 from lightning_xai.concept_drift import DRIFT_KINDS, DriftTracker, Observation, observations
 from lightning_xai.records import read_records
+from lightning_xai.world import WorldDataModule, concept_set, interventional_effects, random_set, train_tiny_cnn
 
 
 def _obs(kind: str, key: str, value, **meta) -> dict:
@@ -29,6 +35,8 @@ def _obs(kind: str, key: str, value, **meta) -> dict:
         ("cav_cosine", torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), 1.0),
         ("cav_cosine", torch.tensor([1.0, 1.0]), torch.tensor([2.0, 2.0]), 0.0),
         ("tcav_score", 0.9, 0.4, 0.5),
+        ("tcav_magnitude", 0.64, 0.14, 0.5 / 0.64),  # shares of the layer's largest: relative change
+        ("tcav_magnitude", 0.05, -0.05, 0.1 / 0.25),  # small shares count as 25%
         ("rule_jaccard", frozenset({1, 2, 3}), frozenset({2, 3, 4}), 0.5),  # |{2,3}| / |{1,2,3,4}|
         ("rule_fidelity", 0.95, 0.70, 0.25),
         ("rule_fidelity", 0.70, 0.95, -0.25),  # a rise is negative drift
@@ -40,19 +48,20 @@ def _obs(kind: str, key: str, value, **meta) -> dict:
 )
 def test_each_kind_measures_its_distance(kind: str, before, after, expected: float) -> None:
     tracker = DriftTracker(thresholds={kind: 10.0})
-    tracker.update("src", 0, _obs(kind, "k", before, significant=True))
-    rows, alerts = tracker.update("src", 1, _obs(kind, "k", after, significant=True))
+    tracker.update("src", 0, _obs(kind, "k", before, relevant=True))
+    rows, alerts = tracker.update("src", 1, _obs(kind, "k", after, relevant=True))
     (prev,) = [r for r in rows if r["against"] == "previous"]
     assert prev["value"] == pytest.approx(expected) and prev["base_epoch"] == 0 and not alerts
 
 
 def test_alerts_name_what_drifted_and_reference_alerts_fire_once_per_crossing() -> None:
-    tracker = DriftTracker()  # tcav_score threshold 0.3
+    tracker = DriftTracker(alert_on=("previous", "reference"))  # tcav_score threshold 0.3
     key = "conv5/marker:present/circle/lined"
 
     def tcav(score: float, significant: bool) -> dict:
-        return {("tcav_score", key): Observation("tcav_score", key, "TCAV score of 'marker:present' for class "
-                                                 "'circle/lined' at conv5", score, meta={"significant": significant})}
+        label = "TCAV score of 'marker:present' for class 'circle/lined' at conv5"
+        meta = {"significant": significant, "relevant": significant, "magnitude": 2.0 * score - 1.0}
+        return {("tcav_score", key): Observation("tcav_score", key, label, score, meta=meta)}
 
     assert tracker.update("concept_attribution", 0, tcav(0.95, True)) == ([], [])  # nothing to compare with yet
     _, alerts = tracker.update("concept_attribution", 1, tcav(0.90, True))
@@ -61,21 +70,21 @@ def test_alerts_name_what_drifted_and_reference_alerts_fire_once_per_crossing() 
     assert [a["against"] for a in alerts] == ["previous", "reference"]
     assert alerts[0]["message"] == (
         "concept_attribution: TCAV score of 'marker:present' for class 'circle/lined' at conv5 drifted since epoch 1 "
-        "(previous): 0.90 (significant) -> 0.40 (not significant) (tcav_score 0.500 > 0.3)"
+        "(previous): 0.90 (significant, magnitude +0.80) -> 0.40 (not significant, magnitude -0.20) (tcav_score 0.500 > 0.3)"
     )
     # still far from the reference, steady since: no new alert; back near it, then away again: alerts again
     assert tracker.update("concept_attribution", 3, tcav(0.42, False))[1] == []
     assert tracker.update("concept_attribution", 4, tcav(0.93, True))[1][0]["against"] == "previous"
     _, alerts = tracker.update("concept_attribution", 5, tcav(0.41, False))
     assert sorted(a["against"] for a in alerts) == ["previous", "reference"]
-    # changes of a score that is not significant on either side never alert (sign fractions of ignored concepts
+    # changes of a concept that matters on neither side never alert (sign fractions of ignored concepts
     # wander): the row is still kept
     rows, alerts = tracker.update("concept_attribution", 6, tcav(0.99, False))
     assert alerts == [] and {r["against"]: r["value"] for r in rows}["previous"] == pytest.approx(0.58)
 
 
 def test_repeated_epochs_are_ignored_and_state_round_trips() -> None:
-    tracker = DriftTracker(reference=1)
+    tracker = DriftTracker(reference=1, thresholds={"rule_fidelity": 0.1})
     tracker.update("s", 0, _obs("rule_fidelity", "a", 0.9))
     assert tracker.sources["s"]["reference"] is None  # the pinned reference is epoch 1
     tracker.update("s", 1, _obs("rule_fidelity", "a", 0.8))
@@ -101,7 +110,7 @@ def test_unknown_methods_give_no_observations_and_every_method_has_kinds() -> No
     ("kwargs", "match"),
     [
         ({"thresholds": {"tcav": 0.3}}, r"Unknown drift kind\(s\) \['tcav'\].*valid kinds: \['cav_cosine'"),
-        ({"thresholds": {"tcav_score": 0}}, r"thresholds\['tcav_score'\] must be a positive number, but got 0"),
+        ({"thresholds": {"tcav_score": 0}}, r"thresholds\['tcav_score'\] must be a positive number \(or None: no alerts\), but got 0"),
         ({"thresholds": {"tcav_score": float("nan")}}, "must be a positive number"),
         ({"reference": "last"}, r"reference='last' is not supported; choose 'first' or an epoch number"),
         ({"reference": -1}, "choose 'first' or an epoch number >= 0"),
@@ -204,3 +213,64 @@ def test_a_failing_monitor_does_not_stop_training(tmp_path: Path, monkeypatch: p
         make_trainer(tmp_path / "raise", [_rules(), ConceptDriftMonitor(on_error="raise")], max_epochs=1).fit(
             SmallNet(), BlobData()
         )
+
+
+# ------------------------------------------------------------------ Done when: a scripted concept shift
+class _ShiftingWorld(WorldDataModule):
+    """The world with the marker tied to class 0 until ``shift_epoch``, then independent of the label."""
+
+    def __init__(self, shift_epoch: int, **kwargs) -> None:
+        super().__init__(spurious_class=0, spurious_p=1.0, **kwargs)
+        self.shift_epoch = shift_epoch
+        self.after = WorldDataModule(n_train=self.n_train, n_val=self.n_val, batch_size=self.batch_size,
+                                     seed=self.seed + 1000)
+
+    def train_dataloader(self):
+        if self.trainer is not None and self.trainer.current_epoch >= self.shift_epoch:
+            return self.after.train_dataloader()
+        return super().train_dataloader()
+
+
+STABLE, AFTER = 5, 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 3])
+def test_a_concept_shift_alerts_on_the_marker_and_stable_epochs_do_not(tmp_path: Path, seed: int) -> None:
+    """A TinyCNN trained with the spurious marker tied to class 0 goes on training on the same kind of data for
+    5 explained epochs, then on data where the marker is independent of the label. The monitor (defaults) stays
+    silent in the stable epochs and names the marker within 2 explained epochs of the shift.
+
+    Seeds: the shift only exists in a model that uses the marker, which the test checks against the world's
+    interventional ground truth. The model of seed 2 learns shape and texture alone (the marker moves class
+    0's logit by 0.1), so it has no concept to lose and is not used here.
+    """
+    world = train_tiny_cnn(epochs=6, n_train=1200, n_val=300, seed=seed, spurious_class=0, spurious_p=1.0)
+    model = world.model
+    before = interventional_effects(model, ["marker:present"], task=world.rule, n_scenes=64, seed=0)
+    assert before.effect("marker:present", 0) > 1.0  # the model uses the shortcut
+    # training goes on at a constant rate (a fresh one-cycle schedule would restart its warm-up)
+    model.configure_optimizers = lambda: torch.optim.Adam(model.parameters(), lr=3e-4)
+    concepts = {c: concept_set(c, 60, seed=seed + 7) for c in ("marker:present", "shape:circle", "texture:striped",
+                                                               "colour:red")}
+    attribution = ConceptAttributionCallback(concepts, random=random_set(60, seed=seed + 7), probe_images=0,
+                                             images_per_class=5, m_steps=8, seed=seed, on_error="raise")
+    monitor = ConceptDriftMonitor(on_error="raise")
+    callbacks = [attribution, RepresentationDriftCallback(on_error="raise"), monitor]
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=STABLE + AFTER, limit_train_batches=None,
+                           reload_dataloaders_every_n_epochs=1)
+    trainer.fit(model, _ShiftingWorld(STABLE, n_train=1200, n_val=300, seed=seed + 1))
+    # ground truth: the shift really took the marker away from class 0
+    after = interventional_effects(model, ["marker:present"], task=world.rule, n_scenes=64, seed=0)
+    assert after.effect("marker:present", 0) < 0.5 * before.effect("marker:present", 0)
+    early = [a["message"] for a in monitor.alerts if a["epoch"] < STABLE]
+    assert early == []
+    late = [a for a in monitor.alerts if a["epoch"] < STABLE + AFTER]
+    assert any("marker:present" in a["key"] and "'marker:present'" in a["message"] for a in late), [
+        a["message"] for a in late
+    ]
+    # silence is not for lack of comparisons: every stable epoch after the first was compared
+    tcav_prev = [r for r in monitor.tracker.history if r["kind"] == "tcav_magnitude" and r["against"] == "previous"]
+    assert {r["epoch"] for r in tcav_prev} == set(range(1, STABLE + AFTER))
+    alerts = [r for r in read_records(tmp_path / "logs" / "version_0", method="drift") if r.name == "alert"]
+    assert [r.payload["message"] for r in alerts] == [a["message"] for a in monitor.alerts]

@@ -26,8 +26,8 @@ class ConceptDriftMonitor(Callback):
 
     The monitor reads the result of every lightning-xai callback on the same ``Trainer`` as it is produced
     (no extra work, no extra forward pass) and keeps, per callback, drift series against the previous
-    explained epoch and against a reference epoch: representation CKA, CAV cosine and TCAV score change
-    per (concept, class), rule-vocabulary Jaccard and rule-fidelity change per class, symbol-usage
+    explained epoch and against a reference epoch: representation CKA, CAV cosine and TCAV score and
+    magnitude change per (concept, class), rule-vocabulary Jaccard and rule-fidelity change per class, symbol-usage
     Jensen-Shannon divergence, permutation-ranking Kendall tau, DiffExplainer readout change (see
     :mod:`lightning_xai.concept_drift` for each distance). Attach any subset of callbacks; two instances of
     one callback are tracked apart (``concept_attribution`` and ``concept_attribution#2``). One monitor per
@@ -41,12 +41,15 @@ class ConceptDriftMonitor(Callback):
     what to what.
 
     Args:
-        thresholds: alert thresholds by drift kind, over the defaults
+        thresholds: alert thresholds by drift kind (``None``: track without alerts), over the defaults
             (``{kind: DRIFT_KINDS[kind].threshold}``: cka 0.2, cav_cosine 0.5, tcav_score 0.3,
-            rule_jaccard 0.6, rule_fidelity 0.1, symbol_js 0.2, permutation_tau 0.3, readout 0.5).
+            tcav_magnitude 0.5, symbol_js 0.2, permutation_tau 0.3, readout 0.5; rule_jaccard and
+            rule_fidelity are tracked without alerts unless given a threshold).
         reference: ``"first"`` (the first tracked epoch of each callback) or an epoch number to pin.
         start_epoch: ignore epochs before it (early training always drifts). Default: 0.
-        alert_on: comparisons that may alert: ``["previous", "reference"]`` (default) or one of them.
+        alert_on: comparisons that may alert: ``["previous"]`` (default: sudden changes), ``["reference"]``
+            or both. Drift from the reference accumulates during normal learning, so it is logged but only
+            alerts when asked.
         stop_on_alert: stop training (``trainer.should_stop``) at the first alert. Default: False.
         log_keys: log one scalar per series (``True``) or only the per-kind maxima. Default: True.
         on_error: ``"warn"`` (record the error, keep training) or ``"raise"``.
@@ -65,10 +68,10 @@ class ConceptDriftMonitor(Callback):
 
     def __init__(
         self,
-        thresholds: Mapping[str, float] | None = None,
+        thresholds: Mapping[str, float | None] | None = None,
         reference: Literal["first"] | int = "first",
         start_epoch: int = 0,
-        alert_on: Sequence[Literal["previous", "reference"]] = ("previous", "reference"),
+        alert_on: Sequence[Literal["previous", "reference"]] = ("previous",),
         stop_on_alert: bool = False,
         log_keys: bool = True,
         on_error: Literal["warn", "raise"] = "warn",
@@ -81,8 +84,12 @@ class ConceptDriftMonitor(Callback):
                 f"Unknown drift kind(s) {unknown} in thresholds; valid kinds: {sorted(DRIFT_KINDS)}."
             )
         for kind, value in thresholds.items():
+            if value is None:  # tracked and logged, never alerts
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise MisconfigurationException(f"thresholds[{kind!r}] must be a positive number, but got {value!r}.")
+                raise MisconfigurationException(
+                    f"thresholds[{kind!r}] must be a positive number (or None: no alerts), but got {value!r}."
+                )
         if not (reference == "first" or (isinstance(reference, int) and not isinstance(reference, bool) and reference >= 0)):
             raise MisconfigurationException(
                 f"reference={reference!r} is not supported; choose 'first' or an epoch number >= 0."
