@@ -21,7 +21,13 @@ from lightning_xai.callbacks import (
 )
 from lightning_xai.concept_drift import DRIFT_KINDS, DriftTracker, Observation, observations
 from lightning_xai.records import read_records
-from lightning_xai.world import WorldDataModule, concept_set, interventional_effects, random_set, train_tiny_cnn
+from lightning_xai.world import (
+    WorldDataModule,
+    concept_set,
+    interventional_effects,
+    random_set,
+    train_tiny_cnn,
+)
 
 
 def _obs(kind: str, key: str, value, **meta) -> dict:
