@@ -22,23 +22,24 @@ from pathlib import Path
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-import torch  # noqa: E402
-from lightning.pytorch import Trainer, seed_everything  # noqa: E402
-from lightning.pytorch.loggers import CSVLogger, WandbLogger  # noqa: E402
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from lightning_xai.callbacks import (  # noqa: E402
+from lightning_xai.callbacks import (
     ConceptAttributionCallback,
+    ConceptDriftMonitor,
     ConceptPermutationCallback,
     DiffusionExplainerCallback,
     LogicRulesCallback,
     RepresentationDriftCallback,
     SymbolicTreeCallback,
 )
-from lightning_xai.diffexplainer import WorldPromptGenerator  # noqa: E402
-from lightning_xai.permutation import world_concept_table  # noqa: E402
-from lightning_xai.records import read_records  # noqa: E402
-from lightning_xai.wandb_offline import find_offline_runs, logged_images, logged_tables  # noqa: E402
-from lightning_xai.world import (  # noqa: E402
+from lightning_xai.diffexplainer import WorldPromptGenerator
+from lightning_xai.permutation import world_concept_table
+from lightning_xai.records import read_records
+from lightning_xai.wandb_offline import find_offline_runs, logged_images, logged_tables
+from lightning_xai.world import (
     TinyCNN,
     WorldColourMarkerDetector,
     WorldDataModule,
@@ -77,6 +78,9 @@ def build_callbacks() -> list:
             core_concepts=get_task("shape_texture").positive_concepts,
             show_progress=False,
         ),
+        # concept drift: every callback above, compared with its previous explained epoch; alerts are warnings
+        # and "alert" records, every value is logged as xai/drift/... (monitorable)
+        ConceptDriftMonitor(),
     ]
 
 
@@ -191,6 +195,22 @@ def main(argv: list[str] | None = None) -> dict:
             name = classes[t["target"]["index"]]
             print(f"  {name:<18} p={t['mean_probability']:.2f}  \"{t['readout']['caption']}\""
                   + (f"  flagged: {', '.join(flagged)}" if flagged else ""))
+    drift = [r for r in records if r.method == "drift" and r.name == "epoch"]
+    if drift:
+        last = max(r.epoch for r in drift)
+        rows = [row for r in drift if r.epoch == last for row in r.payload["rows"] if row["against"] == "previous"]
+        print(f"\nConcept drift at epoch {last} (largest change since the previous explained epoch, per kind):")
+        largest: dict[tuple[str, str], dict] = {}
+        for row in rows:
+            k = (row["source"], row["kind"])
+            if k not in largest or row["value"] > largest[k]["value"]:
+                largest[k] = row
+        for (source, kind), row in sorted(largest.items()):
+            limit = "no alert" if row["threshold"] is None else f"alert above {row['threshold']:g}"
+            print(f"  {source:<22} {kind:<15} {row['value']:.3f}  ({row['key']}; {limit})")
+    alerts = [r for r in records if r.method == "drift" and r.name == "alert"]
+    for r in alerts:
+        print(f"  ALERT epoch {r.epoch}: {r.payload['message']}")
     errors = [r for r in records if r.name == "error"]
     if errors:
         print(f"\n{len(errors)} explainer errors were recorded; see the records with name 'error'.")

@@ -208,6 +208,9 @@ class Sink(ABC):
     def write(self, explanation: Explanation, step: int) -> None:
         """Write ``explanation`` at logger step ``step`` (usually ``trainer.global_step``)."""
 
+    def epoch_complete(self, records_path: Path, epoch: int) -> None:
+        """Called once every record of ``epoch`` is in ``records_path`` (default: nothing to do)."""
+
     def __repr__(self) -> str:
         return type(self).__name__
 
@@ -225,6 +228,26 @@ class WandbSink(Sink):
 
     def __repr__(self) -> str:
         return f"WandbSink({type(self.logger).__name__})"
+
+    def _online_run(self) -> Any:
+        """The W&B run if it syncs to a server as it goes; ``None`` offline or disabled."""
+        run = getattr(self.logger, "experiment", None)
+        if run is None or getattr(run, "offline", False) or getattr(run, "disabled", False):
+            return None
+        mode = getattr(getattr(run, "settings", None), "mode", None)
+        return None if mode in ("offline", "disabled", "dryrun") else run
+
+    def epoch_complete(self, records_path: Path, epoch: int) -> None:
+        """Online runs get the records so far as a new version of the ``xai-records-<run id>`` artifact,
+        aliased ``epoch-<epoch>`` (offline runs keep them in the local store; ``wandb sync`` uploads media)."""
+        run = self._online_run()
+        if run is None or not Path(records_path).is_file():
+            return
+        import wandb
+
+        artifact = wandb.Artifact(f"xai-records-{run.id}", type="xai-records", metadata={"epoch": int(epoch)})
+        artifact.add_file(str(records_path), name="records.jsonl")
+        run.log_artifact(artifact, aliases=[f"epoch-{int(epoch)}", "latest"])
 
     def write(self, explanation: Explanation, step: int) -> None:
         import wandb
@@ -469,6 +492,7 @@ class SinkDispatcher:
         self.unsupported_loggers: list[str] = unsupported
         self.failures: dict[str, int] = {}
         self._warned: set[int] = set()
+        self._open_epoch: int | None = None  # the epoch whose records are still coming
         if unsupported:
             _warn(
                 f"lightning-xai cannot log explanations to {', '.join(unsupported)}; supported loggers are "
@@ -492,9 +516,28 @@ class SinkDispatcher:
             Exception: only if the local store cannot be written (e.g. a payload that is not
                 JSON-convertible, or a full disk). Sink failures are warned about, never raised.
         """
+        epoch = explanation.record.epoch
+        if self._open_epoch is not None and epoch > self._open_epoch:
+            self.finish_epoch()  # a later epoch's first record: the earlier epoch is complete
+        self._open_epoch = epoch if self._open_epoch is None else max(self._open_epoch, epoch)
         record = self.store.write(explanation)
         self._to_sinks(explanation, explanation.record.global_step if step is None else step)
         return record
+
+    def finish_epoch(self) -> None:
+        """Tell every sink that the open epoch's records are complete (once per epoch; at the end of training
+        the callbacks call it for the last epoch). A sink that fails is warned about, never raised."""
+        if self._open_epoch is None:
+            return
+        epoch, self._open_epoch = self._open_epoch, None
+        for i, sink in enumerate(self.sinks):
+            try:
+                sink.epoch_complete(self.store.records_path, epoch)
+            except Exception as exc:  # noqa: BLE001 - a logger must never break training
+                self.failures[repr(sink)] = self.failures.get(repr(sink), 0) + 1
+                if i not in self._warned:
+                    self._warned.add(i)
+                    _warn(f"lightning-xai: {sink!r} failed at the end of epoch {epoch} ({type(exc).__name__}: {exc}).")
 
     def _to_sinks(self, explanation: Explanation, step: int) -> None:
         for i, sink in enumerate(self.sinks):

@@ -19,6 +19,10 @@ Public fixtures:
     A :class:`~lightning_xai.world.WorldConceptDetector` trained on 3000 renders (3 epochs), with its
     :class:`~lightning_xai.world.DetectorReport` (held-out accuracy per slot); unpacks as ``detector, report``.
 
+``quickstart_run`` (session scope)
+    ``examples/quickstart.py`` run once (2 epochs, 600 scenes, seed 0): ``(out dir, summary)``. Read-only;
+    copy the records before editing them.
+
 ``trained_model_copy`` (function scope)
     A deep copy of the trained model in eval mode, safe to modify, hook or fit further.
 
@@ -80,3 +84,22 @@ def trained_model_copy(trained_world):
     """A deep copy of ``trained_world.model`` in eval mode, free to modify."""
     model = copy.deepcopy(trained_world.model)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory):
+    """``examples/quickstart.py --epochs 2 --n-train 600 --seed 0``, once per session: ``(out dir, summary)``.
+
+    Read-only: tests that edit records copy them first.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    out = tmp_path_factory.mktemp("quickstart")
+    path = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
+    spec = importlib.util.spec_from_file_location("quickstart", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    summary = module.main(["--out", str(out), "--epochs", "2", "--n-train", "600", "--seed", "0"])
+    return out, summary
+

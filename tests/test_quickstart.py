@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,29 +16,30 @@ from lightning_xai.wandb_offline import find_offline_runs, logged_images, logged
 QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
 
 
-@pytest.fixture(scope="module")
-def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("quickstart")
-    spec = importlib.util.spec_from_file_location("quickstart", QUICKSTART)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    summary = module.main(["--out", str(out), "--epochs", "2", "--n-train", "600", "--seed", "0"])
-    return out, summary
-
-
 @pytest.mark.slow
 @pytest.mark.wandb
 def test_quickstart_writes_one_record_per_explained_epoch(quickstart_run: tuple[Path, dict]) -> None:
     out, summary = quickstart_run
     lines = (out / "xai" / "records.jsonl").read_text().splitlines()
-    # drift, logic rules and symbol trees explain both epochs; concept attribution, permutation and DiffExplainer
-    # every second
-    assert len(lines) == 9 == summary["records"]
-    assert sorted((r.method, r.epoch) for r in read_records(out)) == [
+    # representation drift, logic rules and symbol trees explain both epochs; concept attribution, permutation and
+    # DiffExplainer every second; the drift monitor compares epoch 1 of the first three with their epoch 0
+    records = read_records(out)
+    alerts = [r for r in records if r.method == "drift" and r.name == "alert"]
+    assert len(lines) == 12 + len(alerts) == summary["records"]
+    assert sorted((r.method, r.epoch) for r in records if r.name == "epoch") == [
         ("concept_attribution", 1), ("concept_permutation", 1), ("diffusion_explainer", 1),
+        ("drift", 1), ("drift", 1), ("drift", 1),
         ("logic_rules", 0), ("logic_rules", 1), ("representation_drift", 0), ("representation_drift", 1),
         ("symbolic_tree", 0), ("symbolic_tree", 1),
     ]
+    drift = {r.payload["source"]: r.payload for r in records if r.method == "drift" and r.name == "epoch"}
+    assert set(drift) == {"representation_drift", "logic_rules", "symbolic_tree"}
+    assert {row["kind"] for row in drift["symbolic_tree"]["rows"]} == {"symbol_js"}
+    assert {row["kind"] for row in drift["logic_rules"]["rows"]} == {"rule_jaccard", "rule_fidelity"}
+    # the CKA drift is the source's own CKA with the previous epoch, as a distance
+    cka = next(r for r in records if r.method == "representation_drift" and r.epoch == 1).payload["cka_prev"]
+    assert {row["key"]: row["value"] for row in drift["representation_drift"]["rows"] if row["against"] == "previous"} \
+        == pytest.approx({rep: 1 - v for rep, v in cka.items()})
     records = read_records(out, method="representation_drift")
     assert [(r.method, r.name, r.epoch) for r in records] == [
         ("representation_drift", "epoch", 0),

@@ -398,3 +398,61 @@ def test_table_to_markdown_escapes_and_truncates():
     lines = md.splitlines()
     assert lines[0] == "| a\\|b | n |" and lines[2] == "| x\\|y | 1.235 |" and lines[3] == "| z | [1, 2] |"
     assert "2 more rows not shown" in md
+
+
+class _EpochSink(Sink):
+    def __init__(self) -> None:
+        self.completed: list[tuple[int, int]] = []  # (epoch, lines in the records file then)
+
+    def write(self, explanation: Explanation, step: int) -> None:
+        pass
+
+    def epoch_complete(self, records_path: Path, epoch: int) -> None:
+        self.completed.append((epoch, len(Path(records_path).read_text().splitlines())))
+
+
+class _FakeRun:
+    """What WandbSink needs of an online ``wandb`` run: an id, its mode and ``log_artifact``."""
+
+    def __init__(self, offline: bool) -> None:
+        self.id, self.offline, self.logged = "run123", offline, []
+
+    def log_artifact(self, artifact, aliases):
+        self.logged.append((artifact.name, artifact.type, dict(artifact.metadata), list(aliases),
+                            sorted(artifact.manifest.entries)))
+
+
+class _FakeWandbLogger:
+    def __init__(self, run: _FakeRun) -> None:
+        self.experiment = run
+
+    def log_metrics(self, metrics, step=None) -> None:
+        pass
+
+
+def test_each_epoch_is_announced_complete_once_with_all_its_records(tmp_path):
+    dispatcher = SinkDispatcher(_trainer(tmp_path, False))
+    sink = _EpochSink()
+    dispatcher.sinks.append(sink)
+    for epoch in (0, 0, 1, 1, 1):
+        dispatcher.dispatch(make_explanation(epoch, 4))
+    assert sink.completed == [(0, 2)]  # epoch 0 is complete when epoch 1's first record arrives
+    dispatcher.finish_epoch()
+    dispatcher.finish_epoch()  # every callback's teardown calls it: once is enough
+    assert sink.completed == [(0, 2), (1, 5)]
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_online_wandb_runs_get_the_records_as_a_versioned_artifact_per_epoch(tmp_path, offline):
+    run = _FakeRun(offline)
+    dispatcher = SinkDispatcher(_trainer(tmp_path, False), extra_sinks=[WandbSink(_FakeWandbLogger(run))])
+    for epoch in (0, 1):
+        dispatcher.dispatch(Explanation(Record("m", "epoch", epoch, 10 * epoch, 0.0, {"a": epoch})))
+    dispatcher.finish_epoch()
+    if offline:
+        assert run.logged == []  # offline: the local store has them, `wandb sync` uploads the run
+    else:
+        assert run.logged == [
+            ("xai-records-run123", "xai-records", {"epoch": 0}, ["epoch-0", "latest"], ["records.jsonl"]),
+            ("xai-records-run123", "xai-records", {"epoch": 1}, ["epoch-1", "latest"], ["records.jsonl"]),
+        ]

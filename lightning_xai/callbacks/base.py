@@ -252,6 +252,9 @@ class XAICallback(Callback):
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._release()
+        disp = _DISPATCHERS.get(trainer)
+        if disp is not None and trainer.is_global_zero:
+            disp.finish_epoch()  # the last epoch's records are complete (idempotent across callbacks)
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
