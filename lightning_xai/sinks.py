@@ -230,8 +230,14 @@ class WandbSink(Sink):
         return f"WandbSink({type(self.logger).__name__})"
 
     def _online_run(self) -> Any:
-        """The W&B run if it syncs to a server as it goes; ``None`` offline or disabled."""
-        run = getattr(self.logger, "experiment", None)
+        """The W&B run if it syncs to a server as it goes; ``None`` offline, disabled or not started (reading
+        ``WandbLogger.experiment`` would start a run, so only one that exists is used)."""
+        if getattr(self.logger, "_offline", False):
+            return None
+        if hasattr(self.logger, "_experiment"):
+            run = self.logger._experiment
+        else:
+            run = getattr(self.logger, "experiment", None)
         if run is None or getattr(run, "offline", False) or getattr(run, "disabled", False):
             return None
         mode = getattr(getattr(run, "settings", None), "mode", None)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import torchvision
-from _models import BlobData, NoHeadNet, SmallNet
+from _models import BlobData, NoHeadNet, SmallNet, make_trainer
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -52,23 +51,6 @@ from lightning_xai.logic import (
 from lightning_xai.records import read_records
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-def make_trainer(root: Path, callbacks: list[Callback], max_epochs: int = 2, **kwargs: Any) -> Trainer:
-    defaults: dict[str, Any] = {
-        "default_root_dir": root,
-        "max_epochs": max_epochs,
-        "logger": CSVLogger(root, name="logs"),
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "accelerator": "cpu",
-        "devices": 1,
-        "limit_train_batches": 4,
-        "num_sanity_val_steps": 0,
-    }
-    defaults.update(kwargs)
-    return Trainer(callbacks=callbacks, **defaults)
 
 
 class ForwardCounter(Callback):
