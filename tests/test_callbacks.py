@@ -95,6 +95,7 @@ class FailingExplainer(XAICallback):
         ({"every_n_epochs": 1.5}, "every_n_epochs must be an integer >= 1"),
         ({"max_samples": 1}, "max_samples must be an integer >= 2"),
         ({"on_error": "ignore"}, r"choose one of \['warn', 'raise'\]"),
+        ({"max_failures": 0}, r"max_failures must be an integer >= 1, but got 0"),
         ({"on": "test"}, r"choose one of \['validation', 'train_epoch_end'\]"),
         ({"cka_batch_size": 2}, "cka_batch_size must be an integer >= 4"),
         ({"layers": [""]}, "list of dotted layer names"),
@@ -180,16 +181,41 @@ def test_cadence_skips_sanity_check_and_follows_every_n_epochs(tmp_path: Path) -
 # ----------------------------------------------------------------------------- errors
 
 
-def test_failing_explainer_warns_and_training_continues(tmp_path: Path) -> None:
-    cb = FailingExplainer(on_error="warn")
-    trainer = make_trainer(tmp_path, [cb], max_epochs=3)
+def test_failing_explainer_warns_backs_off_and_training_continues(tmp_path: Path) -> None:
+    cb = FailingExplainer(on_error="warn")  # max_failures=3
+    trainer = make_trainer(tmp_path, [cb], max_epochs=5)
     with pytest.warns(UserWarning, match="failed at epoch 0 and training goes on: ValueError: explainer exploded") as rec:
         trainer.fit(SmallNet(), BlobData())
-    assert trainer.current_epoch == 3
-    assert sum("explainer exploded" in str(w.message) for w in rec) == 1  # warned once
+    assert trainer.current_epoch == 5
+    messages = [str(w.message) for w in rec if "explainer exploded" in str(w.message)]
+    assert len(messages) == 2  # the first failure, then the back-off
+    assert "failed 3 explained epochs in a row (last at epoch 2: ValueError: explainer exploded) and is disabled" in messages[1]
     errors = read_records(tmp_path / "logs" / "version_0", name="error")
-    assert [e.epoch for e in errors] == [0, 1, 2]
+    assert [e.epoch for e in errors] == [0, 1, 2]  # nothing tried after the back-off
     assert errors[0].method == "failing" and "explainer exploded" in str(errors[0].payload)
+    assert cb.disabled and cb.consecutive_failures == 3
+
+
+class FlakyExplainer(XAICallback):
+    """Fails on even epochs only."""
+
+    method = "flaky"
+
+    def explain(self, trainer, pl_module, sample):
+        if trainer.current_epoch % 2 == 0:
+            raise ValueError("flaky")
+        return ExplainResult(payload={"ok": True})
+
+
+@pytest.mark.parametrize(("cls", "max_failures"), [(FlakyExplainer, 2), (FailingExplainer, None)])
+def test_a_success_resets_the_count_and_none_never_backs_off(tmp_path: Path, cls: type, max_failures) -> None:
+    cb = cls(on_error="warn", max_failures=max_failures)
+    trainer = make_trainer(tmp_path, [cb], max_epochs=5)
+    with pytest.warns(UserWarning, match="training goes on"):
+        trainer.fit(SmallNet(), BlobData())
+    assert not cb.disabled
+    errors = read_records(tmp_path / "logs" / "version_0", name="error")
+    assert [e.epoch for e in errors] == ([0, 2, 4] if cls is FlakyExplainer else [0, 1, 2, 3, 4])
 
 
 def test_failing_explainer_stops_fit_under_raise(tmp_path: Path) -> None:
@@ -320,3 +346,36 @@ def test_on_cuda_the_sample_stays_on_cpu_and_the_model_untouched(tmp_path: Path)
     assert probe.checks == [("fit", 0), ("fit", 1)]
     assert drift.explainer_state()["previous"]["reps"]["features"].device.type == "cpu"
     assert 0.0 < drift.history[1]["cka_prev"]["features"] <= 1.0
+
+
+class NaNAfterFirstEpoch(SmallNet):
+    """Its head inputs turn NaN from epoch 1 on (a diverged model)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pool(torch.relu(self.bn(self.conv(x)))).flatten(1)
+        if self.trainer is not None and self.current_epoch >= 1:
+            h = h * float("nan")
+        return self.head(h)
+
+
+def test_nan_activations_are_reported_not_explained(tmp_path: Path) -> None:
+    from lightning_xai.callbacks import LogicRulesCallback
+
+    callbacks = [RepresentationDriftCallback(max_failures=None),
+                 LogicRulesCallback(max_grounding_images=0, max_perturbation_images=0, max_failures=None)]
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=3)
+    with pytest.warns(UserWarning, match="holds NaN or infinite values in features"):
+        trainer.fit(NaNAfterFirstEpoch(), BlobData())
+    assert trainer.state.finished
+    records = read_records(tmp_path / "logs" / "version_0")
+    assert sorted((r.method, r.name, r.epoch) for r in records) == [
+        ("logic_rules", "epoch", 0), ("logic_rules", "error", 1), ("logic_rules", "error", 2),
+        ("representation_drift", "epoch", 0), ("representation_drift", "error", 1), ("representation_drift", "error", 2),
+    ]
+    error = next(r for r in records if r.name == "error")
+    assert error.payload["type"] == "FloatingPointError"
+    assert "the validation sample of epoch 1 holds NaN or infinite values in features (64 of 64 samples)" in error.payload["message"]
+    with pytest.raises(RuntimeError, match=r"RepresentationDriftCallback \(representation_drift\) failed at epoch 1: the validation sample"):
+        make_trainer(tmp_path / "raise", [RepresentationDriftCallback(on_error="raise")], max_epochs=2).fit(
+            NaNAfterFirstEpoch(), BlobData()
+        )

@@ -36,7 +36,7 @@ def test_preset_builds_its_callbacks(preset: Path) -> None:
 def test_every_callback_has_a_preset_and_is_in_all() -> None:
     import lightning_xai.callbacks as cbs
 
-    public = {n for n in cbs.__all__ if (n.endswith("Callback") or n.endswith("Monitor")) and n != "XAICallback"}
+    public = {n for n in cbs.__all__ if (n.endswith(("Callback", "Monitor"))) and n != "XAICallback"}
     assert "ConceptDriftMonitor" in public
     in_all = {s["class_path"].rsplit(".", 1)[1] for s in yaml.safe_load((PRESETS[0].parent / "all.yaml").read_text())["trainer"]["callbacks"]}
     assert public == in_all

@@ -88,3 +88,28 @@ def test_scalars_reach_the_csv_logger(quickstart_run: tuple[Path, dict]) -> None
     expected = [r.payload["cka_ref"]["features"] for r in read_records(out, method="representation_drift")]
     assert logged == pytest.approx(expected)
     assert 0.0 <= summary["val_acc"] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.wandb
+def test_wandb_tables_keep_their_keys_and_columns_across_epochs(quickstart_run: tuple[Path, dict]) -> None:
+    """Runs compare in the W&B UI: a method that explains two epochs logs the same table keys, with the same
+    columns, at both (the local records say which methods ran when)."""
+    from lightning_xai.wandb_offline import logged_table_history
+
+    out, _ = quickstart_run
+    (run,) = find_offline_runs(out)
+    history = logged_table_history(run)
+    records = read_records(out)
+    twice = {r.method for r in records if r.name == "epoch" and r.epoch == 0} & {
+        r.method for r in records if r.name == "epoch" and r.epoch == 1
+    }
+    assert twice >= {"representation_drift", "logic_rules", "symbolic_tree"}
+    for method in twice:
+        keys = {k for k in history if k.startswith(f"xai/{method}/")}
+        assert keys, method
+        # its tables come back under the same keys with the same columns
+        repeated = [k for k in keys if len(history[k]) >= 2]
+        assert len(repeated) >= len(keys) / 2, (method, sorted(keys))
+        for k in repeated:
+            assert all(e["columns"] == history[k][0]["columns"] for e in history[k]), k

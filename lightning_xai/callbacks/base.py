@@ -107,6 +107,23 @@ def result_listeners(trainer: Trainer) -> list[Any]:
     return out
 
 
+def _check_finite(sample: ValidationSample, epoch: int) -> None:
+    """Explaining NaN or infinite activations gives numbers without meaning: say where they are instead."""
+    bad = []
+    for name, value in sample.tensors().items():
+        if value.is_floating_point():
+            n = int((~torch.isfinite(value)).any(dim=tuple(range(1, value.dim()))).sum()) if value.dim() > 1 else int(
+                (~torch.isfinite(value)).sum()
+            )
+            if n:
+                bad.append(f"{name} ({n} of {value.shape[0]} samples)")
+    if bad:
+        raise FloatingPointError(
+            f"the validation sample of epoch {epoch} holds NaN or infinite values in {', '.join(bad)}; the model's "
+            "activations are not finite (diverged training or bad inputs?), so this epoch is not explained."
+        )
+
+
 class XAICallback(Callback):
     r"""Base class of the explainer callbacks.
 
@@ -131,6 +148,9 @@ class XAICallback(Callback):
         max_samples: validation samples kept per explained epoch (across ranks). Default: 512.
         on_error: ``"warn"`` (log an error record, warn once, keep training) or ``"raise"``.
             Default: ``"warn"``.
+        max_failures: with ``on_error="warn"``, disable the callback for the rest of the run after this many
+            consecutive failed epochs (a success resets the count; a resumed run tries again). ``None``:
+            never. Default: 3.
         layers: extra layers (dotted names) whose activations are sampled. Default: none.
         head: name of the classifier's ``nn.Linear`` head; default: the last ``nn.Linear``.
         batch_to_input: ``batch -> (inputs, labels or None)`` for batches that are not a tensor, an
@@ -151,6 +171,7 @@ class XAICallback(Callback):
         on: Literal["validation", "train_epoch_end"] = "validation",
         max_samples: int = 512,
         on_error: Literal["warn", "raise"] = "warn",
+        max_failures: int | None = 3,
         layers: Sequence[str] = (),
         head: str | None = None,
         batch_to_input: Callable[[Any], tuple[Tensor, Tensor | None]] | None = None,
@@ -165,6 +186,8 @@ class XAICallback(Callback):
             raise MisconfigurationException(
                 f"on_error={on_error!r} is not supported; choose one of {list(_ON_ERROR_CHOICES)}."
             )
+        if max_failures is not None:
+            check_int("max_failures", max_failures, 1)
         if isinstance(layers, str):
             layers = [layers]
         if not all(isinstance(n, str) and n for n in layers):
@@ -177,6 +200,9 @@ class XAICallback(Callback):
         self.on = on
         self.max_samples = max_samples
         self.on_error = on_error
+        self.max_failures = max_failures
+        self.consecutive_failures = 0
+        self.disabled = False
         self.layers = tuple(dict.fromkeys(layers))
         self.head = head
         self.batch_to_input = batch_to_input or default_batch_to_input
@@ -228,7 +254,7 @@ class XAICallback(Callback):
 
     def should_explain(self, trainer: Trainer) -> bool:
         """Whether the current epoch is explained (never during the sanity check)."""
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or self.disabled:
             return False
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
@@ -326,9 +352,11 @@ class XAICallback(Callback):
                     f"at epoch {epoch}; it needs at least 2. Is there a validation loop (val_dataloader, "
                     "limit_val_batches > 0)?"
                 )
+            _check_finite(sample, epoch)
             with explanation_mode(pl_module):
                 result = self.explain(trainer, pl_module, sample)
             elapsed = time.perf_counter() - start
+            self.consecutive_failures = 0
             self.explained_epochs.append(epoch)
             pl_module.log(f"xai/{self.method}/time_s", elapsed, on_step=False, on_epoch=True, sync_dist=False)
             for key, value in result.scalars.items():
@@ -349,6 +377,15 @@ class XAICallback(Callback):
             raise RuntimeError(f"{type(self).__name__} ({self.method}) failed at epoch {epoch}: {exc}") from exc
         if trainer.is_global_zero:
             dispatcher_for(trainer).write_error(self.method, epoch, step, exc)
+        self.consecutive_failures += 1
+        if self.max_failures is not None and self.consecutive_failures >= self.max_failures:
+            self.disabled = True  # backs off: a broken explainer stops costing time every epoch
+            rank_zero_warn(
+                f"{type(self).__name__} ({self.method}) failed {self.consecutive_failures} explained epochs in a row "
+                f"(last at epoch {epoch}: {type(exc).__name__}: {exc}) and is disabled for the rest of this run; "
+                "training goes on. Raise max_failures (or pass None) to keep trying."
+            )
+            return
         if not self._warned_error:
             self._warned_error = True
             rank_zero_warn(

@@ -130,6 +130,7 @@ class ConceptAttributionCallback(XAICallback):
         max_samples: int = 512,
         on: Literal["validation", "train_epoch_end"] = "validation",
         on_error: Literal["warn", "raise"] = "warn",
+        max_failures: int | None = 3,
         head: str | None = None,
         batch_to_input: Any = None,
         seed: int = 0,
@@ -139,6 +140,7 @@ class ConceptAttributionCallback(XAICallback):
             on=on,
             max_samples=max_samples,
             on_error=on_error,
+            max_failures=max_failures,
             layers=(),  # our layers are explained on concept sets, not sampled from validation
             head=head,
             batch_to_input=batch_to_input,

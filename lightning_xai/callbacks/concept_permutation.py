@@ -100,9 +100,10 @@ class ConceptPermutationCallback(XAICallback):
         show_progress: bool = True,
         on: Literal["validation", "train_epoch_end"] = "validation",
         on_error: Literal["warn", "raise"] = "warn",
+        max_failures: int | None = 3,
         seed: int = 0,
     ) -> None:
-        super().__init__(every_n_epochs=every_n_epochs, on=on, max_samples=2, on_error=on_error, seed=seed)
+        super().__init__(every_n_epochs=every_n_epochs, on=on, max_samples=2, on_error=on_error, max_failures=max_failures, seed=seed)
         if generator is not None and not callable(getattr(generator, "generate", None)):
             raise MisconfigurationException(
                 f"generator must have a generate(captions, seeds) method (e.g. lightning_xai.world.WorldGenerator or "

@@ -127,9 +127,10 @@ class DiffusionExplainerCallback(XAICallback):
         show_progress: bool = True,
         on: Literal["validation", "train_epoch_end"] = "validation",
         on_error: Literal["warn", "raise"] = "warn",
+        max_failures: int | None = 3,
         seed: int = 0,
     ) -> None:
-        super().__init__(every_n_epochs=every_n_epochs, on=on, max_samples=2, on_error=on_error, seed=seed)
+        super().__init__(every_n_epochs=every_n_epochs, on=on, max_samples=2, on_error=on_error, max_failures=max_failures, seed=seed)
         if generator is not None and not all(
             callable(getattr(generator, m, None)) for m in ("render", "init_prompt", "images", "readout")
         ):
@@ -137,6 +138,8 @@ class DiffusionExplainerCallback(XAICallback):
                 "generator must be a prompt generator with render/init_prompt/images/readout (e.g. "
                 f"lightning_xai.diffexplainer.WorldPromptGenerator or DiffusersPromptGenerator), got {type(generator).__name__}."
             )
+        if isinstance(targets, (str, int)):  # one target, not an iterable of characters
+            targets = [targets]
         try:
             self.targets = None if targets is None else [Target.parse(t) for t in targets]
         except ValueError as exc:
