@@ -138,7 +138,7 @@ def test_disk_cache_is_reused_by_a_new_run(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------- ground truth
 @pytest.fixture(scope="module")
 def weighted_models() -> list[Any]:
-    return [train_tiny_cnn(WEIGHTED, epochs=6, n_train=2000, n_val=300, width=16, seed=s) for s in range(3)]
+    return [train_tiny_cnn(WEIGHTED, epochs=6, n_train=2000, n_val=300, width=8, seed=s) for s in range(3)]
 
 
 @pytest.mark.slow
