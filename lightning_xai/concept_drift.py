@@ -442,14 +442,6 @@ class DriftTracker:
         self.alerts.extend(alerts)
         return rows, alerts
 
-    def series(self, source: str | None = None) -> dict[tuple[str, str, str, str], list[tuple[int, float]]]:
-        """``{(source, kind, key, against): [(epoch, value), ...]}`` from the history."""
-        out: dict[tuple[str, str, str, str], list[tuple[int, float]]] = {}
-        for r in self.history:
-            if source is None or r["source"] == source:
-                out.setdefault((r["source"], r["kind"], r["key"], r["against"]), []).append((r["epoch"], r["value"]))
-        return out
-
     def state_dict(self) -> dict[str, Any]:
         """Plain containers, tensors and numbers only (checkpoints load with ``weights_only=True``)."""
 

@@ -390,6 +390,15 @@ def _svg_open(width: float, height: float, title: str, attrs: Mapping[str, str] 
     return out
 
 
+def _y_grid(ticks: Sequence[float], py: Any, left: float, right: float) -> list[str]:
+    """Horizontal grid lines with their tick labels, shared by the line and bar charts."""
+    out = []
+    for v in ticks:
+        out.append(f'<line class="grid" x1="{left:.1f}" x2="{right:.1f}" y1="{py(v):.1f}" y2="{py(v):.1f}"/>')
+        out.append(f'<text x="{left - 6:.1f}" y="{py(v) + 4:.1f}" text-anchor="end">{_tick_label(v)}</text>')
+    return out
+
+
 def line_chart_svg(
     series: Sequence[LineSeries],
     *,
@@ -468,9 +477,7 @@ def line_chart_svg(
 
     out = _svg_open(width, total_h, title, attrs)
     out.append('<g class="axes">')
-    for v in yt:
-        out.append(f'<line class="grid" x1="{left:.1f}" x2="{right:.1f}" y1="{py(v):.1f}" y2="{py(v):.1f}"/>')
-        out.append(f'<text x="{left - 6:.1f}" y="{py(v) + 4:.1f}" text-anchor="end">{_tick_label(v)}</text>')
+    out.extend(_y_grid(yt, py, left, right))
     for v in xt:
         label = cats[int(v)] if categorical else _tick_label(v)
         out.append(
@@ -601,9 +608,7 @@ def bar_chart_svg(
 
     out = _svg_open(width, total_h, title, attrs)
     out.append('<g class="axes">')
-    for v in yt:
-        out.append(f'<line class="grid" x1="{left:.1f}" x2="{right:.1f}" y1="{py(v):.1f}" y2="{py(v):.1f}"/>')
-        out.append(f'<text x="{left - 6:.1f}" y="{py(v) + 4:.1f}" text-anchor="end">{_tick_label(v)}</text>')
+    out.extend(_y_grid(yt, py, left, right))
     out.append(f'<line class="axis" x1="{left:.1f}" x2="{left:.1f}" y1="{top:.1f}" y2="{bottom:.1f}"/>')
     if y_label:
         cy = (top + bottom) / 2

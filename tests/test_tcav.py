@@ -36,7 +36,6 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from scipy import stats
 from torch.utils.data import TensorDataset
@@ -651,19 +650,10 @@ def test_pvalues_match_scipy_and_bonferroni_counts_every_hypothesis() -> None:
 
 # ---------------------------------------------------------------------------------------- callback
 def _trainer(root: Path, callbacks: list, **kwargs: Any) -> Trainer:
-    defaults: dict[str, Any] = {
-        "default_root_dir": root,
-        "max_epochs": 1,
-        "logger": CSVLogger(root, name="logs"),
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "accelerator": "cpu",
-        "devices": 1,
-        "num_sanity_val_steps": 0,
-    }
-    defaults.update(kwargs)
-    return Trainer(callbacks=callbacks, **defaults)
+    """The shared quiet Trainer, one epoch over every training batch unless told otherwise."""
+    from _models import make_trainer
+
+    return make_trainer(root, callbacks, **{"max_epochs": 1, "limit_train_batches": None, **kwargs})
 
 
 def _folder(root: Path, images: torch.Tensor) -> Path:
