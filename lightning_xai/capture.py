@@ -336,6 +336,7 @@ class ActivationCapture:
         # owner -> (layers, max_samples, needs_inputs)
         self._owners: dict[Any, tuple[tuple[str, ...], int, bool]] = {}
         self._wanted: set[Any] = set()
+        self._pending: set[Any] = set()  # owners armed this epoch that have not taken the sample yet
         self._reservoir: _Reservoir | None = None
         self._epoch_key: Any = None
         self._seen_batches: set[Any] = set()
@@ -445,6 +446,7 @@ class ActivationCapture:
             return
         self._epoch_key = key
         self._wanted.clear()
+        self._pending.clear()
         self._seen_batches.clear()
         self._counter = 0
         self.rank, self.world_size = rank, world_size
@@ -456,9 +458,17 @@ class ActivationCapture:
 
     def disarm(self) -> None:
         """Stop storing activations (explanation work must not overwrite the sample)."""
+        self._pending |= self._wanted
         self._wanted.clear()
         for tap in self._all_taps():
             tap.clear()
+
+    def done(self, owner: Any) -> None:
+        """``owner`` is through with this epoch's sample; once every owner armed for it is, its memory is freed
+        (rather than held until the next validation epoch)."""
+        self._pending.discard(owner)
+        if not self._pending and not self._wanted:
+            self._reservoir = None
 
     def _all_taps(self) -> Iterator[_Tap]:
         yield from self._taps.values()

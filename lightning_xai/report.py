@@ -1115,6 +1115,7 @@ class _Renderer:
         return (
             f'<div class="view" data-view="error"><p><b>{_e(p.get("type") or "Error")}</b>: '
             f'{_e(p.get("message") or "")}</p><p class="muted">{_e(etype)}</p>'
+            + (f'<p class="hint">{_e(p["hint"])}</p>' if p.get("hint") else "")
             + (f"<details open><summary>traceback</summary><pre>{_e(tb)}</pre></details>" if tb else "")
             + "</div>"
         )

@@ -560,11 +560,18 @@ class SinkDispatcher:
                     )
 
     def write_error(
-        self, method: str, epoch: int, global_step: int, exc: BaseException, step: int | None = None
+        self,
+        method: str,
+        epoch: int,
+        global_step: int,
+        exc: BaseException,
+        step: int | None = None,
+        hint: str | None = None,
     ) -> Record:
         """Record that ``method`` failed: an ``"error"`` record to the local store and to every sink.
 
-        The payload holds ``type`` (class name), ``qualified_type``, ``message`` and ``traceback`` (text).
+        The payload holds ``type`` (class name), ``qualified_type``, ``message``, ``traceback`` (text) and
+        ``hint`` (what to do about it, e.g. after running out of memory; ``None`` if there is none).
         Never raises: if even the local store fails, a warning says so and the record is returned anyway.
         """
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -580,9 +587,11 @@ class SinkDispatcher:
                 "qualified_type": f"{etype.__module__}.{etype.__qualname__}",
                 "message": str(exc),
                 "traceback": tb,
+                "hint": hint,
             },
         )
-        explanation = Explanation(record, text={"error": f"**{etype.__name__}**: {exc}\n\n```\n{tb}```"})
+        advice = f"\n\n{hint}" if hint else ""
+        explanation = Explanation(record, text={"error": f"**{etype.__name__}**: {exc}{advice}\n\n```\n{tb}```"})
         written = record
         try:
             written = self.store.write(explanation)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -286,38 +283,7 @@ def test_state_dict_round_trips_through_checkpoint_and_resume(tmp_path: Path) ->
     assert resumed.explainer_state()["reference"]["epoch"] == 0
 
 
-# ----------------------------------------------------------------------------- DDP
-
-
-class RankRecorder(Callback):
-    """Each rank writes the metrics it logged to a file (ddp_spawn returns little to the parent)."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-
-    def on_train_end(self, trainer, pl_module):
-        keys = sorted(k for k in trainer.callback_metrics if k.startswith("xai/"))
-        (self.out / f"rank{trainer.global_rank}.txt").write_text("\n".join(keys))
-
-
-@pytest.mark.ddp
-@pytest.mark.skipif(sys.platform == "win32", reason="gloo ddp_spawn on Linux/macOS only")
-def test_ddp_spawn_two_processes_only_rank_zero_writes(tmp_path: Path) -> None:
-    cb = RepresentationDriftCallback(on_error="raise", max_samples=48)
-    trainer = make_trainer(
-        tmp_path, [cb, RankRecorder(tmp_path)], max_epochs=2, strategy="ddp_spawn", devices=2, num_sanity_val_steps=0
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(SmallNet(), BlobData())
-    records = read_records(tmp_path / "logs" / "version_0")
-    assert [(r.method, r.epoch) for r in records] == [("representation_drift", 0), ("representation_drift", 1)]
-    # the sample was gathered from both ranks: 32 val images per rank, 48 kept of 64
-    assert all(r.payload["n_samples"] == 48 for r in records)
-    assert records[1].payload["cka_prev"]["features"] < 1.0
-    for rank in (0, 1):  # every rank logged the monitorable scalars
-        assert "xai/representation_drift/cka_prev/features" in (tmp_path / f"rank{rank}.txt").read_text()
-    assert not [p for p in os.listdir(tmp_path) if p.startswith("xai")]
+# ----------------------------------------------------------------------------- DDP: every callback together is in test_hardening.py
 
 
 def test_unwritable_local_store_is_reported_not_fatal(tmp_path: Path) -> None:

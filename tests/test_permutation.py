@@ -449,31 +449,3 @@ def test_checks_effective_generation_and_independence() -> None:
                 assert m[i, j] > 0.3, (k, c, m[i, j])  # shuffling changes about 3/4 (colour) or 1/2 (marker) of rows
             else:
                 assert abs(m[i, j]) < 0.02, (k, c, m[i, j])
-
-
-@pytest.mark.slow
-@pytest.mark.ddp
-def test_ddp_splits_the_concepts_and_gathers_the_single_process_result(tmp_path: Path, trained_model_copy: TinyCNN) -> None:
-    import copy
-
-    from lightning.pytorch.loggers import CSVLogger
-
-    def run(root: Path, **kwargs: Any) -> dict:
-        cb = ConceptPermutationCallback(WorldGenerator(), world_concept_table(60, seed=2), n_repeats=3,
-                                        show_progress=False, on_error="raise")
-        trainer = Trainer(default_root_dir=root, logger=CSVLogger(root, name="logs"), enable_progress_bar=False,
-                          enable_model_summary=False, accelerator="cpu", callbacks=[cb], **kwargs)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            trainer.validate(copy.deepcopy(trained_model_copy), WorldDataModule(n_train=32, n_val=32, seed=0), verbose=False)
-        return read_records(root / "logs" / "version_0", method="concept_permutation")[0].payload
-
-    single = run(tmp_path / "single", devices=1)
-    ddp = run(tmp_path / "ddp", devices=2, strategy="ddp_spawn")
-    # 4 concepts over 2 ranks, 2 each: every concept once, with the single-process numbers
-    assert [r["concept"] for r in ddp["importance"]] == [r["concept"] for r in single["importance"]]
-    assert ddp["base"] == pytest.approx(single["base"])
-    for a, b in zip(single["importance"], ddp["importance"]):
-        for key in ("importance", "sd", "low", "high", "ci_low", "ci_high", "changed_rows"):
-            assert a[key] == pytest.approx(b[key], abs=1e-9), (a["concept"], key)
-    assert ddp["ranking"] == single["ranking"]

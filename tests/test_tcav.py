@@ -23,11 +23,8 @@ How the comparison is set up, and why:
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
-import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -776,36 +773,3 @@ def _blob_concepts() -> dict[str, torch.Tensor]:
     data = blob_data(120, seed=7)
     x, y = data.tensors
     return {f"blob{k}": x[y == k][:20] for k in range(3)}
-
-
-@pytest.mark.ddp
-@pytest.mark.slow
-@pytest.mark.skipif(sys.platform == "win32", reason="gloo ddp_spawn on Linux/macOS only")
-def test_ddp_splits_the_work_and_gathers_the_same_result(tmp_path: Path) -> None:
-    from _models import BlobData, SmallNet, blob_data
-
-    torch.manual_seed(0)
-    model = SmallNet()
-    pool = blob_data(60, seed=9).tensors[0]
-
-    def callback() -> ConceptAttributionCallback:
-        # every sample image counts (images_per_class >= class size): results do not depend on sample order
-        return ConceptAttributionCallback(_blob_concepts(), random=pool, n_random=4, probe_images=pool[:2],
-                                          images_per_class=64, m_steps=8, on_error="raise", max_samples=64)
-
-    single = _trainer(tmp_path / "single", [callback()], max_epochs=1)
-    single.validate(copy.deepcopy(model), BlobData(), verbose=False)
-    ddp = _trainer(tmp_path / "ddp", [callback()], strategy="ddp_spawn", devices=2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ddp.validate(copy.deepcopy(model), BlobData(), verbose=False)
-    a = read_records(tmp_path / "single" / "logs" / "version_0", method="concept_attribution")[0].payload
-    b = read_records(tmp_path / "ddp" / "logs" / "version_0", method="concept_attribution")[0].payload
-    assert len(a["scores"]) == len(b["scores"]) == 3 * 3  # 3 concepts x 3 classes, 9 pairs over 2 ranks
-    for sa, sb in zip(a["scores"], b["scores"]):
-        assert (sa["concept"], sa["class"], sa["n"]) == (sb["concept"], sb["class"], sb["n"])
-        assert sa["tcav"] == pytest.approx(sb["tcav"], abs=1e-6)
-        assert sa["magnitude"] == pytest.approx(sb["magnitude"], rel=1e-4, abs=1e-6)
-        assert sa["p_value"] == pytest.approx(sb["p_value"], rel=1e-4, abs=1e-9)
-    for ga, gb in zip(a["global_attribution"], b["global_attribution"]):
-        assert ga["n"] == gb["n"] and ga["mean"] == pytest.approx(gb["mean"], rel=1e-4, abs=1e-6)

@@ -7,14 +7,18 @@ where records go) lives here.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
+import traceback
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
+import torch.distributed as dist
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
@@ -33,10 +37,16 @@ from lightning_xai.capture import (
 from lightning_xai.records import Chart, Explanation, Media, Record, Table
 from lightning_xai.sinks import SinkDispatcher
 
-__all__ = ["ExplainResult", "XAICallback", "result_listeners"]
+__all__ = ["ExplainResult", "XAICallback", "agree_on_failure", "gather_objects", "result_listeners", "run_share"]
+
+T = TypeVar("T")
 
 _ON_CHOICES = ("validation", "train_epoch_end")
 _ON_ERROR_CHOICES = ("warn", "raise")
+
+# Every rank logs the same explanation values by construction (the sample and the results are gathered), so
+# Lightning's advice to pass sync_dist=True for epoch-level metrics under DDP does not apply to xai/ keys.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('xai/")
 
 # one dispatcher (local store + logger sinks) per trainer, shared by all callbacks of that trainer
 _DISPATCHERS: weakref.WeakKeyDictionary[Trainer, SinkDispatcher] = weakref.WeakKeyDictionary()
@@ -107,6 +117,58 @@ def result_listeners(trainer: Trainer) -> list[Any]:
     return out
 
 
+def gather_objects(trainer: Trainer, obj: Any) -> list[Any]:
+    """Every rank's picklable ``obj``, in rank order, on every rank (``[obj]`` without a process group)."""
+    if trainer.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def agree_on_failure(trainer: Trainer, error: BaseException | None) -> BaseException | None:
+    """Every rank learns whether any rank failed (a collective: every rank must call it at the same point).
+
+    Returns this rank's own ``error`` if it has one, else a ``RuntimeError`` naming the first rank that failed
+    and why, else ``None``. Callers act on the result alike on every rank, so no rank runs ahead into a
+    collective that the others skip (the hang a one-rank failure would otherwise cause under DDP).
+    """
+    if trainer.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return error
+    reports = gather_objects(trainer, None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        return error
+    for rank, report in enumerate(reports):
+        if report is not None:
+            return RuntimeError(f"rank {rank} of {len(reports)} failed: {report}")
+    return None
+
+
+def run_share(trainer: Trainer, compute: Callable[[], T]) -> T:
+    """Run this rank's share of work that is split across ranks and gathered afterwards.
+
+    If the share fails on any rank, every rank raises (its own error, or one naming the rank that failed)
+    instead of the healthy ranks waiting forever in the gather that follows.
+    """
+    result: T | None = None
+    error: Exception | None = None
+    try:
+        result = compute()
+    except Exception as exc:  # noqa: BLE001 - raised below on every rank
+        error = exc
+    agreed = agree_on_failure(trainer, error)
+    if agreed is not None:
+        raise agreed
+    return result  # type: ignore[return-value]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` means the device or host ran out of memory."""
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
 def _check_finite(sample: ValidationSample, epoch: int) -> None:
     """Explaining NaN or infinite activations gives numbers without meaning: say where they are instead."""
     bad = []
@@ -139,6 +201,11 @@ class XAICallback(Callback):
     4. logs ``xai/<method>/time_s`` and the result's scalars with ``pl_module.log`` (every rank logs the
        same values, so ``EarlyStopping`` works under DDP), and on rank 0 writes the record to
        ``<run dir>/xai/records.jsonl`` and to every logger of the trainer.
+
+    Under DDP the ranks agree after each explained epoch on whether any of them failed
+    (:func:`agree_on_failure`), so a failure on one rank is handled alike on every rank (error record on
+    rank 0, same back-off everywhere) instead of leaving the others waiting in a collective. Once every
+    callback that wanted the epoch's sample has run, the sample is freed.
 
     Args:
         every_n_epochs: explain when ``(epoch + 1) % every_n_epochs == 0``. Default: 1.
@@ -344,6 +411,7 @@ class XAICallback(Callback):
         self._armed = False
         epoch, step = trainer.current_epoch, trainer.global_step
         start = time.perf_counter()
+        error: Exception | None = None
         try:
             sample = self._gathered_sample(trainer, pl_module)
             if sample is None or len(sample) < 2:
@@ -356,29 +424,59 @@ class XAICallback(Callback):
             with explanation_mode(pl_module):
                 result = self.explain(trainer, pl_module, sample)
             elapsed = time.perf_counter() - start
-            self.consecutive_failures = 0
-            self.explained_epochs.append(epoch)
+            record = Record(self.method, result.name, epoch, step, elapsed, result.payload)
+        except Exception as exc:  # noqa: BLE001 - reported, then raised or survived by choice
+            error = exc
+            # the traceback's frames hold the failed attempt's tensors: drop them (the text survives), so an
+            # out-of-memory epoch's memory is free before the error is handled and the CUDA cache emptied
+            traceback.clear_frames(exc.__traceback__)
+            sample = result = None  # type: ignore[assignment]
+        if self._capture is not None:
+            self._capture.done(self)  # the sample is freed once every callback that wanted it has run
+        # every rank takes the same branch, so failure counts and back-off stay in step and no rank waits alone
+        # in the next explained epoch's collectives (which a failure on one rank only would otherwise cause)
+        agreed = agree_on_failure(trainer, error)
+        if agreed is not None:
+            self._handle_error(trainer, agreed, epoch, step)
+            return
+        try:  # only now: a rank must not log an epoch that another rank failed (their metrics would differ)
             pl_module.log(f"xai/{self.method}/time_s", elapsed, on_step=False, on_epoch=True, sync_dist=False)
             for key, value in result.scalars.items():
                 pl_module.log(f"xai/{self.method}/{key}", float(value), on_step=False, on_epoch=True, sync_dist=False)
-            record = Record(self.method, result.name, epoch, step, elapsed, result.payload)
-            if trainer.is_global_zero:
-                explanation = Explanation(record, result.tables, result.charts, result.media, result.text)
-                dispatcher_for(trainer).dispatch(explanation, step=step)
-        except Exception as exc:  # noqa: BLE001 - reported, then raised or survived by choice
+        except Exception as exc:  # noqa: BLE001 - the same values on every rank, so every rank gets here alike
             self._handle_error(trainer, exc, epoch, step)
             return
+        self.consecutive_failures = 0
+        self.explained_epochs.append(epoch)
+        if trainer.is_global_zero:
+            try:
+                explanation = Explanation(record, result.tables, result.charts, result.media, result.text)
+                dispatcher_for(trainer).dispatch(explanation, step=step)
+            except Exception as exc:  # noqa: BLE001 - the store of rank 0 alone: reported, not counted for back-off
+                self._handle_error(trainer, exc, epoch, step, count=False)
         # after the record is out, so a listener's own records follow it; a listener handles its own errors
         for listener in result_listeners(trainer):
             listener.on_xai_result(trainer, pl_module, self, record, result)
 
-    def _handle_error(self, trainer: Trainer, exc: Exception, epoch: int, step: int) -> None:
+    def _handle_error(self, trainer: Trainer, exc: BaseException, epoch: int, step: int, count: bool = True) -> None:
+        hint = None
+        if is_out_of_memory(exc):
+            hint = (
+                "out of memory while explaining: lower max_samples or the method's batch size / image counts, or "
+                "explain less often (every_n_epochs)"
+            )
+            gc.collect()  # the failed attempt's tensors are unreferenced now: hand their memory back
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         if self.on_error == "raise":
-            raise RuntimeError(f"{type(self).__name__} ({self.method}) failed at epoch {epoch}: {exc}") from exc
+            raise RuntimeError(
+                f"{type(self).__name__} ({self.method}) failed at epoch {epoch}: {exc}"
+                + (f" ({hint})" if hint else "")
+            ) from exc
         if trainer.is_global_zero:
-            dispatcher_for(trainer).write_error(self.method, epoch, step, exc)
-        self.consecutive_failures += 1
-        if self.max_failures is not None and self.consecutive_failures >= self.max_failures:
+            dispatcher_for(trainer).write_error(self.method, epoch, step, exc, hint=hint)
+        self.consecutive_failures += int(count)
+        if count and self.max_failures is not None and self.consecutive_failures >= self.max_failures:
             self.disabled = True  # backs off: a broken explainer stops costing time every epoch
             rank_zero_warn(
                 f"{type(self).__name__} ({self.method}) failed {self.consecutive_failures} explained epochs in a row "

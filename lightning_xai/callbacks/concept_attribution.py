@@ -16,7 +16,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_xai.callbacks.base import ExplainResult, XAICallback, check_int, check_interval
+from lightning_xai.callbacks.base import ExplainResult, XAICallback, check_int, check_interval, run_share
 from lightning_xai.capture import ValidationSample, resolve_layer
 from lightning_xai.records import Chart, Media, Table
 from lightning_xai.tcav.cav import CAV_KINDS
@@ -355,6 +355,22 @@ class ConceptAttributionCallback(XAICallback):
         classes = self._resolve_classes(names, targets)
         pool = self._random_pool(inputs)
         ex = self._explainer_for(pl_module, inputs, pool, names)
+        try:
+            return self._explain(trainer, pl_module, ex, inputs, targets, classes, pool, names)
+        finally:
+            ex.release()  # this epoch's activations and CAVs are of no use to the next one: free them now
+
+    def _explain(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        ex: ConceptAttribution,
+        inputs: Tensor,
+        targets: Tensor,
+        classes: list[int],
+        pool: Any,
+        names: list[str],
+    ) -> ExplainResult:
         epoch = trainer.current_epoch
         ex.begin(("epoch", epoch, trainer.global_step))  # activations and CAVs are valid for this epoch only
         layers = ex.layers(inputs)
@@ -405,30 +421,35 @@ class ConceptAttributionCallback(XAICallback):
         mine = pairs[rank * per : (rank + 1) * per]
         R, L = self.n_random, len(layers)
         width = _RUN_FIELDS * R + _EXTRA_FIELDS
-        local = torch.full((per, L, width), float("nan"))
-        by_class: dict[int, list[int]] = {}
-        for i, (c, _) in enumerate(mine):
-            by_class.setdefault(c, []).append(i)
-        for c, rows in by_class.items():
-            subset = [mine[i][1] for i in rows]
-            runs = ex.tcav_runs(inputs, targets, [c], concepts=subset)
-            chosen = torch.nonzero(targets == c).flatten()[: self.images_per_class]
-            if chosen.numel() > 0:
-                vt = ex.attribute(inputs[chosen], target=c, concepts=subset)
-                attr = vt.attributions[..., 0].double()  # [L, k, n]
-                a_mean, a_std, a_n = attr.mean(-1), attr.std(-1, unbiased=False), float(chosen.numel())
-            else:
-                a_mean = a_std = torch.full((L, len(subset)), float("nan"), dtype=torch.float64)
-                a_n = 0.0
-            for j, i in enumerate(rows):
-                local[i, :, 0:R] = runs["sign_runs"][:, j, 0]
-                local[i, :, R : 2 * R] = runs["magnitude_runs"][:, j, 0]
-                local[i, :, 2 * R : 3 * R] = runs["null_sign_runs"][:, 0]
-                local[i, :, 3 * R : 4 * R] = runs["null_magnitude_runs"][:, 0]
-                local[i, :, 4 * R] = a_mean[:, j].float()
-                local[i, :, 4 * R + 1] = a_std[:, j].float()
-                local[i, :, 4 * R + 2] = a_n
-                local[i, :, 4 * R + 3] = float(runs["n_inputs"][0])
+
+        def my_share() -> Tensor:
+            local = torch.full((per, L, width), float("nan"))
+            by_class: dict[int, list[int]] = {}
+            for i, (c, _) in enumerate(mine):
+                by_class.setdefault(c, []).append(i)
+            for c, rows in by_class.items():
+                subset = [mine[i][1] for i in rows]
+                runs = ex.tcav_runs(inputs, targets, [c], concepts=subset)
+                chosen = torch.nonzero(targets == c).flatten()[: self.images_per_class]
+                if chosen.numel() > 0:
+                    vt = ex.attribute(inputs[chosen], target=c, concepts=subset)
+                    attr = vt.attributions[..., 0].double()  # [L, k, n]
+                    a_mean, a_std, a_n = attr.mean(-1), attr.std(-1, unbiased=False), float(chosen.numel())
+                else:
+                    a_mean = a_std = torch.full((L, len(subset)), float("nan"), dtype=torch.float64)
+                    a_n = 0.0
+                for j, i in enumerate(rows):
+                    local[i, :, 0:R] = runs["sign_runs"][:, j, 0]
+                    local[i, :, R : 2 * R] = runs["magnitude_runs"][:, j, 0]
+                    local[i, :, 2 * R : 3 * R] = runs["null_sign_runs"][:, 0]
+                    local[i, :, 3 * R : 4 * R] = runs["null_magnitude_runs"][:, 0]
+                    local[i, :, 4 * R] = a_mean[:, j].float()
+                    local[i, :, 4 * R + 1] = a_std[:, j].float()
+                    local[i, :, 4 * R + 2] = a_n
+                    local[i, :, 4 * R + 3] = float(runs["n_inputs"][0])
+            return local
+
+        local = run_share(trainer, my_share)
         if world > 1:
             gathered = pl_module.all_gather(local.to(pl_module.device)).cpu().reshape(world * per, L, width)
         else:

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
-from lightning_xai.callbacks.base import ExplainResult, XAICallback, check_int, check_interval
+from lightning_xai.callbacks.base import ExplainResult, XAICallback, check_int, check_interval, gather_objects, run_share
 from lightning_xai.capture import ValidationSample
 from lightning_xai.permutation import ConceptPermutation, ConceptTable, GenerationCache, PermutationResult
 from lightning_xai.permutation.importance import resolve_metric
@@ -42,7 +42,7 @@ class ConceptPermutationCallback(XAICallback):
     Record ``{"method": "concept_permutation", "name": "epoch"}``, payload: ``metric``, ``base``,
     ``n_rows``, ``n_repeats``, ``interval``, ``importance`` (the table's rows), ``ranking``,
     ``constant_concepts``, ``kendall_tau_prev``, ``previous_epoch``, ``generation`` (``generated_now``,
-    ``cached_images``, ``generator_calls``, ``fingerprint``).
+    ``cached_images``, ``generator_calls_now``, ``fingerprint``; counts are summed over the ranks under DDP).
 
     Args:
         generator: ``generate(captions, seeds) -> Tensor[N, 3, H, W]`` with a ``fingerprint``: the world's
@@ -230,10 +230,12 @@ class ConceptPermutationCallback(XAICallback):
         current = {"epoch": epoch, "importance": {c: result.importance_of(c) for c in result.concepts}}
         self._previous = current
         self.history.append({**current, "ranking": result.ranking(), "kendall_tau_prev": tau})
+        # under DDP each rank generated (and caches) the scenes of its own concepts: report the sums
+        counts = gather_objects(trainer, (depict.cache.generated - before[0], depict.cache.calls - before[1], len(depict.cache)))
         generation = {
-            "generated_now": depict.cache.generated - before[0],
-            "generator_calls_now": depict.cache.calls - before[1],
-            "cached_images": len(depict.cache),
+            "generated_now": sum(c[0] for c in counts),
+            "generator_calls_now": sum(c[1] for c in counts),
+            "cached_images": sum(c[2] for c in counts),
             "fingerprint": depict.cache.fingerprint,
         }
         return self._result(epoch, result, tau, previous_epoch, generation)
@@ -250,8 +252,8 @@ class ConceptPermutationCallback(XAICallback):
         width = 2 * R + 1 + B
         local = torch.full((per, width), float("nan"), dtype=torch.float64)
         base = float("nan")
-        if mine:
-            part = depict.explain(pl_module, mine, device=pl_module.device)
+        part = run_share(trainer, lambda: depict.explain(pl_module, mine, device=pl_module.device) if mine else None)
+        if part is not None:
             base = part.base
             local[: len(mine), :R] = torch.as_tensor(part.permuted)
             local[: len(mine), R : 2 * R] = torch.as_tensor(part.changed)

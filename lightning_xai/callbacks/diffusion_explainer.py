@@ -8,13 +8,19 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
-from lightning_xai.callbacks.base import ExplainResult, XAICallback, check_int, check_interval
+from lightning_xai.callbacks.base import (
+    ExplainResult,
+    XAICallback,
+    check_int,
+    check_interval,
+    gather_objects,
+    run_share,
+)
 from lightning_xai.capture import ValidationSample
 from lightning_xai.diffexplainer import (
     PromptResult,
@@ -315,22 +321,27 @@ class DiffusionExplainerCallback(XAICallback):
         targets = self._targets(pl_module)
         world, rank = max(1, trainer.world_size), trainer.global_rank
         mine = [t for i, t in enumerate(targets) if i % world == rank]
-        local: list[tuple[str, dict[str, Any]]] = []
         show = self.show_progress and trainer.is_global_zero
-        bar = None
-        if show:
-            from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(mine), desc=f"DiffExplainer epoch {trainer.current_epoch}", unit="target")
-        try:
-            for target in mine:
-                local.append((target.label, _portable(self._optimise(pl_module, target, show))))
+        def my_share() -> list[tuple[str, dict[str, Any]]]:
+            local: list[tuple[str, dict[str, Any]]] = []
+            bar = None
+            if show:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=len(mine), desc=f"DiffExplainer epoch {trainer.current_epoch}", unit="target")
+            try:
+                for target in mine:
+                    local.append((target.label, _portable(self._optimise(pl_module, target, show))))
+                    if bar is not None:
+                        bar.update(1)
+            finally:
                 if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
-        gathered = dict(item for part in _gather_objects(trainer, local) for item in part)
+                    bar.close()
+            return local
+
+        local = run_share(trainer, my_share)
+        gathered = dict(item for part in gather_objects(trainer, local) for item in part)
         entries = [_entry(t, gathered[t.label], self._readouts.get(t.label)) for t in targets]
         for t in targets:
             self._prompts[t.label] = gathered[t.label]["prompt"]
@@ -494,15 +505,6 @@ def _entry(target: Target, data: dict[str, Any], previous_readout: dict[str, Any
         "loss_curve": data["loss_curve"],
         "bias": data["bias"],
     }
-
-
-def _gather_objects(trainer: Trainer, obj: Any) -> list[Any]:
-    """Every rank's ``obj`` (in rank order) on every rank."""
-    if trainer.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def _image_figure(images: Tensor, entry: dict[str, Any], epoch: int, max_images: int = 8) -> Any:

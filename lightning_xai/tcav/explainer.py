@@ -540,6 +540,17 @@ class ConceptAttribution:
             self._cavs.clear()
             self._loaded.clear()
 
+    def release(self) -> None:
+        """Drop cached activations, CAVs and loaded images now (the next call rebuilds them).
+
+        A callback calls this after each explained epoch, so nothing of that epoch's work stays in memory
+        until the next one (they would be dropped then anyway, since the model will have changed).
+        """
+        self._token = None
+        self.cache.begin(None)
+        self._cavs.clear()
+        self._loaded.clear()
+
     def _ensure_state(self) -> None:
         if self._token is None or self._token[0] == "auto":
             self.begin(None)
