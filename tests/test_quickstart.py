@@ -50,8 +50,10 @@ def test_quickstart_writes_one_record_per_explained_epoch(quickstart_run: tuple[
     assert 0.0 < second.payload["cka_prev"]["features"] < 1.0
     assert second.payload["n_samples"] == 512
     assert second.global_step > first.global_step > 0
-    # the media the record points to exist and are real images
-    for rel in [m["path"] for m in second.payload["media"]]:
+    # the media a record points to exist and are real images
+    permutation = read_records(out, method="concept_permutation", name="epoch")[-1]
+    assert permutation.payload["media"]
+    for rel in [m["path"] for m in permutation.payload["media"]]:
         with Image.open(out / "xai" / rel) as img:
             assert img.size[0] > 100 and img.size[1] > 100
     drift_lines = [json.loads(line) for line in lines if json.loads(line)["method"] == "representation_drift"]

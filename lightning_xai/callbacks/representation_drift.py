@@ -14,8 +14,7 @@ from torch import Tensor
 from lightning_xai.callbacks.base import ExplainResult, XAICallback
 from lightning_xai.capture import ValidationSample
 from lightning_xai.drift import minibatch_cka
-from lightning_xai.records import Chart, Media, Table
-from lightning_xai.sinks import chart_to_figure
+from lightning_xai.records import Chart, Table
 
 __all__ = ["RepresentationDriftCallback"]
 
@@ -39,7 +38,8 @@ class RepresentationDriftCallback(XAICallback):
 
     Each explained epoch writes one record ``{"method": "representation_drift", "name": "epoch"}`` with
     payload ``{"reference_epoch", "previous_epoch", "n_samples", "cka_prev": {rep: v}, "cka_ref": {rep: v},
-    "history": [...]}``, a table of the series, a line chart of it, and the same chart as a PNG.
+    "history": [...]}``, a table of the series and a line chart of it
+    (each logger draws the chart: W&B natively, TensorBoard as a figure, ``lightning-xai report`` from the table).
 
     Args:
         layers: extra layers to track by dotted name, e.g. ``["layer4"]``. Default: head input only.
@@ -159,8 +159,9 @@ class RepresentationDriftCallback(XAICallback):
             "cka_ref": cka_ref,
             "history": list(self.history),
         }
-        plot = Media(key="cka_plot", image=chart_to_figure(chart), caption=f"Linear CKA up to epoch {epoch}")
-        return ExplainResult(payload=payload, scalars=scalars, tables=[series], charts=[chart], media=[plot])
+        # the chart goes to every logger as a chart (W&B line plot, TensorBoard figure, the HTML report): no PNG of
+        # it is rendered here, which was most of this callback's cost per epoch
+        return ExplainResult(payload=payload, scalars=scalars, tables=[series], charts=[chart])
 
 
 def _align(a: Tensor, b: Tensor) -> tuple[int, Tensor, Tensor]:
