@@ -13,8 +13,8 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning_xai.world import TinyCNN, WorldDataModule
 
 
-class TrainEpochTimer(Callback):
-    """Wall time of the training part of each epoch (validation excluded)."""
+class EpochTimer(Callback):
+    """Wall time of each whole epoch: training, validation and the explanations that follow it."""
 
     def __init__(self) -> None:
         self.seconds: list[float] = []
@@ -22,6 +22,16 @@ class TrainEpochTimer(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+class TrainEpochTimer(EpochTimer):
+    """Wall time of the training part of each epoch (validation excluded)."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        pass
 
     def on_validation_start(self, trainer, pl_module):  # validation runs inside the epoch: stop the clock
         if not trainer.sanity_checking and self._start:

@@ -25,7 +25,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,7 +58,7 @@ def _configs() -> dict[str, Callable[[], list]]:
         return DiffusionExplainerCallback(WorldPromptGenerator(), show_progress=False)
 
     return {
-        "none": lambda: [],
+        "none": list,
         "representation_drift": lambda: [RepresentationDriftCallback()],
         "drift_monitor + representation_drift": lambda: [RepresentationDriftCallback(), ConceptDriftMonitor()],
         "logic_rules": lambda: [LogicRulesCallback()],
@@ -93,21 +92,9 @@ CONFIG_NAMES = [
 
 def child(name: str, epochs: int, n_train: int, seed: int, root: str) -> dict:
     """One fit in this process: seconds in total and per epoch, forward calls, peak resident memory."""
-    from _world_bench import ForwardCounter, fit_world
-    from lightning.pytorch import Callback
+    from _world_bench import EpochTimer, ForwardCounter, fit_world
 
-    class EpochClock(Callback):
-        def __init__(self) -> None:
-            self.seconds: list[float] = []
-            self._start = 0.0
-
-        def on_train_epoch_start(self, trainer, pl_module):
-            self._start = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, pl_module):  # after the epoch's validation and explanations
-            self.seconds.append(time.perf_counter() - self._start)
-
-    counter, clock = ForwardCounter(), EpochClock()
+    counter, clock = ForwardCounter(), EpochTimer()
     seconds = fit_world([*_configs()[name](), counter, clock], epochs, n_train, seed, root, classes=False)
     return {
         "seconds": seconds,
