@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import enum
-import io
 import json
 import operator
 import os
@@ -406,15 +405,32 @@ class Chart:
 
 
 def figure_to_array(fig: Any, close: bool = True) -> np.ndarray:
-    """Render a matplotlib figure to a ``uint8`` RGB array ``[H, W, 3]``; close it (pyplot) if ``close``."""
-    from PIL import Image
+    """Render a matplotlib figure to a ``uint8`` RGB array ``[H, W, 3]``; close it (pyplot) if ``close``.
 
+    The figure is drawn once on an Agg canvas at its own dpi and read from the canvas buffer (no PNG
+    encode and decode on the way); transparent parts are composited over white, as a saved PNG on a
+    white page would show them.
+
+    Example:
+        >>> from matplotlib.figure import Figure
+        >>> fig = Figure(figsize=(2, 1), dpi=50)
+        >>> figure_to_array(fig).shape
+        (50, 100, 3)
+    """
     try:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=fig.dpi, facecolor="white")
-        buf.seek(0)
-        with Image.open(buf) as im:
-            return np.asarray(im.convert("RGB")).copy()
+        canvas = fig.canvas
+        if not hasattr(canvas, "buffer_rgba"):  # a bare Figure() has no renderer of its own yet
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+            canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        rgba = np.asarray(canvas.buffer_rgba())
+        alpha = rgba[..., 3:4]
+        if bool((alpha == 255).all()):
+            return np.ascontiguousarray(rgba[..., :3])
+        a = alpha.astype(np.float32) / 255.0
+        rgb = rgba[..., :3].astype(np.float32) * a + 255.0 * (1.0 - a)
+        return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
     finally:
         if close:
             _close_figure(fig)

@@ -241,7 +241,7 @@ STABLE, AFTER = 5, 2
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2])
 def test_a_concept_shift_alerts_on_the_marker_and_stable_epochs_do_not(tmp_path: Path, seed: int) -> None:
     """A TinyCNN trained with the spurious marker tied to class 0 goes on training on the same kind of data for
     5 explained epochs, then on data where the marker is independent of the label. The monitor (defaults) stays
@@ -249,7 +249,8 @@ def test_a_concept_shift_alerts_on_the_marker_and_stable_epochs_do_not(tmp_path:
 
     Seeds: the shift only exists in a model that uses the marker, which the test checks against the world's
     interventional ground truth. The width-8 model of seed 0 learns shape and texture alone (the marker's TCAV
-    magnitude for class 0 is about -0.1 logit), so it has no concept to lose and is not used here.
+    magnitude for class 0 is about -0.1 logit), so it has no concept to lose and is not used here. Two seeds
+    (about 25 s each on 2 CPU cores) keep the suite within its time; seed 3 passes too.
     """
     world = train_tiny_cnn(epochs=6, n_train=1200, n_val=300, width=8, seed=seed, spurious_class=0, spurious_p=1.0)
     model = world.model
