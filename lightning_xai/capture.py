@@ -545,9 +545,15 @@ def forward_from_layer(
 
     The forward pass runs on ``inputs``, and a temporary forward hook swaps the layer's output for
     ``activation``, so everything downstream (and so the gradient) depends on ``activation`` only.
-    If ``activation`` has ``k`` times as many rows as ``inputs``, the inputs are tiled
-    (row ``i`` of ``activation`` pairs with ``inputs[i % len(inputs)]``); this lets integrated-gradient
-    steps be batched.
+    If ``activation`` has ``k`` times as many rows as ``inputs``, row ``i`` of ``activation`` pairs with
+    ``inputs[i % len(inputs)]``; this lets integrated-gradient steps be batched.
+
+    With ``k > 1`` the layers upstream of ``layer`` run once on ``inputs`` (not ``k`` times on tiled
+    copies, whose results the hook would throw away): only the downstream part sees ``k * len(inputs)``
+    rows. That is exact where nothing downstream reads an upstream tensor of the original batch; a model
+    where something does (a skip connection around ``layer``, a ``view(batch, -1)`` with the input's batch
+    size) fails that pass or gives different logits for the rows paired with the inputs, which is checked
+    against a plain pass, and then the inputs are tiled instead.
 
     Example:
         >>> import torch, torch.nn as nn
@@ -558,11 +564,27 @@ def forward_from_layer(
     """
     module = resolve_layer(model, layer) if isinstance(layer, str) else layer
     n, m = inputs.shape[0], activation.shape[0]
-    if m != n:
-        if m % n:
-            raise ValueError(f"activation has {m} rows, which is not a multiple of the {n} input rows.")
-        inputs = inputs.repeat(m // n, *([1] * (inputs.dim() - 1)))
+    if m == n:
+        return _forward_replaced(model, module, activation, inputs, output_fn)
+    if m % n:
+        raise ValueError(f"activation has {m} rows, which is not a multiple of the {n} input rows.")
+    try:
+        out = _forward_replaced(model, module, activation, inputs, output_fn)
+    except (RuntimeError, ValueError):  # something downstream met the upstream batch: tile
+        out = None
+    if out is not None and out.shape[0] == m:
+        # the last n rows pair with the inputs in order: a plain pass must give the same logits
+        with torch.no_grad():
+            check = _forward_replaced(model, module, activation[m - n :].detach(), inputs, output_fn)
+        if torch.allclose(out[m - n :].detach(), check, rtol=1e-4, atol=1e-5 * (1.0 + float(check.abs().max()))):
+            return out
+    tiled = inputs.repeat(m // n, *([1] * (inputs.dim() - 1)))
+    return _forward_replaced(model, module, activation, tiled, output_fn)
 
+
+def _forward_replaced(
+    model: nn.Module, module: nn.Module, activation: Tensor, inputs: Tensor, output_fn: Callable[[Any], Tensor] | None
+) -> Tensor:
     def replace(mod: nn.Module, args: tuple, output: Any) -> Any:
         out = _first_tensor(output, "layer")
         if out.shape[1:] != activation.shape[1:]:

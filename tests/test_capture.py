@@ -175,6 +175,61 @@ def test_forward_from_layer_reproduces_logits_and_gives_layer_gradients() -> Non
     assert all(len(m._forward_hooks) == 0 for m in net.modules())
 
 
+class _SkipNet(nn.Module):
+    """A residual block around the explained layer ``body``: downstream adds the upstream batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.body, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stem(x)
+        return self.head((torch.relu(self.body(s)) + s).mean((2, 3)))
+
+
+class _BatchViewNet(nn.Module):
+    """Flattens with the input's batch size, read before the explained layer ``act``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.act, self.head = nn.Conv2d(3, 2, 3, padding=1), nn.ReLU(), nn.Linear(2 * 6 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        return self.head(self.act(self.stem(x)).reshape(b, -1))
+
+
+@pytest.mark.parametrize(("kind", "layer", "upstream_batches"), [
+    ("sequential", "2", [5, 5]),  # upstream once for the k tiles, once for the check
+    ("skip", "body", [5, 15]),  # the untiled pass fails on the skip connection: tiled
+    ("batch_view", "act", [5, 15]),  # reshape(batch, -1) breaks the untiled pass: tiled
+])
+def test_forward_from_layer_runs_upstream_once_where_that_is_exact(
+    kind: str, layer: str, upstream_batches: list[int]
+) -> None:
+    torch.manual_seed(0)
+    net = {"sequential": small_net, "skip": _SkipNet, "batch_view": _BatchViewNet}[kind]().eval()
+    x = torch.randn(5, 3, 6, 6)
+    first = net[0] if kind == "sequential" else net.stem
+    seen: list[int] = []
+    first.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[0]))
+    with torch.no_grad():
+        captured = {}
+        handle = resolve_layer(net, layer).register_forward_hook(lambda m, a, o: captured.__setitem__("a", o))
+        net(x)
+        handle.remove()
+    seen.clear()
+    steps = torch.cat([captured["a"] * 0.25, captured["a"] * 0.5, captured["a"]]).requires_grad_(True)
+    out = forward_from_layer(net, layer, steps, x)
+    assert seen == upstream_batches
+    # the same as running each tile on its own inputs, values and gradients
+    expected = torch.cat([forward_from_layer(net, layer, steps[k * 5 : (k + 1) * 5], x) for k in range(3)])
+    assert torch.allclose(out, expected, atol=1e-6)
+    (g,) = torch.autograd.grad(out[:, 1].sum(), steps)
+    (g_ref,) = torch.autograd.grad(expected[:, 1].sum(), steps)
+    assert torch.allclose(g, g_ref, atol=1e-6)
+
+
 @pytest.mark.parametrize("outer", ["no_grad", "inference_mode"])
 def test_explanation_mode_restores_modes_flags_and_grads(outer: str) -> None:
     net = small_net().train()
