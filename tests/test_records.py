@@ -188,6 +188,35 @@ def test_media_from_figure_closes_it():
     assert plt.get_fignums() == []
 
 
+def test_figure_to_array_draws_what_a_saved_png_shows_and_fills_transparency_with_white():
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    from lightning_xai.records import figure_to_array
+
+    fig = Figure(figsize=(2, 1), dpi=40, facecolor="none")  # a bare Figure: no canvas of its own, see-through
+    fig.add_artist(Rectangle((0.25, 0.25), 0.5, 0.5, transform=fig.transFigure, facecolor=(1.0, 0.0, 0.0, 0.5),
+                             edgecolor="none"))  # half-transparent red
+    expected = np.asarray(_saved_png(fig))
+    image = figure_to_array(fig)
+    assert image.shape == (40, 80, 3) and image.dtype == np.uint8
+    assert (image[0, 0] == 255).all()  # the see-through page comes out white
+    assert abs(int(image[20, 40, 0]) - 255) <= 1 and abs(int(image[20, 40, 1]) - 128) <= 1  # red at 50% on white
+    assert np.abs(image.astype(int) - expected.astype(int)).max() <= 1  # as savefig(facecolor="white") shows it
+
+
+def _saved_png(fig):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, facecolor="white")
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return im.convert("RGB").copy()
+
+
 def test_explanation_rejects_clashing_keys():
     t = Table("scores", ["a", "b"], [[1, 2]])
     img = Media("scores", np.zeros((4, 4, 3), np.uint8))
