@@ -14,27 +14,26 @@ from lightning_xai.world import TinyCNN, WorldDataModule
 
 
 class EpochTimer(Callback):
-    """Wall time of each whole epoch: training, validation and the explanations that follow it."""
+    """Wall time of each epoch: the whole epoch (training, validation and the explanations that follow it), or
+    with ``training_only`` the training part alone (the clock stops when validation starts)."""
 
-    def __init__(self) -> None:
+    def __init__(self, training_only: bool = False) -> None:
+        self.training_only = training_only
         self.seconds: list[float] = []
         self._start = 0.0
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._start = time.perf_counter()
 
-    def on_train_epoch_end(self, trainer, pl_module):
-        self.seconds.append(time.perf_counter() - self._start)
-
-
-class TrainEpochTimer(EpochTimer):
-    """Wall time of the training part of each epoch (validation excluded)."""
+    def on_validation_start(self, trainer, pl_module):  # validation runs inside the epoch
+        if self.training_only and not trainer.sanity_checking:
+            self._stop()
 
     def on_train_epoch_end(self, trainer, pl_module):
-        pass
+        self._stop()
 
-    def on_validation_start(self, trainer, pl_module):  # validation runs inside the epoch: stop the clock
-        if not trainer.sanity_checking and self._start:
+    def _stop(self) -> None:
+        if self._start:
             self.seconds.append(time.perf_counter() - self._start)
             self._start = 0.0
 

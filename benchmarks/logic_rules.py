@@ -25,7 +25,7 @@ from typing import Any
 os.environ.setdefault("WANDB_MODE", "offline")
 
 import torch
-from _world_bench import TrainEpochTimer, fit_world
+from _world_bench import EpochTimer, fit_world
 from lightning.pytorch import Trainer
 
 from lightning_xai.callbacks.logic_rules import LogicRulesCallback
@@ -65,7 +65,7 @@ class TimedLogicRules(LogicRulesCallback):
 
 
 def one_run(kwargs: dict[str, Any], epochs: int, n_train: int, seed: int, root: str) -> tuple[list, list, list]:
-    cb, timer = TimedLogicRules(**kwargs), TrainEpochTimer()
+    cb, timer = TimedLogicRules(**kwargs), EpochTimer(training_only=True)
     fit_world([cb, timer], epochs, n_train, seed, root)
     return cb.seconds, timer.seconds, cb.forwards
 

@@ -27,7 +27,7 @@ from typing import Any
 os.environ.setdefault("WANDB_MODE", "offline")
 
 import torch
-from _world_bench import TrainEpochTimer, fit_world
+from _world_bench import EpochTimer, fit_world
 from lightning.pytorch import Trainer
 
 from lightning_xai.callbacks.symbolic_tree import SymbolicTreeCallback
@@ -65,7 +65,7 @@ class TimedSymbolicTree(SymbolicTreeCallback):
 
 
 def one_run(kwargs: dict[str, Any], epochs: int, n_train: int, seed: int, root: str) -> tuple[TimedSymbolicTree, list[float]]:
-    cb, timer = TimedSymbolicTree(**kwargs), TrainEpochTimer()
+    cb, timer = TimedSymbolicTree(**kwargs), EpochTimer(training_only=True)
     fit_world([cb, timer], epochs, n_train, seed, root)
     return cb, timer.seconds
 
