@@ -53,6 +53,31 @@ def test_predicts_each_slot_of_fresh_captions_and_empty_scenes(world_concept_det
 
 
 @pytest.mark.slow
+def test_accuracy_scores_each_slot_against_what_the_images_should_show(world_concept_detector: Any) -> None:
+    detector, _ = world_concept_detector
+    scenes = [
+        Slots(s, c, "dotted", m)
+        for s in ("circle", "square", "triangle")
+        for c, m in (("red", True), ("blue", False))
+    ]
+    images, _ = render_batch(scenes, scene_seeds(len(scenes), 4, "probe"), 64, return_masks=False)
+    assert detector.accuracy(images, scenes) == {"shape": 1.0, "colour": 1.0, "texture": 1.0, "marker": 1.0}
+    # claim the next shape and the opposite marker for every image: only those two slots are wrong
+    shifted = [
+        Slots(
+            {"circle": "square", "square": "triangle", "triangle": "circle"}[s.shape],
+            s.colour,
+            s.texture,
+            not s.marker,
+        )
+        for s in scenes
+    ]
+    assert detector.accuracy(images, shifted) == {"shape": 0.0, "colour": 1.0, "texture": 1.0, "marker": 0.0}
+    with pytest.raises(ValueError, match="got 6 images but 5 slots"):
+        detector.accuracy(images, scenes[:5])
+
+
+@pytest.mark.slow
 def test_scores_follow_a_single_slot_intervention(world_concept_detector: Any) -> None:
     """Same seeds, only the marker changed: only the marker score moves."""
     detector, _ = world_concept_detector

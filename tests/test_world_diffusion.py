@@ -69,3 +69,37 @@ def test_both_generator_wrappers_run_on_it(pipeline: Any) -> None:
     assert (
         readout.words == ["circle"] and readout.caption == "a photo of circle"
     )  # one soft token per world word
+
+
+def test_held_out_grid_composes_every_shape_colour_pair_with_one_texture() -> None:
+    from lightning_xai.world import COLOURS, SHAPES, TEXTURES
+    from lightning_xai.world.diffusion import world_diffusion_held_out
+
+    grid = world_diffusion_held_out()
+    assert len(grid) == len({s.caption for s in grid}) == 2 * len(SHAPES) * len(COLOURS)
+    triples = {(s.shape, s.colour, s.texture) for s in grid}
+    assert {(shape, colour) for shape, colour, _ in triples} == {(s, c) for s in SHAPES for c in COLOURS}
+    assert len(triples) == len(SHAPES) * len(COLOURS)  # one texture per pair, with and without the marker
+    assert {t for *_, t in triples} == set(TEXTURES)
+    assert sorted(s.marker for s in grid) == [False] * 12 + [True] * 12
+
+
+def test_load_world_diffusion_reads_the_package_folder_offline(
+    pipeline: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lightning_xai.world.diffusion as world_diffusion
+
+    monkeypatch.setattr(world_diffusion, "WORLD_DIFFUSION_DIR", tmp_path / "missing")
+    with pytest.raises(
+        FileNotFoundError, match=r"missing.*train one: python examples/train_world_diffusion\.py"
+    ):
+        world_diffusion.load_world_diffusion()
+    pipeline.save_pretrained(tmp_path / "saved")
+    monkeypatch.setattr(world_diffusion, "WORLD_DIFFUSION_DIR", tmp_path / "saved")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = world_diffusion.load_world_diffusion(dtype=torch.float64)
+    assert loaded.unet.dtype == torch.float64 and not loaded.unet.training
+    assert loaded._progress_bar_config == {"disable": True}
+    for name in ("unet", "vae", "text_encoder"):
+        ours, theirs = getattr(pipeline, name).state_dict(), getattr(loaded, name).state_dict()
+        assert all(torch.equal(ours[k].double(), theirs[k]) for k in ours), name

@@ -9,13 +9,25 @@ every caption word as one token. :func:`world_diffusion_pipeline` builds it with
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from .vocab import COLOURS, SHAPES, TEXTURES
+from .vocab import COLOURS, SHAPES, TEXTURES, Slots
 
-__all__ = ["WORLD_WORDS", "world_diffusion_pipeline", "world_tokenizer"]
+__all__ = [
+    "WORLD_DIFFUSION_DIR",
+    "WORLD_WORDS",
+    "load_world_diffusion",
+    "world_diffusion_held_out",
+    "world_diffusion_pipeline",
+    "world_tokenizer",
+]
+
+WORLD_DIFFUSION_DIR = Path(__file__).resolve().parent.parent / "assets" / "world_diffusion"
+"""Where the trained world pipeline ships inside the package (``save_pretrained`` layout)."""
 
 WORLD_WORDS: tuple[str, ...] = (
     "a", "an", "on", "with", "background", "marker", "empty", *SHAPES, *COLOURS, *TEXTURES,
@@ -23,6 +35,24 @@ WORLD_WORDS: tuple[str, ...] = (
 """Every word of the world's captions; each is one token of :func:`world_tokenizer`."""
 
 _INSTALL_HINT = 'install the diffusion extra: pip install "lightning-xai[diffusion]"'
+
+
+def world_diffusion_held_out() -> list[Slots]:
+    """The 24 captions the shipped model never saw in training: one texture per shape-colour pair.
+
+    Every (shape, colour) pair appears once, with texture ``TEXTURES[i % 5]`` for the ``i``-th pair,
+    with and without the marker; training drew no scene with such a (shape, colour, texture) triple,
+    so generating them tests whether the model composes concepts rather than recalls scenes.
+
+    Example:
+        >>> [s.caption for s in world_diffusion_held_out()[:2]]
+        ['a red circle on a plain background', 'a red circle on a plain background with a marker']
+    """
+    grid = []
+    for i, (shape, colour) in enumerate(itertools.product(SHAPES, COLOURS)):
+        texture = TEXTURES[i % len(TEXTURES)]
+        grid += [Slots(shape, colour, texture, False), Slots(shape, colour, texture, True)]
+    return grid
 
 
 def world_tokenizer(max_length: int = 16) -> Any:
@@ -86,7 +116,7 @@ def world_diffusion_pipeline(seed: int = 0, image_size: int = 32, max_length: in
         torch.Size([1, 3, 32, 32])
     """
     try:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel
 
         from lightning_xai.generators.tiny import _assemble_pipeline
@@ -99,25 +129,30 @@ def world_diffusion_pipeline(seed: int = 0, image_size: int = 32, max_length: in
     tokenizer = world_tokenizer(max_length)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        # one encoder block: no downsampling, so the UNet denoises at the image's own resolution (small
+        # world objects keep their corners; a 4x-downsampled latent blurred shapes into blobs)
         vae = AutoencoderKL(
             in_channels=3,
             out_channels=3,
-            block_out_channels=(32, 64),
-            down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2,
+            block_out_channels=(32,),
+            down_block_types=("DownEncoderBlock2D",),
+            up_block_types=("UpDecoderBlock2D",),
             latent_channels=4,
             norm_num_groups=16,
             sample_size=image_size,
+            mid_block_add_attention=False,
         )
         torch.manual_seed(seed)
+        # cross-attention only at the lowest resolution (and the mid block): attention over 16x16 tokens
+        # doubled the cost of a training step on a CPU
         unet = UNet2DConditionModel(
-            sample_size=image_size // 2,
+            sample_size=image_size,
             in_channels=4,
             out_channels=4,
-            block_out_channels=(48, 96),
+            block_out_channels=(32, 64, 64),
             layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
             cross_attention_dim=64,
             attention_head_dim=8,
             norm_num_groups=16,
@@ -136,4 +171,44 @@ def world_diffusion_pipeline(seed: int = 0, image_size: int = 32, max_length: in
                 pad_token_id=1,
             )
         )
-    return _assemble_pipeline(vae, text_encoder, tokenizer, unet)
+    pipe = _assemble_pipeline(vae, text_encoder, tokenizer, unet)
+    # DDPM's linear schedule: at 32x32 in pixel space Stable Diffusion's scaled-linear schedule leaves so
+    # much signal at middle timesteps that little training goes to the noisy steps where layout is decided
+    pipe.scheduler = DDIMScheduler.from_config(
+        pipe.scheduler.config, beta_schedule="linear", beta_start=1e-4, beta_end=0.02
+    )
+    return pipe
+
+
+def load_world_diffusion(device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Any:
+    """The trained text-to-image model of the world that ships with the package, loaded offline.
+
+    A ``StableDiffusionPipeline`` (:func:`world_diffusion_pipeline`'s architecture, trained by
+    ``examples/train_world_diffusion.py``) that draws 32x32 world scenes from captions such as
+    ``"a red circle on a striped background with a marker"``. Never touches the network. The progress
+    bar is off; turn it on with ``pipe.set_progress_bar_config(disable=False)``.
+
+    Args:
+        device: Where to put the pipeline (default: the CPU).
+        dtype: Weight dtype (default: float32, as stored).
+
+    Example:
+        >>> pipe = load_world_diffusion()  # doctest: +SKIP
+        >>> pipe("a blue square on a dotted background", output_type="pt").images.shape  # doctest: +SKIP
+        torch.Size([1, 3, 32, 32])
+    """
+    try:
+        from diffusers import StableDiffusionPipeline
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(f"load_world_diffusion needs diffusers and transformers; {_INSTALL_HINT}") from err
+    if not (WORLD_DIFFUSION_DIR / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"no trained world diffusion model at {WORLD_DIFFUSION_DIR}; this installation lacks the package "
+            "data (reinstall lightning-xai) or train one: python examples/train_world_diffusion.py"
+        )
+    pipe = StableDiffusionPipeline.from_pretrained(WORLD_DIFFUSION_DIR, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    # .to rather than from_pretrained's dtype keyword, which diffusers renamed (torch_dtype -> dtype)
+    if device is not None or dtype is not None:
+        pipe = pipe.to(device=device, dtype=dtype)
+    return pipe
