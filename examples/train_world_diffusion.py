@@ -8,9 +8,9 @@
    1/std, and read the held-out captions' renders back through it with a
    :class:`~lightning_xai.world.WorldConceptDetector` trained on 32x32 renders (the VAE bounds what the
    UNet can draw).
-3. Train the UNet and the text encoder together on the latents: epsilon prediction under DDPM's linear
-   noise schedule, 10% empty captions so classifier-free guidance works, and pixels on or next to the
-   object and the marker weighted ``--object-weight`` times in the loss.
+3. Train the UNet and the text encoder together on the latents: epsilon prediction under the pipeline's
+   noise schedule, 10% empty captions so classifier-free guidance works; optionally the pixels on or next
+   to the object and the marker weigh ``--object-weight`` times as much in the loss (default 1: no weighting).
 4. Save the pipeline with ``save_pretrained`` and evaluate it: generate every held-out caption with fixed
    seeds and read each slot back with the detector; prints the accuracy per slot and writes
    ``training.json``.
@@ -72,9 +72,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--eval-seeds", type=int, default=4, help="images per held-out caption")
     parser.add_argument(
+        "--latent-scale",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="image side / latent side: 2 (default) a 16x16 latent, 1 the UNet works at 32x32",
+    )
+    parser.add_argument(
         "--object-weight",
         type=float,
-        default=4.0,
+        default=1.0,
         help="loss weight of pixels on or next to the object and the marker (1 weighs every pixel alike)",
     )
     parser.add_argument(
@@ -118,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         pipe = StableDiffusionPipeline.from_pretrained(args.resume, local_files_only=True)
     else:
-        pipe = world_diffusion_pipeline(seed=args.seed, image_size=SIZE)
+        pipe = world_diffusion_pipeline(seed=args.seed, image_size=SIZE, latent_scale=args.latent_scale)
     vae, unet, text_encoder, tokenizer = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
 
     # ---- 1. VAE

@@ -103,3 +103,14 @@ def test_load_world_diffusion_reads_the_package_folder_offline(
     for name in ("unet", "vae", "text_encoder"):
         ours, theirs = getattr(pipeline, name).state_dict(), getattr(loaded, name).state_dict()
         assert all(torch.equal(ours[k].double(), theirs[k]) for k in ours), name
+
+
+def test_the_pixel_resolution_variant_denoises_at_the_image_size() -> None:
+    pipe = world_diffusion_pipeline(seed=0, latent_scale=1)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.vae_scale_factor == 1 and pipe.unet.config.sample_size == 32
+    assert pipe.scheduler.config.beta_schedule == "linear"
+    image = pipe("a red circle", num_inference_steps=2, output_type="pt").images
+    assert image.shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"latent_scale=4 is not supported; choose one of \[1, 2\]"):
+        world_diffusion_pipeline(latent_scale=4)

@@ -2,7 +2,7 @@
 
 The architecture is Stable Diffusion's (``UNet2DConditionModel`` + ``AutoencoderKL`` + ``CLIPTextModel`` +
 ``CLIPTokenizer`` + a DDIM scheduler), scaled down to the world: 32x32 images (the world's 64x64 scenes
-rendered at half size), a 16x16x4 latent, a 2-layer text encoder and a tokenizer whose vocabulary holds
+rendered at half size), a 16x16x4 latent (or a 32x32x4 one), a 2-layer text encoder and a tokenizer whose vocabulary holds
 every caption word as one token. :func:`world_diffusion_pipeline` builds it with random weights;
 ``examples/train_world_diffusion.py`` trains it on captions rendered by the world.
 """
@@ -101,14 +101,25 @@ def _bpe_tokenizer(words: list[str], max_length: int) -> Any:
     return _clip_tokenizer(vocab, merges, max_length)
 
 
-def world_diffusion_pipeline(seed: int = 0, image_size: int = 32, max_length: int = 16) -> Any:
+def world_diffusion_pipeline(
+    seed: int = 0, image_size: int = 32, max_length: int = 16, latent_scale: int = 2
+) -> Any:
     """A randomly initialised world text-to-image pipeline (``StableDiffusionPipeline``), built offline.
 
-    Components (``torch.manual_seed(seed)`` before each; the global RNG is restored): ``AutoencoderKL``
-    with channels (32, 64) (latent 4 x image_size/2 x image_size/2), ``UNet2DConditionModel`` with
-    channels (48, 96), cross-attention in both resolutions, cross-attention dim 64;
-    ``CLIPTextModel`` with hidden size 64, 2 layers, 4 heads; :func:`world_tokenizer`; a DDIM scheduler
-    with Stable Diffusion's scaled-linear noise schedule. Train it with ``examples/train_world_diffusion.py``.
+    Two sizes of latent (``torch.manual_seed(seed)`` before each component; the global RNG is restored):
+
+    * ``latent_scale=2`` (default): ``AutoencoderKL`` with channels (32, 64), a latent of
+      4 x image_size/2 x image_size/2; ``UNet2DConditionModel`` with channels (48, 96) and
+      cross-attention at both resolutions; a DDIM scheduler with Stable Diffusion's scaled-linear
+      noise schedule.
+    * ``latent_scale=1``: the UNet denoises at the image's own resolution. ``AutoencoderKL`` with one
+      block of 32 channels and no mid-block attention (latent 4 x image_size x image_size);
+      ``UNet2DConditionModel`` with channels (32, 64, 64) and cross-attention only at the lowest
+      resolution (attention over 16x16 tokens doubled a CPU training step); DDPM's linear noise
+      schedule (made for 32x32 pixel-space models).
+
+    Both: cross-attention dim 64, ``CLIPTextModel`` with hidden size 64, 2 layers, 4 heads, and
+    :func:`world_tokenizer`. Train it with ``examples/train_world_diffusion.py``.
 
     Example:
         >>> pipe = world_diffusion_pipeline()  # doctest: +SKIP
@@ -126,36 +137,46 @@ def world_diffusion_pipeline(seed: int = 0, image_size: int = 32, max_length: in
         ) from err
     if image_size % 8:
         raise ValueError(f"image_size must be a multiple of 8, got {image_size}")
+    if latent_scale not in (1, 2):
+        raise ValueError(f"latent_scale={latent_scale!r} is not supported; choose one of [1, 2]")
+    pixel = latent_scale == 1
     tokenizer = world_tokenizer(max_length)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        # one encoder block: no downsampling, so the UNet denoises at the image's own resolution (small
-        # world objects keep their corners; a 4x-downsampled latent blurred shapes into blobs)
+        blocks = (32,) if pixel else (32, 64)
         vae = AutoencoderKL(
             in_channels=3,
             out_channels=3,
-            block_out_channels=(32,),
-            down_block_types=("DownEncoderBlock2D",),
-            up_block_types=("UpDecoderBlock2D",),
+            block_out_channels=blocks,
+            down_block_types=("DownEncoderBlock2D",) * len(blocks),
+            up_block_types=("UpDecoderBlock2D",) * len(blocks),
             latent_channels=4,
             norm_num_groups=16,
             sample_size=image_size,
-            mid_block_add_attention=False,
+            mid_block_add_attention=not pixel,  # attention over every pixel of a 32x32 latent: costly
         )
         torch.manual_seed(seed)
-        # cross-attention only at the lowest resolution (and the mid block): attention over 16x16 tokens
-        # doubled the cost of a training step on a CPU
+        if pixel:
+            unet_blocks: dict[str, Any] = {
+                "block_out_channels": (32, 64, 64),
+                "down_block_types": ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+                "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+            }
+        else:
+            unet_blocks = {
+                "block_out_channels": (48, 96),
+                "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            }
         unet = UNet2DConditionModel(
-            sample_size=image_size,
+            sample_size=image_size // latent_scale,
             in_channels=4,
             out_channels=4,
-            block_out_channels=(32, 64, 64),
             layers_per_block=1,
-            down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
             cross_attention_dim=64,
             attention_head_dim=8,
             norm_num_groups=16,
+            **unet_blocks,
         )
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(
@@ -172,11 +193,10 @@ def world_diffusion_pipeline(seed: int = 0, image_size: int = 32, max_length: in
             )
         )
     pipe = _assemble_pipeline(vae, text_encoder, tokenizer, unet)
-    # DDPM's linear schedule: at 32x32 in pixel space Stable Diffusion's scaled-linear schedule leaves so
-    # much signal at middle timesteps that little training goes to the noisy steps where layout is decided
-    pipe.scheduler = DDIMScheduler.from_config(
-        pipe.scheduler.config, beta_schedule="linear", beta_start=1e-4, beta_end=0.02
-    )
+    if pixel:
+        pipe.scheduler = DDIMScheduler.from_config(
+            pipe.scheduler.config, beta_schedule="linear", beta_start=1e-4, beta_end=0.02
+        )
     return pipe
 
 
