@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("runs/world_diffusion"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=8000)
-    parser.add_argument("--vae-steps", type=int, default=300)
+    parser.add_argument("--vae-steps", type=int, default=800)
     parser.add_argument("--unet-steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -137,8 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows = torch.randint(0, args.n_train, (args.batch_size,), generator=gen)
         x = images[rows] * 2 - 1
         posterior = vae.encode(x).latent_dist
-        # decode the mean: the UNet is trained on posterior means, and sampling's noise (std ~1 at
-        # initialisation) slowed the reconstruction of small shapes
+        # decode the mean: the UNet is trained on posterior means, so the decoder must render those well
         recon = vae.decode(posterior.mode()).sample
         loss = F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
         opt.zero_grad(set_to_none=True)
