@@ -103,19 +103,24 @@ def main(argv: list[str] | None = None) -> dict:
     held = {(s.shape, s.colour, s.texture) for s in grid}
     slots = training_captions(args.n_train, rng, held)
     t0 = time.perf_counter()
-    images, masks = render_batch(slots, scene_seeds(args.n_train, args.seed, "train"), SIZE)
-    # shape and the marker live in a few pixels; an unweighted loss is mostly background texture, and
-    # the model learned texture and colour long before it drew corners
-    small = torch.stack(
-        [
-            torch.stack([v for k, v in m.items() if k.startswith(("shape:", "marker:"))]).any(0)
-            if any(k.startswith(("shape:", "marker:")) for k in m)
-            else torch.zeros(SIZE, SIZE, dtype=torch.bool)
-            for m in masks
-        ]
+    weighted = args.object_weight != 1
+    images, masks = render_batch(
+        slots, scene_seeds(args.n_train, args.seed, "train"), SIZE, return_masks=weighted
     )
-    near = F.max_pool2d(small[:, None].float(), 3, stride=1, padding=1)  # the outline's outside too
-    pixel_weight = 1 + (args.object_weight - 1) * near
+    pixel_weight = None
+    if weighted:
+        # shape and the marker live in a few pixels; an unweighted loss is mostly background texture, and
+        # the model learned texture and colour long before it drew corners
+        small = torch.stack(
+            [
+                torch.stack([v for k, v in m.items() if k.startswith(("shape:", "marker:"))]).any(0)
+                if any(k.startswith(("shape:", "marker:")) for k in m)
+                else torch.zeros(SIZE, SIZE, dtype=torch.bool)
+                for m in masks
+            ]
+        )
+        near = F.max_pool2d(small[:, None].float(), 3, stride=1, padding=1)  # the outline's outside too
+        pixel_weight = 1 + (args.object_weight - 1) * near
     del masks
     captions = [s.caption for s in slots]
     timings["render_s"] = time.perf_counter() - t0
@@ -155,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     latents = latents * scaling
     # a VAE that downsamples gives a coarser latent: a latent pixel counts as near the object if any of its
     # image pixels does
-    pixel_weight = F.adaptive_max_pool2d(pixel_weight, latents.shape[-2:])
+    if pixel_weight is not None:
+        pixel_weight = F.adaptive_max_pool2d(pixel_weight, latents.shape[-2:])
     timings["vae_s"] = time.perf_counter() - t0
 
     # the VAE bounds what the UNet can draw: read the held-out grid back through it
@@ -211,7 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
         noisy = noise_schedule.add_noise(z, noise, t)
         cond = text_encoder(tok).last_hidden_state
         pred = unet(noisy, t, encoder_hidden_states=cond).sample
-        per_image = (F.mse_loss(pred, noise, reduction="none") * pixel_weight[rows]).mean(dim=(1, 2, 3))
+        error = F.mse_loss(pred, noise, reduction="none")
+        per_image = (error if pixel_weight is None else error * pixel_weight[rows]).mean(dim=(1, 2, 3))
         loss = (per_image * snr_weight[t]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -2,8 +2,8 @@
 
 The architecture is Stable Diffusion's (``UNet2DConditionModel`` + ``AutoencoderKL`` + ``CLIPTextModel`` +
 ``CLIPTokenizer`` + a DDIM scheduler), scaled down to the world: 32x32 images (the world's 64x64 scenes
-rendered at half size), a 16x16x4 latent (or a 32x32x4 one), a 2-layer text encoder and a tokenizer whose vocabulary holds
-every caption word as one token. :func:`world_diffusion_pipeline` builds it with random weights;
+rendered at half size), a 16x16x4 latent (or a 32x32x4 one), a 2-layer text encoder and a tokenizer
+whose vocabulary holds every caption word as one token. :func:`world_diffusion_pipeline` builds it with random weights;
 ``examples/train_world_diffusion.py`` trains it on captions rendered by the world.
 """
 
@@ -153,7 +153,9 @@ def world_diffusion_pipeline(
             latent_channels=4,
             norm_num_groups=16,
             sample_size=image_size,
-            mid_block_add_attention=not pixel,  # attention over every pixel of a 32x32 latent: costly
+            # attention over every pixel of a 32x32 latent is costly; the keyword only where it is needed,
+            # so the default architecture builds with diffusers releases that predate it
+            **({"mid_block_add_attention": False} if pixel else {}),
         )
         torch.manual_seed(seed)
         if pixel:
