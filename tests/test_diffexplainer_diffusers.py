@@ -394,6 +394,13 @@ def test_missing_components_are_named(pipe):
         DiffusersPromptGenerator(bad_encoder)
 
 
+def test_unets_that_need_more_than_the_prompt_embeddings_are_refused(pipe):
+    """SDXL-style extra conditioning needs inputs the generator never makes; pooled-text conditioning does not."""
+    sdxl_like = types.SimpleNamespace(config=types.SimpleNamespace(addition_embed_type="text_time"))
+    with pytest.raises(ValueError, match=r"addition_embed_type='text_time'.*None or 'text'"):
+        DiffusersPromptGenerator(types.SimpleNamespace(**{**pipe.components, "unet": sdxl_like}))
+
+
 def test_bad_prompts_and_calls_raise(pipe, gen):
     fixed = DiffusersPromptGenerator(pipe, n_tokens=3, num_inference_steps=STEPS)
     cases = [

@@ -138,11 +138,13 @@ class DiffusersPromptGenerator:
             )
         unet, vae, text_encoder = pipeline.unet, pipeline.vae, pipeline.text_encoder
         self._text_model = _clip_text_transformer(text_encoder)
-        if getattr(unet.config, "addition_embed_type", None) is not None:
+        # "text" pools the prompt embeddings the UNet already receives; every other kind (SDXL's
+        # "text_time", Kandinsky's image embeddings) needs inputs this generator does not produce
+        if getattr(unet.config, "addition_embed_type", None) not in (None, "text"):
             raise ValueError(
                 f"the UNet needs extra conditioning (addition_embed_type="
-                f"{unet.config.addition_embed_type!r}, e.g. SDXL); only Stable Diffusion 1.x/2.x-style "
-                f"UNets conditioned on text alone are supported"
+                f"{unet.config.addition_embed_type!r}, e.g. SDXL); only UNets conditioned on the prompt "
+                f"embeddings alone are supported (addition_embed_type None or 'text')"
             )
 
         # Settings first, so a bad argument fails before the pipeline is touched.

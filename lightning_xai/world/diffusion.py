@@ -109,9 +109,11 @@ def world_diffusion_pipeline(
     Two sizes of latent (``torch.manual_seed(seed)`` before each component; the global RNG is restored):
 
     * ``latent_scale=2`` (default): ``AutoencoderKL`` with channels (32, 64), a latent of
-      4 x image_size/2 x image_size/2; ``UNet2DConditionModel`` with channels (48, 96) and
-      cross-attention at both resolutions; a DDIM scheduler with Stable Diffusion's scaled-linear
-      noise schedule.
+      4 x image_size/2 x image_size/2; ``UNet2DConditionModel`` with channels (48, 96),
+      cross-attention (in place of self-attention) at both resolutions, and the caption's
+      attention-pooled embedding added to the timestep embedding (``addition_embed_type="text"``,
+      scale-and-shift conditioning of every ResNet block); a DDIM scheduler with Stable Diffusion's
+      scaled-linear noise schedule.
     * ``latent_scale=1``: the UNet denoises at the image's own resolution. ``AutoencoderKL`` with one
       block of 32 channels and no mid-block attention (latent 4 x image_size x image_size);
       ``UNet2DConditionModel`` with channels (32, 64, 64) and cross-attention only at the lowest
@@ -169,6 +171,17 @@ def world_diffusion_pipeline(
                 "block_out_channels": (48, 96),
                 "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                 "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                # the caption also reaches every ResNet block: its attention-pooled embedding joins the
+                # timestep's and scales and shifts the features (FiLM), so global facts (colour, marker)
+                # need not pass through attention maps; after 1000 CPU steps colour read 0.98 and the
+                # marker 1.00 (0.94 and 0.98 with cross-attention alone)
+                "addition_embed_type": "text",
+                "addition_embed_type_num_heads": 4,
+                "resnet_time_scale_shift": "scale_shift",
+                # cross-attention replaces self-attention over the 16x16 latent: the objects span a few
+                # latent pixels, which the convolutions already see, and a CPU training step at batch 64
+                # takes 1.0 s instead of 1.6 s
+                "only_cross_attention": True,
             }
         unet = UNet2DConditionModel(
             sample_size=image_size // latent_scale,
