@@ -4,7 +4,8 @@ The architecture is Stable Diffusion's (``UNet2DConditionModel`` + ``Autoencoder
 ``CLIPTokenizer`` + a DDIM scheduler), scaled down to the world: 32x32 images (the world's 64x64 scenes
 rendered at half size), a 16x16x4 latent (or a 32x32x4 one), a 2-layer text encoder and a tokenizer
 whose vocabulary holds every caption word as one token. :func:`world_diffusion_pipeline` builds it with random weights;
-``examples/train_world_diffusion.py`` trains it on captions rendered by the world.
+``examples/train_world_diffusion.py`` trains it on captions rendered by the world, and
+:func:`load_world_diffusion` loads the trained model that ships in ``lightning_xai/assets/world_diffusion``.
 """
 
 from __future__ import annotations
@@ -218,10 +219,13 @@ def world_diffusion_pipeline(
 def load_world_diffusion(device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Any:
     """The trained text-to-image model of the world that ships with the package, loaded offline.
 
-    A ``StableDiffusionPipeline`` (:func:`world_diffusion_pipeline`'s architecture, trained by
-    ``examples/train_world_diffusion.py``) that draws 32x32 world scenes from captions such as
-    ``"a red circle on a striped background with a marker"``. Never touches the network. The progress
-    bar is off; turn it on with ``pipe.set_progress_bar_config(disable=False)``.
+    A ``StableDiffusionPipeline`` (:func:`world_diffusion_pipeline`'s default architecture, 13 MB of
+    float32 weights, trained by ``examples/train_world_diffusion.py``) that draws 32x32 world scenes from
+    captions such as ``"a red circle on a striped background with a marker"``. On the 24 captions of
+    :func:`world_diffusion_held_out`, which it never saw, a concept detector read back shape 0.99 and
+    colour, texture and marker 1.00 (4 seeds each, 25 DDIM steps, guidance 4; the figures use those
+    settings). Never touches the network. The progress bar is off; turn it on with
+    ``pipe.set_progress_bar_config(disable=False)``.
 
     Args:
         device: Where to put the pipeline (default: the CPU).
