@@ -14,7 +14,13 @@
    weigh ``--object-weight`` times as much in the loss (default 1: no weighting).
 4. Save the pipeline with ``save_pretrained`` and evaluate it: generate every held-out caption with fixed
    seeds and read each slot back with the detector; prints the accuracy per slot and writes
-   ``training.json``.
+   ``training.json`` and ``held_out.png`` (one generated image per held-out caption above its render).
+
+The shipped model (``lightning_xai/assets/world_diffusion``) came from two runs, the first with the text
+encoder trained (see the README's diffusion section for why it is now frozen)::
+
+    python examples/train_world_diffusion.py --out runs/wd_joint --text-encoder train --unet-steps 4000 --stop-after 2000
+    python examples/train_world_diffusion.py --out runs/wd --resume runs/wd_joint --new-text-encoder --unet-steps 2500
 
 Seeded; progress bars on every phase. CPU only is fine (see ``training.json`` for the time it took).
 """
@@ -50,6 +56,46 @@ def training_captions(n: int, rng: np.random.Generator, held_out: set[tuple[str,
             continue
         out.append(Slots(shape, colour, texture, marker))
     return out
+
+
+def save_held_out_figure(
+    generated: torch.Tensor, renders: torch.Tensor, truth: list[Slots], correct: list[bool], path: Path
+) -> None:
+    """One generated image per held-out caption above the world's render of the same caption.
+
+    Rows: the three shapes; columns: the four colours without and with the marker. A caption the detector
+    reads back wrongly in any slot is titled in red.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first: dict[str, int] = {}
+    for i, s in enumerate(truth):
+        first.setdefault(s.caption, i)
+    cols = [(c, m) for c in COLOURS for m in (False, True)]
+    fig, axes = plt.subplots(2 * len(SHAPES), len(cols), figsize=(1.3 * len(cols), 2.6 * len(SHAPES)))
+    for r, shape in enumerate(SHAPES):
+        for c, (colour, marker) in enumerate(cols):
+            i = next(
+                first[s.caption] for s in truth if (s.shape, s.colour, s.marker) == (shape, colour, marker)
+            )
+            ok = correct[i]
+            for k, (img, label) in enumerate(((generated[i], "generated"), (renders[i], "rendered"))):
+                ax = axes[2 * r + k, c]
+                ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if k == 0:
+                    words = f"{colour} {shape}\n{truth[i].texture}" + (" +marker" if marker else "")
+                    ax.set_title(words, fontsize=7, color="black" if ok else "red")
+                if c == 0:
+                    ax.set_ylabel(label, fontsize=7)
+    fig.suptitle("Held-out captions: generated (25 DDIM steps, guidance 4) above rendered", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -101,7 +147,24 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help="continue from a saved pipeline: keep its VAE, train the UNet further",
     )
+    parser.add_argument(
+        "--new-text-encoder",
+        action="store_true",
+        help="with --resume: replace the saved text encoder by a fresh random one (seeded by --seed), the way "
+        "the shipped model moved from a jointly trained encoder to a frozen one",
+    )
+    parser.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop (save and evaluate) after this many UNet steps, with the learning-rate schedule still "
+        "laid out for --unet-steps",
+    )
     args = parser.parse_args(argv)
+    if args.new_text_encoder and args.resume is None:
+        parser.error("--new-text-encoder needs --resume (a new pipeline's text encoder is new already)")
+    if args.stop_after is not None and not 1 <= args.stop_after <= args.unet_steps:
+        parser.error(f"--stop-after must lie in [1, --unet-steps={args.unet_steps}], got {args.stop_after}")
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
@@ -137,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
         from diffusers import StableDiffusionPipeline
 
         pipe = StableDiffusionPipeline.from_pretrained(args.resume, local_files_only=True)
+        if args.new_text_encoder:
+            pipe.text_encoder = world_diffusion_pipeline(seed=args.seed, image_size=SIZE).text_encoder
     else:
         pipe = world_diffusion_pipeline(seed=args.seed, image_size=SIZE, latent_scale=args.latent_scale)
     vae, unet, text_encoder, tokenizer = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
@@ -240,6 +305,8 @@ def main(argv: list[str] | None = None) -> dict:
         schedule.step()
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if step + 1 == args.stop_after:
+            break
         if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.unet_steps:
             pipe.save_pretrained(args.out)  # a long run interrupted later keeps its progress
     unet.eval().requires_grad_(False)
@@ -265,6 +332,11 @@ def main(argv: list[str] | None = None) -> dict:
         generated.append(out.images.float())
     generated = torch.cat(generated)
     accuracy = detector.accuracy(generated, truth)
+    correct = [
+        min(detector.accuracy(generated[i : i + 1], truth[i : i + 1]).values()) == 1.0
+        for i in range(len(truth))
+    ]
+    save_held_out_figure(generated, renders, truth, correct, args.out / "held_out.png")
     timings["eval_s"] = time.perf_counter() - t0
     summary = {
         "accuracy": accuracy,
