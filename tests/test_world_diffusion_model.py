@@ -150,3 +150,145 @@ def test_depict_through_the_shipped_model_ranks_concepts_like_the_oracle(shipped
                 assert drops[i, j] > 0.3, drops  # shuffled colours: about 3/4 of the rows change colour
             else:
                 assert abs(drops[i, j]) < 0.05, (k, c, drops)
+
+
+# ------------------------------------------------------------------------ DiffExplainer, soft tokens
+
+PROMPT_SEEDS = (0, 1, 2, 3)  # optimisation seeds; the optimised images are these seeds' images
+EXPLAINED = (0, 3, 4)  # circle/lined, square/unlined, triangle/lined: one class per shape
+
+
+@pytest.fixture(scope="module")
+def prompt_generator(shipped: Any) -> Any:
+    from lightning_xai.diffexplainer import WorldDiffusionPromptGenerator
+
+    return WorldDiffusionPromptGenerator(shipped, num_inference_steps=4, seeds=PROMPT_SEEDS)
+
+
+def _explain(model: Any, generator: Any, c: int) -> tuple[Any, Any, dict[str, float]]:
+    """Optimise class ``c``'s soft tokens; bias report by the world's pixel-rule detector, checked by ablation."""
+    from lightning_xai.diffexplainer import ablation_effects, bias_report, optimize_prompt
+    from lightning_xai.world import COLOURS, WorldColourMarkerDetector, get_task
+
+    rule = get_task("shape_texture")
+    result = optimize_prompt(
+        model, generator, c, steps=100, lr=0.005, early_stop=3, min_prob=0.9, image_seeds=PROMPT_SEEDS
+    )
+    reference = generator.images(generator.init_prompt(), PROMPT_SEEDS)
+    effects = ablation_effects(
+        model, generator, result, ["marker:present", *[f"colour:{k}" for k in COLOURS]]
+    )
+    report = bias_report(
+        result.images,
+        WorldColourMarkerDetector().scores,
+        rule.positive_concepts(c),
+        reference,
+        target=rule.classes[c],
+        effects=effects,
+    )
+    return result, report, effects
+
+
+@pytest.fixture(scope="module")
+def clean_prompts(prompt_generator: Any) -> dict[int, Any]:
+    """Each explained class of a TinyCNN trained on 32x32 renders of the default task."""
+    from lightning_xai.world import train_tiny_cnn
+
+    trained = train_tiny_cnn("shape_texture", seed=0, size=32)
+    assert trained.val_acc > 0.95
+    return {c: _explain(trained.model, prompt_generator, c) for c in EXPLAINED}
+
+
+@pytest.fixture(scope="module")
+def shortcut_prompt(prompt_generator: Any) -> Any:
+    """Class 0 of a TinyCNN trained with the marker in exactly class 0's training scenes (the shortcut)."""
+    from lightning_xai.world import train_tiny_cnn
+
+    shortcut = train_tiny_cnn("shape_texture", seed=0, size=32, spurious_class=0, spurious_p=1.0)
+    return _explain(shortcut.model, prompt_generator, 0)
+
+
+@pytest.mark.slow
+def test_diffexplainer_soft_tokens_find_each_class_and_name_its_defining_concepts(
+    clean_prompts: dict,
+) -> None:
+    """Soft tokens started neutral (no slot value favoured) and optimised for the class: the optimised images
+    are classified as the class with p >= 0.9, the readout among the world's words names the class's shape or
+    one of its textures, and the marker, which the model ignores, is not flagged."""
+    from lightning_xai.world import get_task
+
+    rule = get_task("shape_texture")
+    named = 0
+    for c, (result, report, _effects) in clean_prompts.items():
+        assert result.mean_probability >= 0.9 and result.share_predicted == 1.0, (c, result.probabilities)
+        words = dict(zip(result.readout.positions, result.readout.words))
+        shape = rule.classes[c].split("/")[0]
+        textures = {k.split(":")[1] for k in rule.positive_concepts(c) if k.startswith("texture:")}
+        named += words["shape"] == shape or words["texture"] in textures
+        assert "marker:present" not in report.flagged, (c, report.rows)
+    assert named >= 2, {c: r.readout.caption for c, (r, *_) in clean_prompts.items()}
+
+
+@pytest.mark.slow
+def test_diffexplainer_bias_report_flags_the_marker_of_the_shortcut_model(
+    shortcut_prompt: Any, clean_prompts: dict
+) -> None:
+    """The shortcut model's class 0 images all show the marker (the neutral prompt's show it in about half),
+    the readout's marker slot says "marker", and the bias report flags it (over-represented, and taking it out
+    of the prompt costs the class). The clean model's class 0 images drop the marker instead.
+
+    The ablation is weaker evidence here than on the renderer: any change of the prompt's tail also changes
+    the rest of a diffusion image, so removing the marker cost the clean model's class about as much (0.08 vs
+    0.07 in -log p). What tells the two models apart is what their optimised images show."""
+    result, report, _effects = shortcut_prompt
+    assert result.mean_probability >= 0.9, result.probabilities
+    assert dict(zip(result.readout.positions, result.readout.words))["marker"] == "marker", result.readout
+    assert "marker:present" in report.flagged, report.rows
+    shown = {row["concept"]: row["score"] for row in report.rows}["marker:present"]
+    clean = {row["concept"]: row["score"] for row in clean_prompts[0][1].rows}["marker:present"]
+    assert shown == 1.0 and clean <= 0.25, (shown, clean)
+
+
+def test_world_prompt_generator_starts_neutral_reads_world_words_and_ablates_slots(
+    prompt_generator: Any,
+) -> None:
+    from lightning_xai.diffexplainer import WORLD_PROMPT_POSITIONS, WorldDiffusionPromptGenerator
+    from lightning_xai.world import SHAPES
+    from lightning_xai.world.diffusion import WORLD_WORDS
+
+    gen = prompt_generator
+    neutral = gen.init_prompt()
+    table = gen._token_embedding.weight.detach()
+    ids = {w: gen._word_ids(w, "w")[0] for w in WORLD_WORDS}
+    # the shape token sits at the mean of the three shapes' embeddings, the marker tail halfway to padding
+    torch.testing.assert_close(neutral[1], table[[ids[s] for s in SHAPES]].mean(0))
+    torch.testing.assert_close(neutral[8], (table[ids["marker"]] + table[gen._pad_id]) / 2)
+    readout = gen.readout(neutral + 0.0)
+    assert readout.positions == list(WORLD_PROMPT_POSITIONS)
+    assert set(readout.words) <= set(WORLD_WORDS) and readout.words[2:4] == ["on", "a"]
+    # a prompt that says "a red circle": the readout names it; ablating the colour puts only that slot back
+    said = neutral.clone()
+    said[0], said[1] = table[ids["red"]], table[ids["circle"]]
+    assert gen.readout(said).words[:2] == ["red", "circle"]
+    ablated = gen.ablate(said, "colour:blue")
+    assert torch.equal(ablated[0], neutral[0]) and torch.equal(ablated[1:], said[1:])
+    no_marker = gen.ablate(neutral, "marker:present")
+    assert torch.equal(no_marker[6:], table[gen._pad_id].expand(3, -1)) and torch.equal(
+        no_marker[:6], neutral[:6]
+    )
+    assert gen.ablate(said, "sky:blue") is None and gen.ablate(said, "colour:purple") is None
+    with pytest.raises(TypeError, match="sets \\['template'\\] itself"):
+        WorldDiffusionPromptGenerator(template="{}")
+
+
+def test_readout_words_restrict_the_candidates_and_bad_ones_fail(shipped: Any) -> None:
+    from lightning_xai.diffexplainer import DiffusersPromptGenerator
+
+    gen = DiffusersPromptGenerator(shipped, init_word="circle", readout_words=["square", "triangle"])
+    assert {w for w, _ in gen.readout(gen.init_prompt(), k=5).candidates[0]} == {"square", "triangle"}
+    everything = DiffusersPromptGenerator(shipped, init_word="circle")
+    assert everything.readout(everything.init_prompt()).words == ["circle"]
+    with pytest.raises(TypeError, match="non-empty sequence of words"):
+        DiffusersPromptGenerator(shipped, readout_words="circle")
+    with pytest.raises(TypeError, match="must hold strings"):
+        DiffusersPromptGenerator(shipped, readout_words=["circle", 3])

@@ -13,6 +13,9 @@ those images. This package holds the method without any Lightning code:
   - :class:`DiffusersPromptGenerator`: soft tokens in a diffusers pipeline's text-encoder input
     space, a fixed initial latent, a differentiable few-step sampler over ``unet``,
     ``scheduler.step`` and ``vae.decode`` (frozen components; optional checkpointing, bf16/fp16).
+  - :class:`WorldDiffusionPromptGenerator`: soft tokens of the world diffusion model that ships with
+    the package, laid out as a world caption and started neutral (readout among the world's words,
+    ``ablate`` for the bias report's effect check).
 
 * :func:`optimize_prompt`: Adam on the prompt for a :class:`Target` (a class, a head-input neuron
   or a layer's channel), early stopping, classifier preprocessing (:class:`ClassifierInput`).
@@ -41,9 +44,11 @@ from .optimize import (
 )
 from .pixel import PixelImage, pixel_activation_maximisation, total_variation
 from .prompt import PromptGenerator, Readout
+from .world_diffusion_prompt import WORLD_PROMPT_POSITIONS, WorldDiffusionPromptGenerator
 from .world_prompt import WorldPromptGenerator
 
 __all__ = [
+    "WORLD_PROMPT_POSITIONS",
     "BiasReport",
     "ClassifierInput",
     "ConceptDetector",
@@ -54,6 +59,7 @@ __all__ = [
     "Readout",
     "Target",
     "TargetObjective",
+    "WorldDiffusionPromptGenerator",
     "WorldPromptGenerator",
     "ablation_effects",
     "bias_report",

@@ -89,6 +89,10 @@ class DiffusersPromptGenerator:
         dtype: None, ``torch.float32``, ``torch.bfloat16`` or ``torch.float16`` (autocast; float16
             needs a GPU).
         device: Move ``unet``, ``vae`` and ``text_encoder`` there (in place), or None to leave them.
+        readout_words: Words :meth:`readout` may name (the tokens of each word are its candidates), or
+            None for every ordinary token of the tokenizer. A model trained on a small caption
+            vocabulary (the world's) is read more faithfully among the words it was trained on: the
+            embeddings of other tokens never conditioned it and mean nothing to it.
 
     Raises:
         ValueError: For a pipeline missing a component, or a setting outside its range (the message
@@ -129,6 +133,7 @@ class DiffusersPromptGenerator:
         gradient_checkpointing: bool = False,
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
+        readout_words: Sequence[str] | None = None,
     ):
         missing = [name for name in _REQUIRED_COMPONENTS if getattr(pipeline, name, None) is None]
         if missing:
@@ -224,6 +229,20 @@ class DiffusersPromptGenerator:
                 f"{self._capacity}; pass n_tokens or a shorter word"
             )
         self.n_tokens = n_tokens
+        self.readout_words: tuple[str, ...] | None = None
+        self._readout_ids: list[int] | None = None
+        if readout_words is not None:
+            if isinstance(readout_words, str) or not isinstance(readout_words, Sequence) or not readout_words:
+                raise TypeError(
+                    f"readout_words must be None or a non-empty sequence of words, got {readout_words!r}"
+                )
+            for word in readout_words:
+                if not isinstance(word, str):
+                    raise TypeError(f"readout_words must hold strings, got {word!r}")
+            self.readout_words = tuple(readout_words)
+            special = set(tokenizer.all_special_ids)
+            ids = {i for word in self.readout_words for i in self._word_ids(word, "readout word")}
+            self._readout_ids = sorted(ids - special)
 
         if device is not None:
             for module in (unet, vae, text_encoder):
@@ -485,6 +504,13 @@ class DiffusersPromptGenerator:
     def _candidate_ids(self) -> Tensor:
         """Vocabulary ids with a row in the embedding table, special tokens excluded."""
         rows = self._token_embedding.num_embeddings
+        if self._readout_ids is not None:
+            ids = [i for i in self._readout_ids if i < rows]
+            if not ids:
+                raise ValueError(
+                    f"none of readout_words {list(self.readout_words or ())} has a token embedding"
+                )
+            return torch.tensor(ids)
         special = set(self._tokenizer.all_special_ids)
         ids = sorted({i for i in self._tokenizer.get_vocab().values() if i < rows and i not in special})
         if not ids:
