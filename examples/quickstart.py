@@ -4,6 +4,11 @@ Run with ``make demo`` or::
 
     WANDB_MODE=offline python examples/quickstart.py --out runs/quickstart --epochs 6 --seed 0
 
+``--generator diffusion`` (``make demo DEMO_ARGS="--generator diffusion"``) runs DEPICT and DiffExplainer
+through the world diffusion model that ships with the package instead of the renderer: real text-to-image
+generation, offline. The model draws 32x32 scenes, so the classifier then trains on 32x32 renders too; the
+run is a few minutes slower on a CPU.
+
 Everything the run writes goes below ``--out``:
 
 * ``<out>/xai/records.jsonl``: one JSON record per explanation (method, name, epoch, step, payload);
@@ -52,32 +57,71 @@ from lightning_xai.world import (
 # Concepts for TCAV: matched sets (each image is a random scene with the concept planted in it, the random
 # pool is the same scenes without it), so a CAV learns the concept and nothing that comes with it.
 TCAV_CONCEPTS = ("shape:circle", "texture:striped", "texture:dotted", "colour:red")
+GENERATORS = ("renderer", "diffusion")
+IMAGE_SIZE = {"renderer": 64, "diffusion": 32}  # the diffusion model draws 32x32 scenes
 
 
-def build_callbacks() -> list:
-    """Every lightning-xai callback that exists so far, at its defaults (later issues add theirs)."""
-    concepts = {c: concept_set(c, 100, seed=11) for c in TCAV_CONCEPTS}
+def _generative_callbacks(generator: str) -> list:
+    """DEPICT and DiffExplainer through the world's renderer (exact, fast) or its diffusion model."""
+    explainer_args = {
+        "concept_detector": WorldColourMarkerDetector().scores,
+        "core_concepts": get_task("shape_texture").positive_concepts,
+        "show_progress": False,
+    }
+    if generator == "renderer":
+        return [
+            # DEPICT: 200 world scenes rendered from their captions (once), re-scored every second epoch
+            ConceptPermutationCallback(WorldGenerator(), world_concept_table(200, seed=0), n_repeats=5, every_n_epochs=2),
+            # DiffExplainer: per class, a world prompt (logits over each caption slot's words) optimised so its
+            # scenes maximise the class, warm-started every second epoch; concepts the class's scenes show far
+            # more often than an unoptimised prompt's, and that are not the class's own (shape, texture), are
+            # flagged as suspected bias
+            DiffusionExplainerCallback(WorldPromptGenerator(), steps=100, every_n_epochs=2, **explainer_args),
+        ]
+    # the shipped diffusion model draws 32x32 scenes, the size main() trains the classifier at in this mode
+    from lightning_xai.diffexplainer import WorldDiffusionPromptGenerator
+    from lightning_xai.generators import DiffusersGenerator
+    from lightning_xai.world.diffusion import load_world_diffusion
+
+    pipe = load_world_diffusion()
+    return [
+        # DEPICT: 60 captions drawn by the diffusion model (8 DDIM steps, guidance 4) once, re-scored every
+        # second epoch; a permuted row is generated with its original's seed, so only its caption differs
+        ConceptPermutationCallback(
+            DiffusersGenerator(pipe, num_inference_steps=8, guidance_scale=4.0, batch_size=64),
+            world_concept_table(60, seed=0),
+            n_repeats=2,
+            every_n_epochs=2,
+        ),
+        # DiffExplainer: soft tokens laid out as a world caption, started neutral, 4 seeds x 4 DDIM steps
+        DiffusionExplainerCallback(
+            WorldDiffusionPromptGenerator(pipe, seeds=(0, 1, 2, 3)),
+            steps=40,
+            lr=0.005,
+            every_n_epochs=2,
+            **explainer_args,
+        ),
+    ]
+
+
+def build_callbacks(generator: str = "renderer") -> list:
+    """Every lightning-xai callback, at its defaults; DEPICT and DiffExplainer use ``generator``
+    (``"renderer"``: the world's exact renderer; ``"diffusion"``: the shipped world diffusion model)."""
+    if generator not in GENERATORS:
+        raise ValueError(f"generator must be one of {list(GENERATORS)}, got {generator!r}")
+    size = IMAGE_SIZE[generator]
+    concepts = {c: concept_set(c, 100, seed=11, size=size) for c in TCAV_CONCEPTS}
+    depict, diffexplainer = _generative_callbacks(generator)
     return [
         RepresentationDriftCallback(layers=["conv3"]),
         LogicRulesCallback(),
         ConceptAttributionCallback(
-            concepts, random=random_set(100, seed=11), every_n_epochs=2, images_per_class=10, probe_images=2
+            concepts, random=random_set(100, seed=11, size=size), every_n_epochs=2, images_per_class=10, probe_images=2
         ),
-        # DEPICT: 200 world scenes rendered from their captions (once), re-scored every second epoch
-        ConceptPermutationCallback(WorldGenerator(), world_concept_table(200, seed=0), n_repeats=5, every_n_epochs=2),
+        depict,
         # hyperbolic symbol trees on conv5, warm-started each epoch (about 3 s per explained epoch on a CPU)
         SymbolicTreeCallback(steps_per_epoch=50, warmup_steps=50),
-        # DiffExplainer: per class, a world prompt (logits over each caption slot's words) optimised so its scenes
-        # maximise the class, warm-started every second epoch; concepts the class's scenes show far more often than
-        # an unoptimised prompt's, and that are not the class's own (shape, texture), are flagged as suspected bias
-        DiffusionExplainerCallback(
-            WorldPromptGenerator(),
-            steps=100,
-            every_n_epochs=2,
-            concept_detector=WorldColourMarkerDetector().scores,
-            core_concepts=get_task("shape_texture").positive_concepts,
-            show_progress=False,
-        ),
+        diffexplainer,
         # concept drift: every callback above, compared with its previous explained epoch; alerts are warnings
         # and "alert" records, every value is logged as xai/drift/... (monitorable)
         ConceptDriftMonitor(),
@@ -90,6 +134,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=6, help="training epochs (default: 6)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, weights and explainers (default: 0)")
     parser.add_argument("--n-train", type=int, default=2400, help="training scenes (default: 2400)")
+    parser.add_argument(
+        "--generator",
+        choices=GENERATORS,
+        default="renderer",
+        help="what DEPICT and DiffExplainer generate images with: the world's renderer (default, fast) or the "
+        "world diffusion model that ships with the package (needs the diffusion extra; minutes slower)",
+    )
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
@@ -99,7 +150,9 @@ def main(argv: list[str] | None = None) -> dict:
     seed_everything(args.seed, workers=True, verbose=False)
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    datamodule = WorldDataModule(task="shape_texture", n_train=args.n_train, n_val=600, seed=args.seed)
+    datamodule = WorldDataModule(
+        task="shape_texture", n_train=args.n_train, n_val=600, seed=args.seed, size=IMAGE_SIZE[args.generator]
+    )
     model = TinyCNN(num_classes=datamodule.num_classes, classes=datamodule.classes)
     wandb_logger = WandbLogger(project="lightning-xai-quickstart", save_dir=str(out), offline=True)
     trainer = Trainer(
@@ -108,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         devices=1,
         default_root_dir=out,
         logger=[wandb_logger, CSVLogger(out, name="csv")],
-        callbacks=build_callbacks(),
+        callbacks=build_callbacks(args.generator),
         enable_checkpointing=False,
         enable_model_summary=False,
         log_every_n_steps=10,

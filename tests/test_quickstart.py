@@ -115,3 +115,31 @@ def test_wandb_tables_keep_their_keys_and_columns_across_epochs(quickstart_run: 
         assert len(repeated) >= len(keys) / 2, (method, sorted(keys))
         for k in repeated:
             assert all(e["columns"] == history[k][0]["columns"] for e in history[k]), k
+
+
+def test_quickstart_diffusion_mode_explains_through_the_shipped_model() -> None:
+    """``--generator diffusion``: DEPICT and DiffExplainer use the shipped world diffusion model, and every
+    concept set is drawn at its 32x32 (the size the classifier then trains at). A bad choice is refused."""
+    pytest.importorskip("diffusers")
+    import importlib.util
+
+    from lightning_xai.callbacks import (
+        ConceptAttributionCallback,
+        ConceptPermutationCallback,
+        DiffusionExplainerCallback,
+    )
+    from lightning_xai.diffexplainer import WorldDiffusionPromptGenerator
+    from lightning_xai.generators import DiffusersGenerator
+
+    spec = importlib.util.spec_from_file_location("quickstart_module", QUICKSTART)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    callbacks = {type(cb): cb for cb in module.build_callbacks("diffusion")}
+    assert isinstance(callbacks[ConceptPermutationCallback].generator, DiffusersGenerator)
+    assert isinstance(callbacks[DiffusionExplainerCallback].generator, WorldDiffusionPromptGenerator)
+    concepts = callbacks[ConceptAttributionCallback]
+    assert all(tuple(x.shape[-2:]) == (32, 32) for x in concepts.concepts.values())
+    with pytest.raises(ValueError, match=r"generator must be one of \['renderer', 'diffusion'\], got 'gan'"):
+        module.build_callbacks("gan")
+    with pytest.raises(SystemExit):
+        module.main(["--generator", "gan"])
