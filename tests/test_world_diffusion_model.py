@@ -22,7 +22,7 @@ from lightning_xai.world import render_batch, scene_seeds, train_world_concept_d
 from lightning_xai.world.diffusion import WORLD_DIFFUSION_DIR, load_world_diffusion, world_diffusion_held_out
 
 SEEDS_PER_CAPTION = 4
-STEPS, GUIDANCE = 25, 4.0  # the settings the README's figures use
+STEPS, GUIDANCE = 10, 4.0
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_depict_through_the_shipped_model_ranks_concepts_like_the_oracle(shipped
 
     trained = train_tiny_cnn(WEIGHTED, epochs=12, n_train=2000, n_val=300, width=8, seed=0, size=32)
     assert trained.val_acc > 0.9
-    table = world_concept_table(100, task=WEIGHTED, seed=0, concepts=("shape", "texture", "colour"))
+    table = world_concept_table(60, task=WEIGHTED, seed=0, concepts=("shape", "texture", "colour"))
     generator = DiffusersGenerator(shipped, num_inference_steps=8, guidance_scale=GUIDANCE, batch_size=64)
     depict = ConceptPermutation(generator, table, n_repeats=3, seed=0, show_progress=False)
     result = depict.explain(trained.model)
