@@ -96,8 +96,7 @@ def _generative_callbacks(generator: str) -> list:
         # DiffExplainer: soft tokens laid out as a world caption, started neutral, 4 seeds x 4 DDIM steps
         DiffusionExplainerCallback(
             WorldDiffusionPromptGenerator(pipe, seeds=(0, 1, 2, 3)),
-            steps=40,
-            lr=0.005,
+            steps=40,  # Adam lr: the generator's default_lr (0.005 for this model)
             every_n_epochs=2,
             **explainer_args,
         ),

@@ -519,3 +519,22 @@ def test_pickle_round_trip(gen):
     with torch.no_grad():
         assert torch.equal(copy_.render(prompt), gen.render(prompt))
     assert copy_.fingerprint == gen.fingerprint
+
+
+def test_default_lr_is_a_few_percent_of_a_token_and_optimize_prompt_takes_it(pipe, gen):
+    """Adam moves every coordinate by about lr, so the default step is scaled to the token embeddings."""
+    from lightning_xai.diffexplainer import WorldPromptGenerator, optimize_prompt
+
+    norms = pipe.text_encoder.get_input_embeddings().weight.detach().norm(dim=-1)
+    assert gen.default_lr == pytest.approx(0.03 * float(norms.median()))
+    assert WorldPromptGenerator().default_lr == 0.1
+    torch.manual_seed(0)
+    classifier = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    )
+    kwargs = {"steps": 2, "early_stop": None, "image_seeds": (5,)}
+    implicit = optimize_prompt(classifier, gen, 1, **kwargs)
+    explicit = optimize_prompt(classifier, gen, 1, lr=gen.default_lr, **kwargs)
+    assert torch.equal(implicit.prompt, explicit.prompt)
+    larger = optimize_prompt(classifier, gen, 1, lr=10 * gen.default_lr, **kwargs)
+    assert not torch.equal(larger.prompt, implicit.prompt)

@@ -172,7 +172,7 @@ def _explain(model: Any, generator: Any, c: int) -> tuple[Any, Any, dict[str, fl
 
     rule = get_task("shape_texture")
     result = optimize_prompt(
-        model, generator, c, steps=100, lr=0.005, early_stop=3, min_prob=0.9, image_seeds=PROMPT_SEEDS
+        model, generator, c, steps=100, early_stop=3, min_prob=0.9, image_seeds=PROMPT_SEEDS
     )
     reference = generator.images(generator.init_prompt(), PROMPT_SEEDS)
     effects = ablation_effects(

@@ -77,7 +77,9 @@ class DiffusionExplainerCallback(XAICallback):
             None: no bias report.
         core_concepts: The declared core concepts of each class: ``{class index or name: [concepts]}`` or a
             callable ``class index -> concepts``. Needed with a detector.
-        lr: Adam learning rate. Default: 0.1.
+        lr: Adam learning rate; None (default): the generator's ``default_lr`` (0.1 for
+            :class:`~lightning_xai.diffexplainer.WorldPromptGenerator`, 3% of a token embedding's length for
+            soft tokens).
         proximity: Weight of the prior ``||P - P0||^2``; None: the generator's default.
         early_stop: Consecutive steps with the target predicted (probability >= ``min_prob``) that end a
             run (None: never). Default: 3.
@@ -118,7 +120,7 @@ class DiffusionExplainerCallback(XAICallback):
         concept_detector: Callable[[Tensor], Mapping[str, Any]] | None = None,
         *,
         core_concepts: Mapping[Any, Iterable[str]] | Callable[[int], Iterable[str]] | None = None,
-        lr: float = 0.1,
+        lr: float | None = None,
         proximity: float | None = None,
         early_stop: int | None = 3,
         min_prob: float = 0.9,
@@ -155,7 +157,8 @@ class DiffusionExplainerCallback(XAICallback):
                 "targets must name at least one target, or be None for every class."
             )
         check_int("steps", steps, 1)
-        check_interval("lr", lr, 0, math.inf, low_open=True, high_open=True)
+        if lr is not None:
+            check_interval("lr", lr, 0, math.inf, low_open=True, high_open=True)
         if proximity is not None:
             check_interval("proximity", proximity, 0, math.inf, low_open=False, high_open=True)
         if early_stop is not None:
@@ -181,7 +184,7 @@ class DiffusionExplainerCallback(XAICallback):
         self.steps = steps
         self.concept_detector = concept_detector
         self.core_concepts = core_concepts
-        self.lr = float(lr)
+        self.lr = None if lr is None else float(lr)
         self.proximity = proximity
         self.early_stop = early_stop
         self.min_prob = float(min_prob)

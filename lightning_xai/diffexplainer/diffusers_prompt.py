@@ -116,6 +116,9 @@ class DiffusersPromptGenerator:
     """
 
     proximity: float = 0.0
+    default_lr: float
+    """Adam step :func:`~lightning_xai.diffexplainer.optimize_prompt` uses when given none: 3% of the
+    median length of a token embedding, so each step moves a soft token by a few percent of a word."""
 
     def __init__(
         self,
@@ -278,6 +281,10 @@ class DiffusersPromptGenerator:
                 torch.tensor([self.guidance_scale - 1.0]), embedding_dim=unet.config.time_cond_proj_dim
             )
         self._mask_style = _causal_mask_style(self._text_model)
+        norms = self._token_embedding.weight.detach().float().norm(dim=-1)
+        # Adam moves every coordinate by about lr per step, whatever the gradient: the step must be small
+        # against a token's length, which differs by model (0.16 for the world's encoder, about 0.4 for CLIP)
+        self.default_lr = float(0.03 * norms.median())
         self._noise_cache: dict[int, tuple[Tensor, Tensor]] = {}
         self._fixed_noise: dict[str, Tensor] = {}
 

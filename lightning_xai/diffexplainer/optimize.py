@@ -26,6 +26,7 @@ __all__ = [
 ]
 
 TARGET_KINDS = ("class", "neuron", "channel")
+DEFAULT_LR = 0.1  # Adam's step for a generator that names no default_lr
 
 
 @dataclass(frozen=True)
@@ -313,7 +314,7 @@ def optimize_prompt(
     target: int | str | Target,
     *,
     steps: int = 200,
-    lr: float = 0.1,
+    lr: float | None = None,
     init: str | Tensor | None = None,
     proximity: float | None = None,
     early_stop: int | None = 3,
@@ -336,7 +337,9 @@ def optimize_prompt(
         generator: A :class:`~lightning_xai.diffexplainer.PromptGenerator`.
         target: A class index, ``"class:3"``, ``"neuron:12"``, ``"channel:<layer>:5"`` or a :class:`Target`.
         steps: Optimisation step budget.
-        lr: Adam learning rate.
+        lr: Adam learning rate; None: the generator's ``default_lr`` (0.1 where it has none). The scale
+            that works depends on the prompt's space: 0.1 for the world's slot logits, about 3% of a token
+            embedding's length for soft tokens (:class:`DiffusersPromptGenerator`).
         init: Initial prompt: a word or caption for ``generator.init_prompt``, or a prompt tensor (warm start).
         proximity: Weight of the prior ``||P - P0||^2`` (P0: the generator's ``init_prompt()`` for a warm
             start, else the initial prompt). None: the generator's default ``proximity``.
@@ -365,6 +368,7 @@ def optimize_prompt(
     """
     target = Target.parse(target)
     proximity = float(getattr(generator, "proximity", 0.0) if proximity is None else proximity)
+    lr = float(getattr(generator, "default_lr", DEFAULT_LR) if lr is None else lr)
     _check_optimiser_args(steps, lr, early_stop, min_prob, proximity)
     preprocess = preprocess or (lambda x: x)
     device = generator.device

@@ -87,6 +87,8 @@ class PromptGenerator(Protocol):
     * ``readout(prompt, k)`` says in words what the prompt holds (:class:`Readout`).
     * ``fingerprint`` changes whenever the images for a given prompt could change.
     * ``proximity`` is the default weight of the prior ``||prompt - initial prompt||^2``.
+    * Optional: ``default_lr``, the Adam step :func:`~lightning_xai.diffexplainer.optimize_prompt` uses
+      when given none (0.1 otherwise).
     * Optional: ``ablate(prompt, concept)`` returns the prompt with one concept removed (or None when it
       cannot say); the bias report uses it to check that a flagged concept matters to the classifier.
     """

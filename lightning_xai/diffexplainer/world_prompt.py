@@ -78,6 +78,7 @@ class WorldPromptGenerator:
     """
 
     proximity: float = 0.01
+    default_lr: float = 0.1  # Adam step on the slot logits when optimize_prompt is given none
     SLOT_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = _SLOTS
 
     def __init__(
