@@ -292,6 +292,8 @@ def main(argv: list[str] | None = None) -> dict:
         noise = torch.randn(z.shape, generator=gen)
         t = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(rows),), generator=gen)
         noisy = noise_schedule.add_noise(z, noise, t)
+        # encoding every step costs little: precomputing the frozen encoder's states saved 2% (22.1 -> 21.7 s
+        # for 30 steps, bit-identical losses), not worth a second code path
         with torch.set_grad_enabled(train_text):
             cond = text_encoder(tok).last_hidden_state
         pred = unet(noisy, t, encoder_hidden_states=cond).sample
@@ -332,10 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
         generated.append(out.images.float())
     generated = torch.cat(generated)
     accuracy = detector.accuracy(generated, truth)
-    correct = [
-        min(detector.accuracy(generated[i : i + 1], truth[i : i + 1]).values()) == 1.0
-        for i in range(len(truth))
-    ]
+    correct = torch.stack(list(detector.correct(generated, truth).values())).all(0).tolist()
     save_held_out_figure(generated, renders, truth, correct, args.out / "held_out.png")
     timings["eval_s"] = time.perf_counter() - t0
     summary = {

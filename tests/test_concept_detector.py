@@ -73,8 +73,15 @@ def test_accuracy_scores_each_slot_against_what_the_images_should_show(world_con
         for s in scenes
     ]
     assert detector.accuracy(images, shifted) == {"shape": 0.0, "colour": 1.0, "texture": 1.0, "marker": 0.0}
+    # per image: half the claims shifted, so exactly those images are wrong, and only in shape and marker
+    mixed = [shifted[i] if i % 2 else scenes[i] for i in range(len(scenes))]
+    ok = detector.correct(images, mixed)
+    assert ok["shape"].tolist() == ok["marker"].tolist() == [i % 2 == 0 for i in range(len(scenes))]
+    assert ok["colour"].all() and ok["texture"].all()
     with pytest.raises(ValueError, match="got 6 images but 5 slots"):
         detector.accuracy(images, scenes[:5])
+    with pytest.raises(ValueError, match="got 6 images but 5 slots"):
+        detector.correct(images, scenes[:5])
 
 
 @pytest.mark.slow

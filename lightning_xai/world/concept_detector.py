@@ -114,11 +114,24 @@ class WorldConceptDetector(nn.Module):
             for i in range(len(images))
         ]
 
-    def accuracy(self, images: Tensor, slots: Sequence[Slots]) -> dict[str, float]:
-        """Share of ``images`` whose value the detector reads as ``slots`` says, per slot.
+    def correct(self, images: Tensor, slots: Sequence[Slots]) -> dict[str, Tensor]:
+        """Per slot, a bool ``[N]``: whether the detector reads image ``i`` as ``slots[i]`` says.
 
         ``slots[i]`` describes what image ``i`` should show (a caption it was rendered or generated
-        from); a missing shape or colour (``None``) is read correctly as ``"none"``.
+        from); a missing shape or colour (``None``) is read correctly as ``"none"``. One forward pass
+        for all images; ``torch.stack(list(out.values())).all(0)`` marks the images right in every slot.
+
+        Raises:
+            ValueError: If ``images`` and ``slots`` differ in length.
+        """
+        if len(images) != len(slots):
+            raise ValueError(f"got {len(images)} images but {len(slots)} slots; give one Slots per image")
+        probs = self.probabilities(images)
+        truth = _labels(slots)
+        return {slot: probs[slot].argmax(1) == truth[slot] for slot in DETECTOR_SLOTS}
+
+    def accuracy(self, images: Tensor, slots: Sequence[Slots]) -> dict[str, float]:
+        """Share of ``images`` whose value the detector reads as ``slots`` says, per slot (see :meth:`correct`).
 
         Example:
             >>> det, _ = train_world_concept_detector(n_train=64, n_test=32, epochs=1)  # doctest: +SKIP
@@ -126,11 +139,7 @@ class WorldConceptDetector(nn.Module):
             >>> det.accuracy(render_batch(scenes, [0], 64)[0], scenes)  # doctest: +SKIP
             {'shape': 1.0, 'colour': 1.0, 'texture': 1.0, 'marker': 1.0}
         """
-        if len(images) != len(slots):
-            raise ValueError(f"got {len(images)} images but {len(slots)} slots; give one Slots per image")
-        probs = self.probabilities(images)
-        truth = _labels(slots)
-        return {slot: float((probs[slot].argmax(1) == truth[slot]).float().mean()) for slot in DETECTOR_SLOTS}
+        return {slot: float(ok.float().mean()) for slot, ok in self.correct(images, slots).items()}
 
 
 def _labels(slots: Sequence[Slots]) -> dict[str, Tensor]:
