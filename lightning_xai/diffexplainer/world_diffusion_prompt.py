@@ -98,9 +98,11 @@ class WorldDiffusionPromptGenerator(DiffusersPromptGenerator):
         )
         self._neutral = self._neutral_prompt()
         self.default_lr = 0.005  # measured (the class docstring); 3% of a token's length would be 0.0048
-        pad = self._token_embedding.weight.detach()[self._pad_id].to(torch.float32)
         # "marker" removed is the caption without it, whose tail is padding (neutral still draws it half the time)
-        self._absent = {"marker": pad.expand(len(_SLOT_POSITIONS["marker"]), -1)}
+        self._absent = {"marker": self._pad_embedding().expand(len(_SLOT_POSITIONS["marker"]), -1)}
+
+    def _pad_embedding(self) -> Tensor:
+        return self._token_embedding.weight.detach()[self._pad_id].to(torch.float32)
 
     def _word_embedding(self, word: str) -> Tensor:
         ids = self._word_ids(word, "world word")
@@ -115,7 +117,7 @@ class WorldDiffusionPromptGenerator(DiffusersPromptGenerator):
         def mean(words: Sequence[str]) -> Tensor:
             return torch.stack([self._word_embedding(w) for w in words]).mean(0)
 
-        pad = self._token_embedding.weight.detach()[self._pad_id].to(torch.float32)
+        pad = self._pad_embedding()
         rows = [
             mean(COLOURS),
             mean(SHAPES),
