@@ -57,8 +57,8 @@ from lightning_xai.world import (
 # Concepts for TCAV: matched sets (each image is a random scene with the concept planted in it, the random
 # pool is the same scenes without it), so a CAV learns the concept and nothing that comes with it.
 TCAV_CONCEPTS = ("shape:circle", "texture:striped", "texture:dotted", "colour:red")
-GENERATORS = ("renderer", "diffusion")
 IMAGE_SIZE = {"renderer": 64, "diffusion": 32}  # the diffusion model draws 32x32 scenes
+GENERATORS = tuple(IMAGE_SIZE)
 
 
 def _generative_callbacks(generator: str) -> list:
@@ -95,7 +95,7 @@ def _generative_callbacks(generator: str) -> list:
         ),
         # DiffExplainer: soft tokens laid out as a world caption, started neutral, 4 seeds x 4 DDIM steps
         DiffusionExplainerCallback(
-            WorldDiffusionPromptGenerator(pipe, seeds=(0, 1, 2, 3)),
+            WorldDiffusionPromptGenerator(pipe),
             steps=40,  # Adam lr: the generator's default_lr (0.005 for this model)
             every_n_epochs=2,
             **explainer_args,

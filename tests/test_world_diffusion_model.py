@@ -165,7 +165,13 @@ def prompt_generator(shipped: Any) -> Any:
     return WorldDiffusionPromptGenerator(shipped, num_inference_steps=4, seeds=PROMPT_SEEDS)
 
 
-def _explain(model: Any, generator: Any, c: int) -> tuple[Any, Any, dict[str, float]]:
+@pytest.fixture(scope="module")
+def neutral_images(prompt_generator: Any) -> Any:
+    """The unoptimised (neutral) prompt's images: every bias report's reference."""
+    return prompt_generator.images(prompt_generator.init_prompt(), PROMPT_SEEDS)
+
+
+def _explain(model: Any, generator: Any, c: int, reference: Any) -> tuple[Any, Any, dict[str, float]]:
     """Optimise class ``c``'s soft tokens; bias report by the world's pixel-rule detector, checked by ablation."""
     from lightning_xai.diffexplainer import ablation_effects, bias_report, optimize_prompt
     from lightning_xai.world import COLOURS, WorldColourMarkerDetector, get_task
@@ -174,7 +180,6 @@ def _explain(model: Any, generator: Any, c: int) -> tuple[Any, Any, dict[str, fl
     result = optimize_prompt(
         model, generator, c, steps=100, early_stop=3, min_prob=0.9, image_seeds=PROMPT_SEEDS
     )
-    reference = generator.images(generator.init_prompt(), PROMPT_SEEDS)
     effects = ablation_effects(
         model, generator, result, ["marker:present", *[f"colour:{k}" for k in COLOURS]]
     )
@@ -190,22 +195,22 @@ def _explain(model: Any, generator: Any, c: int) -> tuple[Any, Any, dict[str, fl
 
 
 @pytest.fixture(scope="module")
-def clean_prompts(prompt_generator: Any) -> dict[int, Any]:
+def clean_prompts(prompt_generator: Any, neutral_images: Any) -> dict[int, Any]:
     """Each explained class of a TinyCNN trained on 32x32 renders of the default task."""
     from lightning_xai.world import train_tiny_cnn
 
     trained = train_tiny_cnn("shape_texture", seed=0, size=32)
     assert trained.val_acc > 0.95
-    return {c: _explain(trained.model, prompt_generator, c) for c in EXPLAINED}
+    return {c: _explain(trained.model, prompt_generator, c, neutral_images) for c in EXPLAINED}
 
 
 @pytest.fixture(scope="module")
-def shortcut_prompt(prompt_generator: Any) -> Any:
+def shortcut_prompt(prompt_generator: Any, neutral_images: Any) -> Any:
     """Class 0 of a TinyCNN trained with the marker in exactly class 0's training scenes (the shortcut)."""
     from lightning_xai.world import train_tiny_cnn
 
     shortcut = train_tiny_cnn("shape_texture", seed=0, size=32, spurious_class=0, spurious_p=1.0)
-    return _explain(shortcut.model, prompt_generator, 0)
+    return _explain(shortcut.model, prompt_generator, 0, neutral_images)
 
 
 @pytest.mark.slow

@@ -243,9 +243,9 @@ class DiffusersPromptGenerator:
                 if not isinstance(word, str):
                     raise TypeError(f"readout_words must hold strings, got {word!r}")
             self.readout_words = tuple(readout_words)
-            special = set(tokenizer.all_special_ids)
-            ids = {i for word in self.readout_words for i in self._word_ids(word, "readout word")}
-            self._readout_ids = sorted(ids - special)
+            self._readout_ids = [
+                i for word in self.readout_words for i in self._word_ids(word, "readout word")
+            ]
 
         if device is not None:
             for module in (unet, vae, text_encoder):
@@ -511,15 +511,13 @@ class DiffusersPromptGenerator:
     def _candidate_ids(self) -> Tensor:
         """Vocabulary ids with a row in the embedding table, special tokens excluded."""
         rows = self._token_embedding.num_embeddings
-        if self._readout_ids is not None:
-            ids = [i for i in self._readout_ids if i < rows]
-            if not ids:
-                raise ValueError(
-                    f"none of readout_words {list(self.readout_words or ())} has a token embedding"
-                )
-            return torch.tensor(ids)
         special = set(self._tokenizer.all_special_ids)
-        ids = sorted({i for i in self._tokenizer.get_vocab().values() if i < rows and i not in special})
+        pool = self._tokenizer.get_vocab().values() if self._readout_ids is None else self._readout_ids
+        ids = sorted({i for i in pool if i < rows and i not in special})
+        if not ids and self.readout_words is not None:
+            raise ValueError(
+                f"none of readout_words {list(self.readout_words)} has an ordinary token embedding"
+            )
         if not ids:
             raise ValueError("the tokenizer has no ordinary tokens to read the prompt out with")
         return torch.tensor(ids)
