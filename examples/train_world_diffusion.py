@@ -59,7 +59,12 @@ def training_captions(n: int, rng: np.random.Generator, held_out: set[tuple[str,
 
 
 def save_held_out_figure(
-    generated: torch.Tensor, renders: torch.Tensor, truth: list[Slots], correct: list[bool], path: Path
+    generated: torch.Tensor,
+    renders: torch.Tensor,
+    truth: list[Slots],
+    correct: list[bool],
+    path: Path,
+    settings: str = "25 DDIM steps, guidance 4",
 ) -> None:
     """One generated image per held-out caption above the world's render of the same caption.
 
@@ -92,7 +97,7 @@ def save_held_out_figure(
                     ax.set_title(words, fontsize=7, color="black" if ok else "red")
                 if c == 0:
                     ax.set_ylabel(label, fontsize=7)
-    fig.suptitle("Held-out captions: generated (25 DDIM steps, guidance 4) above rendered", fontsize=9)
+    fig.suptitle(f"Held-out captions: generated ({settings}) above rendered", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -335,7 +340,8 @@ def main(argv: list[str] | None = None) -> dict:
     generated = torch.cat(generated)
     accuracy = detector.accuracy(generated, truth)
     correct = torch.stack(list(detector.correct(generated, truth).values())).all(0).tolist()
-    save_held_out_figure(generated, renders, truth, correct, args.out / "held_out.png")
+    settings = f"{args.eval_steps} DDIM steps, guidance {args.guidance:g}"
+    save_held_out_figure(generated, renders, truth, correct, args.out / "held_out.png", settings)
     timings["eval_s"] = time.perf_counter() - t0
     summary = {
         "accuracy": accuracy,
