@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from lightning_xai.callbacks.base import ExplainResult, XAICallback, check_int, check_interval, run_share
 from lightning_xai.capture import ValidationSample, resolve_layer
+from lightning_xai.panels import heat_overlay, panel_figure
 from lightning_xai.records import Chart, Media, Table
 from lightning_xai.tcav.cav import CAV_KINDS
 from lightning_xai.tcav.data import IMAGE_EXTENSIONS, check_images, describe_source
@@ -610,26 +611,10 @@ def _display(image: Tensor) -> Tensor:
 
 
 def _maps_figure(image: Tensor, maps: np.ndarray, concepts: list[str], attr: dict[str, float], top: str, layer: str) -> Any:
-    from matplotlib.figure import Figure
-
-    n = len(concepts) + 1
-    cols = min(n, 5)
-    rows = math.ceil(n / cols)
-    fig = Figure(figsize=(2.2 * cols, 2.4 * rows), dpi=100)
-    img = image.permute(1, 2, 0).numpy()
-    ax = fig.add_subplot(rows, cols, 1)
-    ax.imshow(img)
-    ax.set_title(f"pred: {top}", fontsize=8)
-    ax.axis("off")
-    for j, concept in enumerate(concepts):
-        ax = fig.add_subplot(rows, cols, j + 2)
-        ax.imshow(img)
-        ax.imshow(maps[j], cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
-        ax.set_title(f"{concept}\nattr {attr[concept]:.3f}", fontsize=7)
-        ax.axis("off")
-    fig.suptitle(f"Visual-TCAV concept maps at {layer}", fontsize=9)
-    fig.tight_layout()
-    return fig
+    """The probe, then each concept's map over it (jet, 45% opacity) titled with its attribution."""
+    panels = [image] + [heat_overlay(image, maps[j]) for j in range(len(concepts))]
+    titles = [f"pred: {top}"] + [f"{concept}\nattr {attr[concept]:.3f}" for concept in concepts]
+    return panel_figure(panels, titles, f"Visual-TCAV concept maps at {layer}", cols=5)
 
 
 def _grouped_bars(

@@ -6,7 +6,6 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
@@ -31,6 +30,7 @@ from lightning_xai.diffexplainer import (
     optimize_prompt,
     suspects,
 )
+from lightning_xai.panels import panel_figure
 from lightning_xai.records import Chart, Media, Table
 
 __all__ = ["DiffusionExplainerCallback"]
@@ -511,20 +511,13 @@ def _entry(target: Target, data: dict[str, Any], previous_readout: dict[str, Any
 
 
 def _image_figure(images: Tensor, entry: dict[str, Any], epoch: int, max_images: int = 8) -> Any:
-    from matplotlib.figure import Figure
-
+    """The optimised prompt's images, each titled with the class probability, the readout over all."""
     n = min(max_images, len(images))
-    fig = Figure(figsize=(1.6 * n, 2.1), dpi=100)
     probs = entry["probabilities"] or []
-    for i in range(n):
-        ax = fig.add_subplot(1, n, i + 1)
-        ax.imshow(np.clip(images[i].permute(1, 2, 0).float().numpy(), 0, 1))
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i < len(probs):
-            ax.set_title(f"p={probs[i]:.2f}", fontsize=8)
     flagged = (entry["bias"] or {}).get("flagged", [])
     note = f"; flagged: {', '.join(flagged)}" if flagged else ""
-    fig.suptitle(f'{entry["label"]}, epoch {epoch}: "{entry["readout"]["caption"]}"{note}', fontsize=9)
-    fig.tight_layout()
-    return fig
+    return panel_figure(
+        [images[i] for i in range(n)],
+        [f"p={probs[i]:.2f}" if i < len(probs) else "" for i in range(n)],
+        f'{entry["label"]}, epoch {epoch}: "{entry["readout"]["caption"]}"{note}',
+    )

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_xai.panels import heat_overlay
+
 from .semantics import SymbolSemantics
 from .tree import TreeNode, _dot_id
 
@@ -169,9 +171,6 @@ def semantics_grid(semantics: Sequence[SymbolSemantics], images: Tensor, scale: 
         >>> tuple(semantics_grid(sem, torch.rand(2, 3, 8, 8)).shape)
         (3, 16, 36)
     """
-    from matplotlib import colormaps
-
-    jet = colormaps["jet"]
     rows = max(1, len(semantics))
     cols = max([1, *(len(s.images) for s in semantics)])
     h, w = int(images.shape[-2]) * scale, int(images.shape[-1]) * scale
@@ -179,8 +178,7 @@ def semantics_grid(semantics: Sequence[SymbolSemantics], images: Tensor, scale: 
     for r, sem in enumerate(semantics):
         for c, idx in enumerate(sem.images):
             base = torch.from_numpy(_display(images[idx])).permute(2, 0, 1)
-            heat = torch.from_numpy(jet(sem.maps[c].numpy())[..., :3]).permute(2, 0, 1).float()
-            cell = 0.55 * base + 0.45 * heat
+            cell = heat_overlay(base, sem.maps[c])
             cell = cell.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
             y, x = r * (h + gap), c * (w + gap)
             grid[:, y : y + h, x : x + w] = cell

@@ -1,0 +1,79 @@
+"""``lightning_xai.panels``: image panels drawn with numpy, titles with matplotlib."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_xai.panels import heat_overlay, panel_figure
+from lightning_xai.records import figure_to_array
+
+
+def _solid(rgb: tuple[float, float, float], size: int = 16) -> torch.Tensor:
+    return torch.tensor(rgb, dtype=torch.float32)[:, None, None].expand(3, size, size).clone()
+
+
+def test_panels_land_side_by_side_enlarged_and_sharp() -> None:
+    red, blue = _solid((1, 0, 0)), _solid((0, 0, 1))
+    out = figure_to_array(panel_figure([red, blue], panel_px=64))  # 16 px panels enlarged 4x, no titles
+    h, w, _ = out.shape
+    is_red = (out[..., 0] > 240) & (out[..., 1] < 15) & (out[..., 2] < 15)
+    is_blue = (out[..., 2] > 240) & (out[..., 0] < 15) & (out[..., 1] < 15)
+    assert is_red.sum() == 64 * 64 and is_blue.sum() == 64 * 64  # every pixel of both panels, nothing blended
+    red_cols, blue_cols = np.nonzero(is_red.any(0))[0], np.nonzero(is_blue.any(0))[0]
+    assert red_cols.max() < blue_cols.min()  # left to right, in order
+    assert blue_cols.min() - red_cols.max() > 1  # with white between them
+    assert h < 64 + 20 and w < 2 * 64 + 20  # no room for titles that are not there
+
+
+def test_titles_are_drawn_above_their_panels_and_rows_wrap() -> None:
+    panels = [_solid((0, 1, 0)) for _ in range(3)]
+    plain = figure_to_array(panel_figure(panels, cols=2, panel_px=32))
+    titled = figure_to_array(panel_figure(panels, ["one", "two\nlines", ""], "all of them", cols=2, panel_px=32))
+    # two rows of panels; titles add a band per row and one for the figure's title
+    green = (plain[..., 1] > 240) & (plain[..., 0] < 15)
+    rows = np.nonzero(green.any(1))[0]
+    assert np.any(np.diff(rows) > 1) and green.sum() == 3 * 32 * 32
+    assert titled.shape[0] > plain.shape[0] + 2 * 10
+    g = (titled[..., 1] > 240) & (titled[..., 0] < 15)
+    first_green_row = int(np.nonzero(g.any(1))[0][0])
+    band = titled[:first_green_row]
+    assert (band.min(-1) < 100).any()  # dark text above the first panel row
+
+
+@pytest.mark.parametrize(
+    ("panels", "titles", "match"),
+    [
+        ([], None, "at least one panel"),
+        ([torch.zeros(3, 8, 8), torch.zeros(3, 8, 9)], None, "share one size"),
+        ([torch.zeros(3, 8, 8)], ["a", "b"], "2 titles for 1 panels"),
+        ([torch.zeros(8, 8)], None, r"must be an image \[C, H, W\]"),
+    ],
+)
+def test_bad_panels_are_named(panels: list, titles: list | None, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        panel_figure(panels, titles)
+
+
+def test_heat_overlay_blends_the_colour_map_like_imshow_with_alpha() -> None:
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    image = torch.rand(3, 6, 6, generator=torch.Generator().manual_seed(0))
+    heat = torch.linspace(0, 1, 36).reshape(6, 6)
+    assert torch.equal(heat_overlay(image, heat, alpha=0.0), image)
+    ours = heat_overlay(image, heat, alpha=0.45)
+    # matplotlib itself: the image, the heat map over it with alpha, drawn 1:1 and read back
+    fig = Figure(figsize=(0.6, 0.6), dpi=10)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.imshow(heat.numpy(), cmap=colormaps["jet"], alpha=0.45, vmin=0, vmax=1, interpolation="nearest")
+    drawn = torch.from_numpy(figure_to_array(fig)).float().permute(2, 0, 1) / 255
+    assert drawn.shape == ours.shape
+    assert (drawn - ours).abs().max() < 3 / 255
+    with pytest.raises(ValueError, match="alpha must lie in"):
+        heat_overlay(image, heat, alpha=1.5)
+    with pytest.raises(ValueError, match="heat map is"):
+        heat_overlay(image, heat[:3])
