@@ -519,6 +519,7 @@ class ConceptAttribution:
         self.seed = int(seed)
         self.cache = cache if cache is not None else ActivationCache()
         self._loaded: dict[str, tuple[Hashable, Tensor]] = {}
+        self._fingerprints: dict[str, tuple[Tensor, int, str]] = {}
         self._cavs: dict[tuple, CAVSet] = {}
         self._token: Hashable | None = None
 
@@ -539,6 +540,7 @@ class ConceptAttribution:
             self.cache.begin(token)
             self._cavs.clear()
             self._loaded.clear()
+            self._fingerprints.clear()
 
     def release(self) -> None:
         """Drop cached activations, CAVs and loaded images now (the next call rebuilds them).
@@ -550,6 +552,7 @@ class ConceptAttribution:
         self.cache.begin(None)
         self._cavs.clear()
         self._loaded.clear()
+        self._fingerprints.clear()
 
     def _ensure_state(self) -> None:
         if self._token is None or self._token[0] == "auto":
@@ -564,15 +567,23 @@ class ConceptAttribution:
         return list(self._layers)
 
     def _images(self, name: str) -> Tensor:
-        """A concept's (or the pool's) images, loaded once per model state; tensors are re-read every time."""
+        """A concept's (or the pool's) images, loaded and checked once per model state.
+
+        A tensor source is read again when it was modified in place since (its version counter moved), so
+        editing a concept's tensor between two calls is never missed.
+        """
         source = self.random_source if name == RANDOM else self.sources[name]
+        # one explained epoch asks for every set many times (per class, layer and probe): loading, checking
+        # and hashing them each time cost about as much as the CAVs themselves
+        key = (self._token, source._version, source.data_ptr()) if isinstance(source, Tensor) else self._token
+        cached = self._loaded.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         if isinstance(source, Tensor):
             images = load_images(name if name != RANDOM else "random pool", source, input_shape=self.input_shape,
                                  max_images=None if name == RANDOM else self.max_images)
+            self._loaded[name] = (key, images)
             return images
-        cached = self._loaded.get(name)
-        if cached is not None and cached[0] == self._token:
-            return cached[1]
         images = load_images(
             name if name != RANDOM else "random pool",
             source,
@@ -581,8 +592,17 @@ class ConceptAttribution:
             max_images=None if name == RANDOM else self.max_images,
             min_images=3 if name == RANDOM else 2,
         )
-        self._loaded[name] = (self._token, images)
+        self._loaded[name] = (key, images)
         return images
+
+    def _fingerprint(self, name: str, images: Tensor) -> str:
+        """:func:`fingerprint` of a set's images, computed once per loaded tensor (see :meth:`_images`)."""
+        cached = self._fingerprints.get(name)
+        if cached is not None and cached[0] is images and cached[1] == images._version:
+            return cached[2]
+        fp = fingerprint(images)
+        self._fingerprints[name] = (images, images._version, fp)
+        return fp
 
     def _set_input_shape(self, inputs: Tensor) -> None:
         if self.input_shape is None:
@@ -607,7 +627,7 @@ class ConceptAttribution:
                     f"{list(pool.shape[1:])}; both must be preprocessed like the model's inputs."
                 )
         layers = list(layers) if layers is not None else self.layers(pool)
-        set_fps = {name: fingerprint(x) for name, x in {**images, RANDOM: pool}.items()}
+        set_fps = {name: self._fingerprint(name, x) for name, x in {**images, RANDOM: pool}.items()}
         fps = tuple(set_fps.items())
         config = (self.cav, self.n_random, self.random_set_size, self.seed, self.l2, self.max_iter)
         keys = {layer: (self._token, layer, fps, config) for layer in layers}
