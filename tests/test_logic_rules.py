@@ -518,6 +518,7 @@ def test_head_inside_sequential_with_dropout_in_a_trainer(tmp_path: Path) -> Non
     [
         ({"max_grounding_images": -1}, "max_grounding_images must be an integer >= 0"),
         ({"max_predicates_per_image": 0}, "max_predicates_per_image must be an integer >= 1"),
+        ({"grounding_every": 0}, "grounding_every must be an integer >= 1"),
         ({"scoring": "vote"}, r"choose one of \['auto', 'restricted_logit', 'share'\]"),
         ({"source": "all"}, r"choose one of \['correct', 'predicted'\]"),
         ({"crossfit_folds": 1}, "crossfit_folds must be 0"),
@@ -706,6 +707,35 @@ def test_previous_vocabularies_survive_checkpoint_and_resume(tmp_path: Path) -> 
     assert rec.payload["jaccard_prev"] == [None if math.isnan(v) else pytest.approx(v) for v in expected]
     assert [h["epoch"] for h in rec.payload["history"]] == [0, 1, 2]
     assert "xai/logic_rules/jaccard_prev" in trainer2.callback_metrics
+
+
+def test_grounding_runs_every_n_explained_epochs_the_first_and_the_last(tmp_path: Path) -> None:
+    def run(cb: LogicRulesCallback, max_epochs: int, name: str, ckpt_path: Path | None = None) -> dict[int, bool]:
+        ckpt = ModelCheckpoint(dirpath=tmp_path / f"ckpt_{name}", save_last=True)
+        trainer = make_trainer(tmp_path, [cb, ckpt], max_epochs=max_epochs, enable_checkpointing=True,
+                               logger=CSVLogger(tmp_path, name=name))
+        seed_everything(0)
+        trainer.fit(SmallNet(), BlobData(), ckpt_path=ckpt_path)
+        records = read_records(tmp_path / name / "version_0", method="logic_rules")
+        grounded = {r.epoch: r.payload["grounding"] is not None for r in records}
+        # the perturbation study keeps the same cadence, and the rules are learned every epoch regardless
+        assert grounded == {r.epoch: r.payload["perturbation"] is not None for r in records}
+        assert all(r.payload["global_rules"] for r in records)
+        return grounded
+
+    kwargs = {"on_error": "raise", "max_grounding_images": 2, "max_perturbation_images": 2, "grounding_every": 3}
+    # epochs 0 and 3 (every third explained epoch, from the first) and 4 (the fit's last); 1 and 2 learn rules only
+    assert run(LogicRulesCallback(**kwargs), 5, "every3") == {0: True, 1: False, 2: False, 3: True, 4: True}
+    # every second epoch explained (1, 3, 5): the first of them grounds, the second does not, and 5 is the last
+    sparse = LogicRulesCallback(every_n_epochs=2, **kwargs)
+    assert run(sparse, 6, "sparse") == {1: True, 3: False, 5: True}
+    # the count continues across a resume: epochs 0-1 explained before the checkpoint, so epoch 2 is skipped
+    # and epoch 3 (the fourth explained) grounds again
+    first = LogicRulesCallback(**kwargs)
+    run(first, 2, "before")
+    resumed = LogicRulesCallback(**kwargs)
+    assert run(resumed, 6, "after", ckpt_path=tmp_path / "ckpt_before" / "last.ckpt") == {2: False, 3: True, 4: False, 5: True}
+    assert LogicRulesCallback().grounding_every == 5
 
 
 def test_without_labels_vocabularies_come_from_predictions(tmp_path: Path) -> None:
