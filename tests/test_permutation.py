@@ -374,6 +374,18 @@ def test_callback_state_round_trips(tmp_path: Path) -> None:
     assert ConceptPermutationCallback(WorldGenerator(), world_concept_table(11)).state_key != cb.state_key
 
 
+def test_state_key_hashes_the_table_once_and_follows_a_new_table(monkeypatch) -> None:
+    # Lightning reads state_key at every hook call; the table is hashed once per table object
+    hashed: list[int] = []
+    real = ConceptTable.fingerprint
+    monkeypatch.setattr(ConceptTable, "fingerprint", lambda self: hashed.append(self.n) or real(self))
+    cb = ConceptPermutationCallback(WorldGenerator(), world_concept_table(10))
+    key = cb.state_key
+    assert all(cb.state_key == key for _ in range(50)) and hashed == [10]
+    cb.concept_table = world_concept_table(12)
+    assert cb.state_key != key and hashed == [10, 12]
+
+
 def test_callback_reads_a_csv_table(tmp_path: Path) -> None:
     table = world_concept_table(8, seed=0)
     lines = ["shape,colour,texture,marker,label"] + [

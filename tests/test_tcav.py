@@ -484,6 +484,28 @@ def test_concept_set_errors_are_clear(tmp_path: Path) -> None:
         ConceptAttribution(model, ["conv9"], {"a": random_set(4, seed=0)}, random_set(8, seed=0))
 
 
+def test_each_set_is_loaded_and_hashed_once_per_model_state_unless_edited(monkeypatch) -> None:
+    import lightning_xai.tcav.explainer as explainer_module
+
+    hashed: list[tuple[int, ...]] = []
+    real = explainer_module.fingerprint
+    monkeypatch.setattr(explainer_module, "fingerprint", lambda x: hashed.append(tuple(x.shape)) or real(x))
+    model = TinyCNN(num_classes=6).eval()
+    striped = concept_set("texture:striped", 8, seed=1)
+    ex = ConceptAttribution(model, ["conv5"], {"striped": striped}, random_set(16, seed=1), n_random=2)
+    ex.begin(("epoch", 0))
+    first = ex.cavs()["conv5"].vectors.clone()
+    assert sorted(hashed) == [(8, 3, 64, 64), (16, 3, 64, 64)]  # the concept set and the pool, once each
+    for _ in range(3):
+        ex.cavs()
+    assert len(hashed) == 2  # the same epoch asks again: nothing is hashed again
+    striped[:4] = concept_set("texture:dotted", 4, seed=1)  # edited in place: read and hashed anew
+    assert not torch.allclose(first, ex.cavs()["conv5"].vectors) and hashed[2:] == [(8, 3, 64, 64)]
+    ex.begin(("epoch", 1))  # a new model state hashes each set once more
+    ex.cavs()
+    assert len(hashed) == 5
+
+
 def test_activation_cache_is_keyed_by_the_data_and_the_model_state() -> None:
     torch.manual_seed(0)
     model = TinyCNN(num_classes=6).eval()
