@@ -35,6 +35,7 @@ from lightning_xai.callbacks.symbolic_tree import SymbolicTreeCallback
 #: SymbolicTreeCallback arguments per configuration (on top of the defaults)
 CONFIGS: dict[str, dict[str, Any]] = {
     "defaults (100 steps/epoch, +100 warm-up)": {},
+    "defaults, no early stop (stop_at=None)": {"stop_at": None},
     "quickstart (50 steps/epoch, +50 warm-up)": {"steps_per_epoch": 50, "warmup_steps": 50},
     "defaults, no visual semantics": {"semantic_symbols": 0},
     "200 steps/epoch": {"steps_per_epoch": 200},

@@ -374,6 +374,31 @@ def test_digits_fidelity_structure_and_geometry(digits, digits_explained) -> Non
     assert_on_ball(fitter.model)
 
 
+@pytest.mark.slow
+def test_a_warm_start_that_already_agrees_stops_early_and_one_that_does_not_runs_on(digits, digits_explained) -> None:
+    fitter, res = digits_explained
+    state = fitter.state_dict()
+    feats, teacher = digits["features"][res.fit_rows], digits["logits"].argmax(1)[res.fit_rows]
+    # the same images again: the surrogate agrees from the first steps, so the fit stops at min_steps
+    warm = SymbolicFitter.from_state_dict(state)
+    report = warm.fit(feats, teacher, 100, stop_at=0.9, min_steps=20, check_every=10)
+    assert report.stopped_early and report.steps == 20 and report.total_steps == state["total_steps"] + 20
+    assert report.agreement >= 0.9 and report.to_dict()["stopped_early"] is True
+    held = digits["features"][res.heldout_rows]
+    held_teacher = digits["logits"].argmax(1)[res.heldout_rows]
+    assert fidelity(warm.model.encode(held).predictions, held_teacher, 10)["accuracy"] >= 0.90
+    # a teacher the features cannot predict (the labels shuffled across images): every step runs
+    shuffled = teacher[torch.randperm(len(teacher), generator=torch.Generator().manual_seed(0))]
+    moved = SymbolicFitter.from_state_dict(state)
+    report = moved.fit(feats, shuffled, 40, stop_at=0.9, min_steps=20, check_every=10)
+    assert not report.stopped_early and report.steps == 40 and report.agreement < 0.9
+    # without stop_at every step runs, as before
+    assert SymbolicFitter.from_state_dict(state).fit(feats, teacher, 30).steps == 30
+    for bad, match in (({"stop_at": 0.0}, r"stop_at must lie in \(0, 1\]"), ({"min_steps": 0}, "min_steps must be")):
+        with pytest.raises(ValueError, match=match):
+            warm.fit(feats, teacher, 5, **bad)
+
+
 def assert_on_ball(model: SymbolicModel) -> None:
     """Every codebook is a geoopt ManifoldParameter of a Poincaré ball and every code lies inside it."""
     assert len(model.codebooks) == model.num_levels
@@ -449,6 +474,24 @@ def test_world_fidelity_held_out_and_structure(world_run, trained_world) -> None
     assert all((Path(trainer.log_dir) / "xai" / m["path"]).is_file() for m in p["media"])
     assert sorted(k for k in p["text"] if k.startswith("dot/")) == [f"dot/class_{c}" for c in range(6)]
     assert p["rules"][0]["text"].startswith(f"class 0 ({trained_world.classes[0]}) <- S2_")
+    # the first fit runs its warm-up and steps in full, however well it agrees
+    assert p["fit"]["steps"] == 200 and p["fit"]["stopped_early"] is False
+
+
+@pytest.mark.slow
+def test_world_refit_on_a_settled_model_stops_after_min_steps(world_run, trained_world, tmp_path: Path) -> None:
+    cb, _, _ = world_run
+    model, dm = trained_world
+    warm = SymbolicTreeCallback(on_error="raise")
+    warm.load_state_dict(copy.deepcopy(cb.state_dict()))  # as after a resume: warm-starts from that fit
+    trainer = Trainer(default_root_dir=tmp_path, logger=CSVLogger(tmp_path, name="logs"), enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=[warm])  # fmt: skip
+    trainer.validate(copy.deepcopy(model), dm, verbose=False)
+    (rec,) = read_records(trainer.log_dir, method="symbolic_tree")
+    p = rec.payload
+    # the classifier did not move: the surrogate agrees at once, so 20 steps instead of 100, same fidelity
+    assert p["warm_start_epoch"] == 0 and p["fit"]["stopped_early"] is True and p["fit"]["steps"] == 20
+    assert p["fit"]["agreement"] >= 0.99 and p["fidelity"]["accuracy"] >= 0.90
 
 
 # ------------------------------------------------------------------------------------------------ callback
@@ -541,6 +584,8 @@ def test_callback_logs_trees_rules_usage_semantics_drift_and_resumes_from_checkp
         ({"loss_weights": {"edge": -1.0}}, "LossWeights.edge must be a finite number >= 0"),
         ({"class_names": "ab"}, "class_names must be a list of str"),
         ({"every_n_epochs": 0}, "every_n_epochs must be an integer >= 1"),
+        ({"stop_at": 1.5}, r"stop_at must lie in \(0.0, 1.0\]"),
+        ({"min_steps": 0}, "min_steps must be an integer >= 1"),
     ],
 )
 def test_bad_arguments_are_rejected(kwargs: dict, match: str) -> None:

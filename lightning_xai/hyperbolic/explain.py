@@ -101,6 +101,8 @@ def explain_symbols(
     class_names: Sequence[str] | None = None,
     prune: float = 0.3,
     class_share: float = 0.5,
+    stop_at: float | None = None,
+    min_steps: int = 20,
 ) -> SymbolicExplanation:
     """Fit ``fitter`` for ``steps`` more steps on part of the images and explain all of them.
 
@@ -113,6 +115,8 @@ def explain_symbols(
         seed: seed of the split.
         class_names: class names for trees and rules.
         prune, class_share: see :func:`~lightning_xai.hyperbolic.read_hierarchy`.
+        stop_at, min_steps: early stop of the fit (see :meth:`~lightning_xai.hyperbolic.SymbolicFitter.fit`);
+            only the fitting images count, so the held-out fidelity stays held out.
 
     Raises:
         lightning_xai.hyperbolic.FeatureMapError: ``features`` is not a spatial feature map.
@@ -128,7 +132,7 @@ def explain_symbols(
         raise ValueError(f"the classifier has {classifier_logits.shape[1]} logits but the symbolic model {n_classes} classes.")
     teacher = classifier_logits.argmax(1).cpu()
     fit_rows, held = heldout_split(features.shape[0], holdout, seed)
-    report = fitter.fit(features[fit_rows], teacher[fit_rows], steps)
+    report = fitter.fit(features[fit_rows], teacher[fit_rows], steps, stop_at=stop_at, min_steps=min_steps)
     model = fitter.model
     encoding = model.encode(features)
     pred = encoding.predictions

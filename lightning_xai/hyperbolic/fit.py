@@ -12,6 +12,7 @@ resumed run makes the same steps as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,10 @@ class FitReport:
         losses: every loss term, averaged over the last quarter of the steps.
         restarts: codes moved back onto the data because nobody used them.
         initialised: whether this call placed the codebooks on the data (first fit).
+        stopped_early: whether the fit stopped before its ``steps`` because the surrogate already agreed
+            with the classifier (``stop_at``).
+        agreement: the surrogate's agreement with the classifier on the last ``check_every`` training
+            batches (NaN when fewer steps ran).
     """
 
     steps: int
@@ -46,6 +51,8 @@ class FitReport:
     losses: dict[str, float] = field(default_factory=dict)
     restarts: int = 0
     initialised: bool = False
+    stopped_early: bool = False
+    agreement: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +62,8 @@ class FitReport:
             "losses": dict(self.losses),
             "restarts": self.restarts,
             "initialised": self.initialised,
+            "stopped_early": self.stopped_early,
+            "agreement": None if math.isnan(self.agreement) else self.agreement,
         }
 
 
@@ -123,14 +132,35 @@ class SymbolicFitter:
         self.initialised = False
 
     # ------------------------------------------------------------------ training
-    def fit(self, features: Tensor, teacher: Tensor, steps: int) -> FitReport:
+    def fit(
+        self,
+        features: Tensor,
+        teacher: Tensor,
+        steps: int,
+        stop_at: float | None = None,
+        min_steps: int = 20,
+        check_every: int = 10,
+    ) -> FitReport:
         """Run ``steps`` optimisation steps on ``features`` ``[N, C, H, W]`` and ``teacher`` ``[N]``.
 
         The first call places the codebooks on the data; later calls continue (warm start).
 
+        Args:
+            features, teacher: the classifier's feature maps and its predicted classes.
+            steps: the most steps this call runs.
+            stop_at: stop early, after at least ``min_steps``, at the first check (every ``check_every``
+                steps) where the surrogate agreed with ``teacher`` on at least this share of the last
+                ``check_every`` training batches, and no code was restarted within them. ``None``: run
+                every step. A warm start on features that moved little agrees at once, so the callback
+                passes 0.99 there and a settled run pays ``min_steps`` instead of ``steps``. The
+                agreement is read off the training batches' own forward passes: checking costs nothing.
+            min_steps: steps before the first check.
+            check_every: steps per check, and the batches the agreement is averaged over.
+
         Raises:
             lightning_xai.hyperbolic.FeatureMapError: ``features`` is not a spatial feature map.
-            ValueError: fewer than 2 images, mismatched lengths or teacher classes out of range.
+            ValueError: fewer than 2 images, mismatched lengths, teacher classes out of range, or a
+                ``stop_at`` outside (0, 1].
         """
         check_feature_map(features, "the explained layer")
         teacher = teacher.long().flatten()
@@ -142,10 +172,17 @@ class SymbolicFitter:
             raise ValueError(f"teacher classes must lie in [0, {self.model.n_classes}), got {teacher.unique().tolist()}.")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps must be an integer >= 0, but got {steps!r}.")
+        if stop_at is not None and not (isinstance(stop_at, (int, float)) and 0.0 < float(stop_at) <= 1.0):
+            raise ValueError(f"stop_at must lie in (0, 1] or be None, but got {stop_at!r}.")
+        for name, value in (("min_steps", min_steps), ("check_every", check_every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, but got {value!r}.")
         with _num_threads(self.threads if self.device.type == "cpu" else None):
-            return self._fit(features, teacher, steps)
+            return self._fit(features, teacher, steps, stop_at, min_steps, check_every)
 
-    def _fit(self, features: Tensor, teacher: Tensor, steps: int) -> FitReport:
+    def _fit(
+        self, features: Tensor, teacher: Tensor, steps: int, stop_at: float | None, min_steps: int, check_every: int
+    ) -> FitReport:
         start = time.perf_counter()
         model, cfg = self.model, self.config
         features = features.detach().to(self.device, torch.float32)
@@ -160,6 +197,9 @@ class SymbolicFitter:
         counts = [torch.zeros(k, dtype=torch.long, device=self.device) for k in model.sizes]
         history: list[dict[str, float]] = []
         restarts = 0
+        agree: list[Tensor] = []  # per step: the share of the batch on which the surrogate agrees
+        last_restart = -check_every - 1
+        stopped = False
         order = torch.empty(0, dtype=torch.long)
         was_training = model.training
         model.train()
@@ -174,20 +214,38 @@ class SymbolicFitter:
                 terms["total"].backward()
                 self.optimizer.step()
                 history.append({k: float(v.detach()) for k, v in terms.items()})
+                agree.append((out.logits.detach().argmax(1) == teacher[idx]).float().mean())
                 for level, codes in enumerate(out.codes):
                     counts[level] += torch.bincount(codes.flatten(), minlength=model.sizes[level])
                 self.total_steps += 1
                 # no restart in the last stretch of a fit: a restarted code needs steps to settle and its
                 # edges to catch up before the model is read out
                 if cfg.restart_every and (step + 1) % cfg.restart_every == 0 and step + cfg.restart_every < steps:
-                    restarts += self._restart_dead(counts, out)
+                    moved = self._restart_dead(counts, out)
+                    restarts += moved
+                    if moved:
+                        last_restart = step
                     counts = [torch.zeros_like(c) for c in counts]
+                done = step + 1
+                if (
+                    stop_at is not None
+                    and done >= min_steps
+                    and done < steps
+                    and done % check_every == 0
+                    and last_restart < done - check_every
+                    and float(torch.stack(agree[-check_every:]).mean()) >= stop_at
+                ):
+                    stopped = True
+                    break
         finally:
             model.train(was_training)
             self.optimizer.zero_grad(set_to_none=True)
         tail = history[-max(1, len(history) // 4) :] if history else []
         losses = {k: sum(h[k] for h in tail) / len(tail) for k in tail[0]} if tail else {}
-        return FitReport(steps, self.total_steps, time.perf_counter() - start, losses, restarts, first)
+        agreement = float(torch.stack(agree[-check_every:]).mean()) if len(agree) >= check_every else math.nan
+        return FitReport(
+            len(history), self.total_steps, time.perf_counter() - start, losses, restarts, first, stopped, agreement
+        )
 
     def _restart_dead(self, counts: list[Tensor], out: Any) -> int:
         """Restart the codes no token used since the last check, on points of their own level."""
