@@ -1,10 +1,10 @@
 """Image panels with titles, drawn fast enough to log every epoch.
 
 Callbacks show images next to each other (a probe and its concept maps, the images an optimised prompt
-generates) with a short title over each. Drawing those as matplotlib subplots costs 60 to 90 ms per
-figure (axes, ticks and ``tight_layout``), more than the explanation itself on a small model.
-:func:`panel_figure` composes the panels into one pixel canvas with numpy and draws only the text with
-matplotlib (about 20 ms), and :func:`heat_overlay` blends a map over an image the way ``imshow`` with
+generates) with a short title over each. Drawing those as matplotlib subplots costs about 50 ms per figure
+(axes, ticks and ``tight_layout``; a probe with two concept maps, 2-core CPU), and a callback draws several
+every explained epoch. :func:`panel_figure` composes the panels into one pixel canvas with numpy and draws
+only the text with matplotlib (about 15 ms for the same figure, measured interleaved), and :func:`heat_overlay` blends a map over an image the way ``imshow`` with
 ``alpha`` would.
 """
 
