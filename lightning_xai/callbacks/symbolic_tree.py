@@ -89,8 +89,8 @@ class SymbolicTreeCallback(XAICallback):
         stop_at: a warm-started fit stops early, after ``min_steps``, once the surrogate agrees with the
             classifier on this share of its last 10 training batches (no code restarted within them); the fit
             rows alone decide, so fidelity stays held out. ``None``: always ``steps_per_epoch``. Default:
-            0.99. Once the classifier settles, a refit then costs 20 steps instead of 100 (on the
-            quickstart, held-out fidelity 1.0 either way from epoch 3 on).
+            0.99. Once the classifier settles, a refit then costs 20 steps instead of 100 (6 quickstart epochs:
+            held-out fidelity 1.0 either way from epoch 4 on; at epoch 3, 0.992 against 1.0).
         min_steps: the fewest steps of a warm-started fit. Default: 20.
         top_symbols: symbols of the top level; ``None``: one per class (never more than the classes).
         latent_channels: tokens per image (modulator channels). Default: 32.
