@@ -33,14 +33,20 @@ from lightning_xai.callbacks.logic_rules import LogicRulesCallback
 #: LogicRulesCallback arguments per configuration (on top of the defaults)
 CONFIGS: dict[str, dict[str, Any]] = {
     "rules only": {"max_grounding_images": 0, "max_perturbation_images": 0},
-    "rules + grounding (8 images)": {"max_grounding_images": 8, "max_perturbation_images": 0},
-    "defaults (grounding 8 + perturbation 16)": {},
-    "grounding 32 images, no Score-CAM": {
+    "defaults (grounding + perturbation every 5th explained epoch)": {},
+    "rules + grounding (8 images), every epoch": {"max_grounding_images": 8, "max_perturbation_images": 0, "grounding_every": 1},
+    "grounding 8 + perturbation 16, every epoch": {"grounding_every": 1},
+    "grounding 32 images, no Score-CAM, every epoch": {
         "max_grounding_images": 32,
         "max_perturbation_images": 0,
         "score_cam": False,
+        "grounding_every": 1,
     },
-    "grounding 32 images + Score-CAM": {"max_grounding_images": 32, "max_perturbation_images": 0},
+    "grounding 32 images + Score-CAM, every epoch": {
+        "max_grounding_images": 32,
+        "max_perturbation_images": 0,
+        "grounding_every": 1,
+    },
 }
 
 
