@@ -575,7 +575,7 @@ class ConceptAttribution:
         source = self.random_source if name == RANDOM else self.sources[name]
         # one explained epoch asks for every set many times (per class, layer and probe): loading, checking
         # and hashing them each time cost about as much as the CAVs themselves
-        key = (self._token, source._version, source.data_ptr()) if isinstance(source, Tensor) else self._token
+        key = (self._token, source._version, source.data_ptr(), self.input_shape) if isinstance(source, Tensor) else self._token
         cached = self._loaded.get(name)
         if cached is not None and cached[0] == key:
             return cached[1]
