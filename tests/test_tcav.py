@@ -504,6 +504,13 @@ def test_each_set_is_loaded_and_hashed_once_per_model_state_unless_edited(monkey
     ex.begin(("epoch", 1))  # a new model state hashes each set once more
     ex.cavs()
     assert len(hashed) == 5
+    # a set cached before the model's input shape was known is still checked against it
+    small = ConceptAttribution(model, ["conv5"], {"small": torch.rand(4, 3, 32, 32)}, random_set(8, seed=0), n_random=2)
+    small.begin(("epoch", 0))
+    small._images("small")
+    small.input_shape = (3, 64, 64)
+    with pytest.raises(ConceptDataError, match=r"'small' has images of shape \[3, 32, 32\] but the model's inputs"):
+        small._images("small")
 
 
 def test_activation_cache_is_keyed_by_the_data_and_the_model_state() -> None:

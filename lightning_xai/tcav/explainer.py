@@ -36,6 +36,7 @@ from lightning_xai.tcav.cav import CAV_KINDS, CAVSet, concept_shift, train_cavs
 from lightning_xai.tcav.data import (
     ConceptDataError,
     ConceptSource,
+    check_images,
     fingerprint,
     load_images,
     random_set_indices,
@@ -575,10 +576,14 @@ class ConceptAttribution:
         source = self.random_source if name == RANDOM else self.sources[name]
         # one explained epoch asks for every set many times (per class, layer and probe): loading, checking
         # and hashing them each time cost about as much as the CAVs themselves
-        key = (self._token, source._version, source.data_ptr(), self.input_shape) if isinstance(source, Tensor) else self._token
+        key = (self._token, source._version, source.data_ptr()) if isinstance(source, Tensor) else self._token
         cached = self._loaded.get(name)
         if cached is not None and cached[0] == key:
-            return cached[1]
+            images = cached[1]
+            if self.input_shape is not None and tuple(images.shape[1:]) != tuple(self.input_shape):
+                # loaded before the model's input shape was known: the shape check is all that is owed
+                check_images(name if name != RANDOM else "random pool", images, self.input_shape, 0, source)
+            return images
         if isinstance(source, Tensor):
             images = load_images(name if name != RANDOM else "random pool", source, input_shape=self.input_shape,
                                  max_images=None if name == RANDOM else self.max_images)
