@@ -59,7 +59,7 @@ class ConceptPermutationCallback(XAICallback):
         interval: coverage of the percentile interval over repeats. Default: 0.95.
         transform: applied to generated images before the classifier (resize, normalise).
         cache_dir: folder for an on-disk image cache that later runs reuse (default: memory only).
-        batch_size: images per classifier forward. Default: 128.
+        batch_size: images per classifier forward. Default: 64 (see :class:`~lightning_xai.permutation.ConceptPermutation`).
         label_column, seed_column: columns of a CSV / mapping table holding the labels and per-row seeds.
         n_bootstrap: row resamples of the paired bootstrap interval (``ci_low``/``ci_high``), which also
             covers the variation from the finite number of rows (0: none). Default: 200.
@@ -93,7 +93,7 @@ class ConceptPermutationCallback(XAICallback):
         interval: float = 0.95,
         transform: Callable[[Tensor], Tensor] | None = None,
         cache_dir: str | None = None,
-        batch_size: int = 128,
+        batch_size: int = 64,
         label_column: str = "label",
         seed_column: str | None = None,
         n_bootstrap: int = 200,
