@@ -19,10 +19,34 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["heat_overlay", "panel_figure"]
+__all__ = ["display_image", "heat_overlay", "panel_figure"]
 
 _TITLE_PT = 7.0
 _SUPTITLE_PT = 9.0
+
+
+def display_image(image: Tensor) -> Tensor:
+    """An image (``[C, H, W]`` or ``[H, W]``, any range) as a new ``[3, H, W]`` tensor in [0, 1] for display.
+
+    Grey is repeated to RGB and channels after the third dropped; values already in [0, 1] stay as they
+    are, others (normalised inputs) are min-max scaled.
+
+    Example:
+        >>> display_image(torch.tensor([[[-1.0, 1.0]]])).tolist()  # one grey row, normalised
+        [[[0.0, 1.0]], [[0.0, 1.0]], [[0.0, 1.0]]]
+    """
+    x = image.detach().float().cpu()
+    if x.dim() == 2:
+        x = x[None]
+    if x.dim() != 3:
+        raise ValueError(f"an image must be [C, H, W] or [H, W], got shape {list(image.shape)}.")
+    if x.shape[0] == 1:
+        x = x.repeat(3, 1, 1)
+    x = x[:3]
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        x = (x - lo) / max(hi - lo, 1e-12)
+    return x.clamp(0.0, 1.0)
 
 
 def _hwc(image: Tensor | np.ndarray) -> np.ndarray:

@@ -77,3 +77,21 @@ def test_heat_overlay_blends_the_colour_map_like_imshow_with_alpha() -> None:
         heat_overlay(image, heat, alpha=1.5)
     with pytest.raises(ValueError, match="heat map is"):
         heat_overlay(image, heat[:3])
+
+
+def test_display_image_scales_normalised_inputs_and_never_aliases_the_input() -> None:
+    from lightning_xai.panels import display_image
+
+    ready = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(1))
+    shown = display_image(ready)
+    assert torch.equal(shown, ready)
+    shown[0, 0, 0] = 5.0  # a new tensor: callers draw on it
+    assert float(ready[0, 0, 0]) <= 1.0
+    normalised = torch.tensor([[[-2.0, 0.0], [1.0, 2.0]]])  # grey, outside [0, 1]
+    out = display_image(normalised)
+    assert out.shape == (3, 2, 2) and torch.equal(out[0], out[2])
+    assert out[0].tolist() == [[0.0, 0.5], [0.75, 1.0]]
+    assert display_image(torch.zeros(2, 2)).shape == (3, 2, 2)
+    assert display_image(torch.rand(4, 2, 2)).shape == (3, 2, 2)  # alpha or extra channels dropped
+    with pytest.raises(ValueError, match=r"must be \[C, H, W\] or \[H, W\]"):
+        display_image(torch.zeros(1, 3, 2, 2))

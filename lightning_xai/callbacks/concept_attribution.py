@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from lightning_xai.callbacks.base import ExplainResult, XAICallback, check_int, check_interval, run_share
 from lightning_xai.capture import ValidationSample, resolve_layer
-from lightning_xai.panels import heat_overlay, panel_figure
+from lightning_xai.panels import display_image, heat_overlay, panel_figure
 from lightning_xai.records import Chart, Media, Table
 from lightning_xai.tcav.cav import CAV_KINDS
 from lightning_xai.tcav.data import IMAGE_EXTENSIONS, check_images, describe_source
@@ -504,7 +504,7 @@ class ConceptAttributionCallback(XAICallback):
                     for k, concept in enumerate(result.concepts):
                         rows.append([i, lay, names[int(result.targets[i, t])], float(result.probabilities[i, t]), concept,
                                      float(result.attributions[li, k, i, t])])
-            image = _display(probes[i])
+            image = display_image(probes[i])
             top = names[int(result.targets[i, 0])]
             attr = {k: float(result.attributions[0, j, i, 0]) for j, k in enumerate(result.concepts)}
             masks = {k: (maps[j, i].numpy() >= 0.5).astype(np.uint8) for j, k in enumerate(result.concepts)}
@@ -598,18 +598,6 @@ class ConceptAttributionCallback(XAICallback):
 
 
 # ------------------------------------------------------------------------------------------------ drawing
-def _display(image: Tensor) -> Tensor:
-    """An image ``[C, H, W]`` for display in ``[0, 1]``: as is if it already is, else min-max scaled (normalised inputs)."""
-    x = image.detach().float().cpu()
-    if x.shape[0] == 1:
-        x = x.expand(3, -1, -1)
-    x = x[:3]
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0.0 or hi > 1.0:
-        x = (x - lo) / max(hi - lo, 1e-12)
-    return x.clamp(0.0, 1.0)
-
-
 def _maps_figure(image: Tensor, maps: np.ndarray, concepts: list[str], attr: dict[str, float], top: str, layer: str) -> Any:
     """The probe, then each concept's map over it (jet, 45% opacity) titled with its attribution."""
     panels = [image] + [heat_overlay(image, maps[j]) for j in range(len(concepts))]

@@ -115,6 +115,7 @@ class ConceptPermutationCallback(XAICallback):
         check_int("n_bootstrap", n_bootstrap, 0)
         if transform is not None and not callable(transform):
             raise MisconfigurationException(f"transform must be callable, got {type(transform).__name__}.")
+        self._table_fp: tuple[ConceptTable, str] | None = None
         try:
             self.metric_name, _ = resolve_metric(metric)
             self.concept_table = self._table(concept_table, caption_template, label_column, seed_column, concepts, seed)
@@ -177,7 +178,7 @@ class ConceptPermutationCallback(XAICallback):
         table = self.concept_table
         if table is None:
             return None
-        cached = getattr(self, "_table_fp", None)
+        cached = self._table_fp
         if cached is None or cached[0] is not table:
             cached = self._table_fp = (table, table.fingerprint())
         return cached[1]

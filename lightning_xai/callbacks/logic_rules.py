@@ -39,6 +39,7 @@ from lightning_xai.logic import (
     perturbation_study,
     vocabulary_jaccard,
 )
+from lightning_xai.panels import display_image
 from lightning_xai.records import Chart, Media, Table
 from lightning_xai.sinks import chart_to_figure
 
@@ -723,18 +724,11 @@ def _pick_images(rules: list[LocalRule], labels: Tensor | None, pred: Tensor, k:
 
 
 def _displayable(image: Tensor) -> Tensor | None:
-    """``[3, H, W]`` in [0, 1] for display: unchanged if already there, else min-max scaled."""
-    x = image.detach().float().cpu()
-    if x.dim() != 3:
+    """``[3, H, W]`` in [0, 1] for display (see :func:`~lightning_xai.panels.display_image`), or None for an
+    image that is not grey or RGB."""
+    if image.dim() != 3 or image.shape[0] not in (1, 3):
         return None
-    if x.shape[0] == 1:
-        x = x.repeat(3, 1, 1)
-    if x.shape[0] != 3:
-        return None
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0 or hi > 1:
-        x = (x - lo) / max(hi - lo, 1e-12)
-    return x
+    return display_image(image)
 
 
 def _draw_rect(

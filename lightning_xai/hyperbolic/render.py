@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_xai.panels import heat_overlay
+from lightning_xai.panels import display_image, heat_overlay
 
 from .semantics import SymbolSemantics
 from .tree import TreeNode, _dot_id
@@ -150,7 +150,7 @@ def render_semantics(semantics: Sequence[SymbolSemantics], images: Tensor, title
             if c >= len(sem.images):
                 ax.set_axis_off()
                 continue
-            ax.imshow(_display(images[sem.images[c]]))
+            ax.imshow(display_image(images[sem.images[c]]).permute(1, 2, 0).numpy())
             ax.imshow(sem.maps[c].numpy(), cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
             ax.set_title(f"#{sem.images[c]}: {sem.tokens[c]} tok", fontsize=7)
             if c == 0:
@@ -177,22 +177,8 @@ def semantics_grid(semantics: Sequence[SymbolSemantics], images: Tensor, scale: 
     grid = torch.ones(3, rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap)
     for r, sem in enumerate(semantics):
         for c, idx in enumerate(sem.images):
-            base = torch.from_numpy(_display(images[idx])).permute(2, 0, 1)
-            cell = heat_overlay(base, sem.maps[c])
+            cell = heat_overlay(display_image(images[idx]), sem.maps[c])
             cell = cell.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
             y, x = r * (h + gap), c * (w + gap)
             grid[:, y : y + h, x : x + w] = cell
     return grid.clamp(0, 1)
-
-
-def _display(image: Tensor) -> np.ndarray:
-    x = image.detach().float().cpu()
-    if x.dim() == 2:
-        x = x[None]
-    if x.shape[0] == 1:
-        x = x.repeat(3, 1, 1)
-    x = x[:3]
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0.0 or hi > 1.0:
-        x = (x - lo) / max(hi - lo, 1e-12)
-    return torch.clamp(x, 0, 1).permute(1, 2, 0).numpy()

@@ -519,8 +519,8 @@ class ConceptAttribution:
         self.max_iter = int(max_iter)
         self.seed = int(seed)
         self.cache = cache if cache is not None else ActivationCache()
-        self._loaded: dict[str, tuple[Hashable, Tensor]] = {}
-        self._fingerprints: dict[str, tuple[Tensor, int, str]] = {}
+        # per set: [cache key, images, fingerprint or None until asked for]
+        self._loaded: dict[str, list[Any]] = {}
         self._cavs: dict[tuple, CAVSet] = {}
         self._token: Hashable | None = None
 
@@ -541,7 +541,6 @@ class ConceptAttribution:
             self.cache.begin(token)
             self._cavs.clear()
             self._loaded.clear()
-            self._fingerprints.clear()
 
     def release(self) -> None:
         """Drop cached activations, CAVs and loaded images now (the next call rebuilds them).
@@ -553,7 +552,6 @@ class ConceptAttribution:
         self.cache.begin(None)
         self._cavs.clear()
         self._loaded.clear()
-        self._fingerprints.clear()
 
     def _ensure_state(self) -> None:
         if self._token is None or self._token[0] == "auto":
@@ -587,7 +585,7 @@ class ConceptAttribution:
         if isinstance(source, Tensor):
             images = load_images(name if name != RANDOM else "random pool", source, input_shape=self.input_shape,
                                  max_images=None if name == RANDOM else self.max_images)
-            self._loaded[name] = (key, images)
+            self._loaded[name] = [key, images, None]
             return images
         images = load_images(
             name if name != RANDOM else "random pool",
@@ -597,17 +595,17 @@ class ConceptAttribution:
             max_images=None if name == RANDOM else self.max_images,
             min_images=3 if name == RANDOM else 2,
         )
-        self._loaded[name] = (key, images)
+        self._loaded[name] = [key, images, None]
         return images
 
     def _fingerprint(self, name: str, images: Tensor) -> str:
-        """:func:`fingerprint` of a set's images, computed once per loaded tensor (see :meth:`_images`)."""
-        cached = self._fingerprints.get(name)
-        if cached is not None and cached[0] is images and cached[1] == images._version:
-            return cached[2]
-        fp = fingerprint(images)
-        self._fingerprints[name] = (images, images._version, fp)
-        return fp
+        """:func:`fingerprint` of the images :meth:`_images` just returned for a set, hashed once per load."""
+        entry = self._loaded.get(name)
+        if entry is None or entry[1] is not images:
+            return fingerprint(images)
+        if entry[2] is None:
+            entry[2] = fingerprint(images)
+        return entry[2]
 
     def _set_input_shape(self, inputs: Tensor) -> None:
         if self.input_shape is None:
