@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -238,37 +239,63 @@ class ValidationSample:
 
 
 class _Reservoir:
-    """Keeps the ``capacity`` samples with the smallest hash keys seen so far (bottom-k sampling)."""
+    """Keeps the ``capacity`` samples with the smallest hash keys seen so far (bottom-k sampling).
+
+    Offered rows are buffered as chunks and merged only when the buffer holds twice the capacity, or when
+    the sample is read: merging at every batch would copy the whole reservoir once per batch (quadratic in
+    the number of batches, and the reservoir may hold images). The result is the same set in the same
+    order: insertion order while at most ``capacity`` rows were offered, else sorted by key.
+    """
 
     def __init__(self, capacity: int, seed: int) -> None:
         self.capacity = capacity
         self.seed = seed
-        self.keys = torch.empty(0, dtype=torch.float64)
-        self.data: dict[str, Tensor] = {}
+        self._chunks: list[tuple[Tensor, dict[str, Tensor]]] = []
+        self._rows = 0
+        self._sorted = False  # whether a merge has already cut the rows to the bottom ``capacity``
+        self._bound = math.inf  # no key at or above this can enter any more (largest key kept by the last cut)
 
     def offer(self, ids: Tensor, fetch: Callable[[Tensor], dict[str, Tensor]]) -> None:
+        """Offer a batch; ``fetch(rows)`` returns the batch's fields at ``rows`` as new tensors (indexed, not views)."""
         keys = _sample_keys(ids.cpu(), self.seed)
-        if self.keys.numel() >= self.capacity:
-            # only rows that beat the current worst key can enter: fetch (and copy to CPU) just those
-            rows = torch.nonzero(keys < self.keys.max()).flatten()
+        if self._bound < math.inf:
+            # only rows that beat the worst key kept so far can enter: fetch (and copy to CPU) just those
+            rows = torch.nonzero(keys < self._bound).flatten()
             if rows.numel() == 0:
                 return
         else:
             rows = torch.arange(ids.shape[0])
-        new = {k: v.detach().to("cpu", copy=True) for k, v in fetch(rows).items()}
-        new_keys = keys[rows]
-        if not self.data:
-            merged, merged_keys = new, new_keys
-        else:
-            if set(new) != set(self.data):
-                raise RuntimeError(f"Captured fields changed within an epoch: {sorted(self.data)} -> {sorted(new)}")
-            merged = {k: torch.cat([self.data[k], new[k]]) for k in self.data}
-            merged_keys = torch.cat([self.keys, new_keys])
-        if merged_keys.numel() > self.capacity:
-            keep = torch.topk(merged_keys, self.capacity, largest=False).indices
-            merged = {k: v[keep] for k, v in merged.items()}
-            merged_keys = merged_keys[keep]
-        self.data, self.keys = merged, merged_keys
+        # ``fetch`` indexes with ``rows``, which makes new tensors: moving them to the CPU needs no second copy
+        new = {k: v.detach().to("cpu") for k, v in fetch(rows).items()}
+        if self._chunks and set(new) != set(self._chunks[0][1]):
+            raise RuntimeError(f"Captured fields changed within an epoch: {sorted(self._chunks[0][1])} -> {sorted(new)}")
+        self._chunks.append((keys[rows], new))
+        self._rows += int(rows.numel())
+        if self._rows >= 2 * self.capacity:
+            self._merge()
+
+    def _merge(self) -> None:
+        if len(self._chunks) <= 1 and (self._rows <= self.capacity or self._sorted):
+            return
+        keys = torch.cat([k for k, _ in self._chunks])
+        data = {f: torch.cat([d[f] for _, d in self._chunks]) for f in self._chunks[0][1]}
+        if keys.numel() > self.capacity or self._sorted:
+            keep = torch.topk(keys, min(self.capacity, keys.numel()), largest=False).indices
+            keys, data = keys[keep], {f: v[keep] for f, v in data.items()}
+            self._sorted = True
+            if keys.numel() >= self.capacity:
+                self._bound = float(keys.max())
+        self._chunks, self._rows = [(keys, data)], int(keys.numel())
+
+    @property
+    def keys(self) -> Tensor:
+        self._merge()
+        return self._chunks[0][0] if self._chunks else torch.empty(0, dtype=torch.float64)
+
+    @property
+    def data(self) -> dict[str, Tensor]:
+        self._merge()
+        return self._chunks[0][1] if self._chunks else {}
 
 
 # ------------------------------------------------------------------------------------------ capture

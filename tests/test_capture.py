@@ -143,6 +143,32 @@ def test_reservoir_spreads_over_the_whole_epoch() -> None:
         ActivationCapture.release(net, owner="o")
 
 
+@pytest.mark.parametrize(("capacity", "batches"), [(20, [16] * 7), (20, [50, 3, 1]), (64, [16] * 4), (64, [16] * 3), (7, [7])])
+def test_sample_is_the_bottom_k_of_the_hashed_ids_whatever_the_batching(capacity: int, batches: list[int]) -> None:
+    from lightning_xai.capture import _sample_keys
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
+    cap = ActivationCapture.acquire(net, owner="o", max_samples=capacity, needs_inputs=True)
+    try:
+        total = sum(batches)
+        data = torch.randn(total, 1, 2, 2)
+        cap.begin_epoch(0)
+        cap.arm("o")
+        with torch.no_grad():
+            for i, batch in enumerate(data.split(batches)):
+                net(batch)
+                cap.collect(batch, None, i)
+        sample = cap.sample()
+        keys = _sample_keys(torch.arange(total), 0)
+        # the ids of the smallest keys (all of them when they fit), sorted by id
+        expected = torch.argsort(keys)[:capacity].sort().values
+        assert torch.equal(sample.ids, expected)
+        assert torch.equal(sample.inputs, data[expected])
+        assert torch.equal(cap.sample().ids, expected)  # reading twice gives the same sample
+    finally:
+        ActivationCapture.release(net, owner="o")
+
+
 def test_disarmed_capture_stores_nothing() -> None:
     net = small_net()
     cap = ActivationCapture.acquire(net, owner="o", max_samples=8)
