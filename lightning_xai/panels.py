@@ -3,13 +3,15 @@
 Callbacks show images next to each other (a probe and its concept maps, the images an optimised prompt
 generates) with a short title over each. Drawing those as matplotlib subplots costs about 50 ms per figure
 (axes, ticks and ``tight_layout``; a probe with two concept maps, 2-core CPU), and a callback draws several
-every explained epoch. :func:`panel_figure` composes the panels into one pixel canvas with numpy and draws
-only the text with matplotlib (about 15 ms for the same figure, measured interleaved), and :func:`heat_overlay` blends a map over an image the way ``imshow`` with
+every explained epoch. :func:`panel_figure` composes the panels and their titles into one pixel canvas with
+numpy and PIL (in matplotlib's default font) and hands matplotlib a single image: about 8 ms for the same
+figure, measured interleaved. :func:`heat_overlay` blends a map over an image the way ``imshow`` with
 ``alpha`` would.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import textwrap
 from collections.abc import Sequence
@@ -102,7 +104,7 @@ def panel_figure(
 
     Panels (``[3, H, W]`` tensors or ``[H, W, 3]`` arrays in [0, 1], all of one size) are enlarged by a whole
     factor towards ``panel_px`` pixels (nearest neighbour, so pixels stay sharp) and placed on a white
-    canvas with numpy; only the titles are drawn by matplotlib, wrapped to their panel's width.
+    canvas with numpy; the titles, wrapped to their panel's width, are drawn with PIL.
 
     Args:
         panels: the images, in reading order.
@@ -123,6 +125,7 @@ def panel_figure(
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from PIL import Image, ImageDraw
 
     images = [_hwc(p) for p in panels]
     if not images:
@@ -140,26 +143,65 @@ def panel_figure(
     scale = max(1, round(panel_px / max(h0, w0)))
     ph, pw = h0 * scale, w0 * scale
     gap, margin = 6, 4
-    line_px = _TITLE_PT * dpi / 72.0 * 1.3
-    chars = max(8, int(pw / (_TITLE_PT * dpi / 72.0 * 0.6)))  # a title wraps at its panel's width
-    wrapped = ["\n".join(textwrap.fill(part, chars) for part in str(t).split("\n")) if t else "" for t in titles]
-    lines = max((t.count("\n") + 1 if t else 0) for t in wrapped)
+    title_px, suptitle_px = _TITLE_PT * dpi / 72.0, _SUPTITLE_PT * dpi / 72.0
+    line_px = title_px * 1.3
+    chars = max(8, int(pw / (title_px * 0.6)))  # a title wraps at its panel's width
+    wrapped = [[line for part in str(t).split("\n") for line in (textwrap.wrap(part, chars) or [""])] if t else []
+               for t in titles]
+    lines = max(len(t) for t in wrapped)
     band = math.ceil(lines * line_px) + (4 if lines else 0)
-    top = math.ceil((title.count("\n") + 1) * _SUPTITLE_PT * dpi / 72.0 * 1.35) + 6 if title else 0
+    head = title.split("\n") if title else []
+    top = math.ceil(len(head) * suptitle_px * 1.35) + 6 if title else 0
     width = 2 * margin + cols * pw + (cols - 1) * gap
     height = top + margin + rows * (band + ph) + (rows - 1) * gap
-    canvas = np.ones((height, width, 3), dtype=np.float32)
-    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
-    FigureCanvasAgg(fig)
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
     for i, im in enumerate(images):
         r, c = divmod(i, cols)
         y = top + r * (band + ph + gap) + band
         x = margin + c * (pw + gap)
-        canvas[y : y + ph, x : x + pw] = np.repeat(np.repeat(im, scale, axis=0), scale, axis=1)
-        if wrapped[i]:
-            fig.text((x + pw / 2) / width, 1.0 - (y - 2) / height, wrapped[i], ha="center", va="bottom",
-                     fontsize=_TITLE_PT, linespacing=1.1)
-    fig.figimage(canvas, 0, 0, origin="upper")
-    if title:
-        fig.text(0.5, 1.0 - 3 / height, title, ha="center", va="top", fontsize=_SUPTITLE_PT)
+        canvas[y : y + ph, x : x + pw] = np.rint(np.repeat(np.repeat(im, scale, axis=0), scale, axis=1) * 255)
+    # the text is drawn with PIL (a tenth of a millisecond a line) in matplotlib's own default font, so the
+    # panels read like the package's other figures; laying out text with matplotlib cost most of a figure
+    page = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(page)
+    font, big = _font(title_px), _font(suptitle_px)
+    for i, text in enumerate(wrapped):
+        r, c = divmod(i, cols)
+        bottom = top + r * (band + ph + gap) + band - 2  # the last line sits just above its panel
+        for j, line in enumerate(text):
+            y = bottom - (len(text) - 1 - j) * line_px
+            _text(draw, (margin + c * (pw + gap) + pw / 2, y), line, font, "md")
+    for j, line in enumerate(head):
+        _text(draw, (width / 2, 3 + j * suptitle_px * 1.35), line, big, "ma")
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    fig.figimage(np.asarray(page), 0, 0, origin="upper")
     return fig
+
+
+def _text(draw: Any, xy: tuple[float, float], line: str, font: Any, anchor: str) -> None:
+    """One line of black text, horizontally centred on ``xy``; anchored at its descender (``"md"``) or its top
+    (``"ma"``)."""
+    try:
+        draw.text(xy, line, fill=(0, 0, 0), font=font, anchor=anchor)
+    except ValueError:  # PIL's bitmap font takes no anchor: place it by its measured size
+        left, upper, right, lower = draw.textbbox((0, 0), line, font=font)
+        y = xy[1] - lower if anchor == "md" else xy[1]
+        draw.text((xy[0] - (right - left) / 2, y), line, fill=(0, 0, 0), font=font)
+
+
+@functools.lru_cache(maxsize=8)
+def _font_at(size_px: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        from matplotlib import font_manager
+
+        return ImageFont.truetype(font_manager.findfont(font_manager.FontProperties()), size_px)
+    except (OSError, ImportError, ValueError):  # no FreeType, or no font file: PIL's own bitmap font
+        return ImageFont.load_default()
+
+
+def _font(size_px: float) -> Any:
+    """A TrueType font of ``size_px`` pixels per em (matplotlib's default family), cached."""
+    return _font_at(max(6, round(size_px)))

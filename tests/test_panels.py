@@ -1,4 +1,4 @@
-"""``lightning_xai.panels``: image panels drawn with numpy, titles with matplotlib."""
+"""``lightning_xai.panels``: image panels drawn with numpy, titles with PIL."""
 
 from __future__ import annotations
 
