@@ -179,15 +179,23 @@ def panel_figure(
     return fig
 
 
-def _text(draw: Any, xy: tuple[float, float], line: str, font: Any, anchor: str) -> None:
-    """One line of black text, horizontally centred on ``xy``; anchored at its descender (``"md"``) or its top
-    (``"ma"``)."""
+def _text(draw: Any, xy: tuple[float, float], line: str, font: Any, anchor: str, fill: Any = (0, 0, 0)) -> None:
+    """One line of text at ``xy`` by a PIL anchor: horizontal ``l``/``m``/``r``, then vertical ``a`` (top),
+    ``m`` (middle) or ``d`` (descender)."""
     try:
-        draw.text(xy, line, fill=(0, 0, 0), font=font, anchor=anchor)
+        draw.text(xy, line, fill=fill, font=font, anchor=anchor)
     except ValueError:  # PIL's bitmap font takes no anchor: place it by its measured size
         left, upper, right, lower = draw.textbbox((0, 0), line, font=font)
-        y = xy[1] - lower if anchor == "md" else xy[1]
-        draw.text((xy[0] - (right - left) / 2, y), line, fill=(0, 0, 0), font=font)
+        w, h = right - left, lower - upper
+        x = xy[0] - {"l": 0.0, "m": w / 2, "r": w}[anchor[0]]
+        y = xy[1] - {"a": 0.0, "m": h / 2, "d": h}[anchor[1]]
+        draw.text((x, y), line, fill=fill, font=font)
+
+
+def text_size(line: str, font: Any) -> tuple[int, int]:
+    """Width and height in pixels of one line of ``font`` text (ink box from the origin)."""
+    left, upper, right, lower = font.getbbox(line)
+    return math.ceil(right - min(0, left)), math.ceil(lower - min(0, upper))
 
 
 @functools.lru_cache(maxsize=8)

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lightning_xai.barchart import bar_chart
 from lightning_xai.callbacks.base import ExplainResult, XAICallback, check_int, check_interval, run_share
 from lightning_xai.capture import ValidationSample, resolve_layer
 from lightning_xai.panels import display_image, heat_overlay, panel_figure
@@ -608,47 +609,28 @@ def _maps_figure(image: Tensor, maps: np.ndarray, concepts: list[str], attr: dic
     return panel_figure(panels, titles, f"Visual-TCAV concept maps at {layer}", cols=5)
 
 
-def _grouped_bars(
-    concepts: list[str], class_names: list[str], means: list[np.ndarray], errors: list[np.ndarray]
-) -> tuple[Any, Any, np.ndarray, float]:
-    """A figure with one bar per (concept, class), grouped by concept; returns ``(fig, ax, x, width)``."""
-    from matplotlib.figure import Figure
-
-    K, C = len(concepts), len(class_names)
-    fig = Figure(figsize=(min(16.0, 2.0 + 0.9 * K * max(1, C) / 2), 3.8), dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
-    width = 0.8 / max(1, C)
-    x = np.arange(K, dtype=float)
-    for ci in range(C):
-        ax.bar(x + (ci - (C - 1) / 2) * width, means[ci], width=width, yerr=errors[ci], capsize=2, label=class_names[ci])
-    ax.set_xticks(x)
-    ax.set_xticklabels(concepts, rotation=30, ha="right", fontsize=8)
-    if C > 1:
-        ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return fig, ax, x, width
+def _bars_width(K: int, C: int) -> int:
+    """Pixels: room for K groups of C bars (the width the matplotlib version of these figures had)."""
+    return round(100 * min(16.0, 2.0 + 0.9 * K * max(1, C) / 2))
 
 
-def _tcav_figure(tcav: TCAVResult, layer: str) -> Any:
+def _tcav_figure(tcav: TCAVResult, layer: str) -> np.ndarray:
+    """TCAV scores per (concept, class) with the run-to-run standard deviation; ``*`` where significant."""
     li = tcav.layers.index(layer)
     K, C = len(tcav.concepts), len(tcav.classes)
     runs = tcav.sign_runs[li]  # [K, C, R]
-    means = [runs[:, ci].mean(-1).numpy() for ci in range(C)]
-    sds = [runs[:, ci].std(-1).numpy() if runs.shape[-1] > 1 else np.zeros(K) for ci in range(C)]
-    fig, ax, x, width = _grouped_bars(tcav.concepts, tcav.class_names, means, sds)
-    for ci in range(C):
-        pos = x + (ci - (C - 1) / 2) * width
-        for k in range(K):
-            if bool(tcav.significant[li, k, ci]):
-                ax.text(pos[k], min(1.02, float(means[ci][k]) + 0.05), "*", ha="center", fontsize=10)
-    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
-    ax.set_ylim(0.0, 1.1)
-    ax.set_ylabel("TCAV score (sign fraction)")
-    ax.set_title(f"TCAV at {layer} (* significant after Bonferroni, m={tcav.n_hypotheses})", fontsize=9)
-    fig.tight_layout()
-    return fig
+    means = np.stack([runs[:, ci].mean(-1).numpy() for ci in range(C)])
+    sds = np.stack([runs[:, ci].std(-1).numpy() if runs.shape[-1] > 1 else np.zeros(K) for ci in range(C)])
+    marks = np.stack([[bool(tcav.significant[li, k, ci]) for k in range(K)] for ci in range(C)])
+    return bar_chart(
+        tcav.concepts, means, series=tcav.class_names, errors=sds, marks=marks, ylim=(0.0, 1.1), hline=0.5,
+        ylabel="TCAV score (sign fraction)", title=f"TCAV at {layer} (* significant after Bonferroni, m={tcav.n_hypotheses})",
+        size=(_bars_width(K, C), 380),
+    )
 
 
-def _global_figure(glob: GlobalExplanation, layer: str) -> Any:
+def _global_figure(glob: GlobalExplanation, layer: str) -> np.ndarray:
+    """Visual-TCAV global attribution per (concept, class): mean and 2-SE interval."""
     li = glob.layers.index(layer)
     means, errors = [], []
     for ci in range(len(glob.classes)):
@@ -657,8 +639,8 @@ def _global_figure(glob: GlobalExplanation, layer: str) -> Any:
         hi = np.nan_to_num(glob.ci_high[li, :, ci].numpy()) - mean
         means.append(mean)
         errors.append(np.stack([lo, hi]))
-    fig, ax, _, _ = _grouped_bars(glob.concepts, glob.class_names, means, errors)
-    ax.set_ylabel("attribution (share of logit gain)")
-    ax.set_title(f"Visual-TCAV global attribution at {layer} (2-SE intervals)", fontsize=9)
-    fig.tight_layout()
-    return fig
+    return bar_chart(
+        glob.concepts, np.stack(means), series=glob.class_names, errors=errors,
+        ylabel="attribution (share of logit gain)", title=f"Visual-TCAV global attribution at {layer} (2-SE intervals)",
+        size=(_bars_width(len(glob.concepts), len(glob.classes)), 380),
+    )

@@ -103,27 +103,28 @@ def _layered_positions(g: nx.DiGraph) -> dict[str, tuple[float, float]]:
 def render_usage(usage: Sequence[Sequence[int]], title: str = "Symbol usage") -> Figure:
     """One bar chart per level: tokens per symbol (levels side by side, finest first).
 
+    The bars are drawn with :func:`lightning_xai.barchart.bar_chart` (a few milliseconds, against about
+    200 ms for the same charts as matplotlib subplots), and the figure shows that image 1:1.
+
     Example:
         >>> type(render_usage([[3, 1, 0, 2], [4, 2]])).__name__
         'Figure'
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from lightning_xai.barchart import bar_chart, image_figure, side_by_side
 
-    n = len(usage)
-    fig = Figure(figsize=(3.2 * n + 0.6, 2.8), dpi=100)
-    FigureCanvasAgg(fig)
-    for level, counts in enumerate(usage):
-        ax = fig.add_subplot(1, n, level + 1)
-        ax.bar(np.arange(len(counts)), np.asarray(counts, dtype=float), color=_LEVEL_COLOURS[level % len(_LEVEL_COLOURS)])
-        ax.set_title(f"level {level} ({len(counts)} symbols)", fontsize=9)
-        ax.set_xlabel("symbol", fontsize=8)
-        if level == 0:
-            ax.set_ylabel("tokens", fontsize=8)
-        ax.tick_params(labelsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    charts = [
+        bar_chart(
+            [str(i) for i in range(len(counts))],
+            [np.asarray(counts, dtype=float)],
+            colours=[_LEVEL_COLOURS[level % len(_LEVEL_COLOURS)]],
+            title=f"level {level} ({len(counts)} symbols)",
+            xlabel="symbol",
+            ylabel="tokens" if level == 0 else "",
+            size=(320, 280),
+        )
+        for level, counts in enumerate(usage)
+    ]
+    return image_figure(side_by_side(charts or [np.full((40, 320, 3), 255, dtype=np.uint8)], title))
 
 
 def render_semantics(semantics: Sequence[SymbolSemantics], images: Tensor, title: str = "") -> Figure:
