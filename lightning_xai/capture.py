@@ -558,6 +558,39 @@ class ActivationCapture:
         return ValidationSample.from_tensors(data)
 
 
+# ---------------------------------------------------------------------------------- running the model
+# models that cannot take channels-last images (e.g. ``.view()`` on a convolution's output)
+_CONTIGUOUS_ONLY: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+def run_model(model: nn.Module, x: Tensor, retry_contiguous: bool = True) -> Any:
+    """``model(x)`` the way explanation work should call it: on the CPU, a batch of images goes in
+    channels-last.
+
+    Convolutions and pooling run two to three times faster in that layout on a CPU (a 64-image batch through
+    the world's TinyCNN: 28 -> 12 ms) and the values, read through logical indexing, agree to rounding
+    (7e-9 there). A model that fails on channels-last images but runs on contiguous ones (e.g. ``.view()`` on
+    a feature map) is remembered and gets contiguous images from then on; input that fits neither way raises
+    the model's own error and leaves the model eligible. With ``retry_contiguous=False`` a failure in
+    channels-last raises at once (for a pass that is allowed to fail, so a failing model is not run twice).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(8, 2))
+        >>> run_model(net, torch.rand(4, 3, 4, 4)).shape
+        torch.Size([4, 2])
+    """
+    if x.dim() != 4 or x.device.type != "cpu" or model in _CONTIGUOUS_ONLY:
+        return model(x)
+    try:
+        return model(x.contiguous(memory_format=torch.channels_last))
+    except RuntimeError:
+        if not retry_contiguous:
+            raise
+        out = model(x)  # a real error recurs here, and propagates
+        _CONTIGUOUS_ONLY.add(model)
+        return out
+
+
 # ---------------------------------------------------------------------------------- layer re-entry
 
 
@@ -596,7 +629,7 @@ def forward_from_layer(
     if m % n:
         raise ValueError(f"activation has {m} rows, which is not a multiple of the {n} input rows.")
     try:
-        out = _forward_replaced(model, module, activation, inputs, output_fn)
+        out = _forward_replaced(model, module, activation, inputs, output_fn, speculative=True)
     except Exception:  # noqa: BLE001 - downstream met the upstream batch (a real error recurs in the tiled pass)
         out = None
     if out is not None and out.shape[0] == m:
@@ -610,7 +643,12 @@ def forward_from_layer(
 
 
 def _forward_replaced(
-    model: nn.Module, module: nn.Module, activation: Tensor, inputs: Tensor, output_fn: Callable[[Any], Tensor] | None
+    model: nn.Module,
+    module: nn.Module,
+    activation: Tensor,
+    inputs: Tensor,
+    output_fn: Callable[[Any], Tensor] | None,
+    speculative: bool = False,
 ) -> Tensor:
     def replace(mod: nn.Module, args: tuple, output: Any) -> Any:
         out = _first_tensor(output, "layer")
@@ -622,7 +660,7 @@ def _forward_replaced(
 
     handle = module.register_forward_hook(replace)
     try:
-        out = model(inputs)
+        out = run_model(model, inputs, retry_contiguous=not speculative)
     finally:
         handle.remove()
     return output_fn(out) if output_fn is not None else _first_tensor(out, "model")

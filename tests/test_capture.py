@@ -225,6 +225,44 @@ class _BatchViewNet(nn.Module):
         return self.head(self.act(self.stem(x)).reshape(b, -1))
 
 
+class _ViewNet(nn.Module):
+    """Flattens a feature map with ``.view()``, which a channels-last map does not allow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 2, 3, padding=1), nn.Linear(2 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def test_run_model_feeds_cpu_images_channels_last_and_falls_back_for_models_that_cannot_take_them() -> None:
+    from lightning_xai.capture import _CONTIGUOUS_ONLY, run_model
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 6, 6)
+    for net in (small_net().eval(), _BatchViewNet().eval()):
+        layouts: list[bool] = []
+        first = net[0] if isinstance(net, nn.Sequential) else net.stem
+        first.register_forward_pre_hook(lambda mod, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        with torch.no_grad():
+            assert torch.allclose(run_model(net, x), net(x), atol=1e-6)  # the same logits either way
+        assert layouts[0] is True and net not in _CONTIGUOUS_ONLY
+    # reshape(batch, -1) of a channels-last map works, .view does not: that model falls back and is remembered
+    view_net = _ViewNet().eval()
+    with torch.no_grad(), pytest.raises(RuntimeError):
+        run_model(view_net, torch.randn(4, 3, 8, 8), retry_contiguous=False)
+    assert view_net not in _CONTIGUOUS_ONLY
+    with torch.no_grad():
+        with pytest.raises(RuntimeError):
+            run_model(view_net, torch.randn(4, 5, 8, 8))  # fits neither way: the model's own error
+        assert view_net not in _CONTIGUOUS_ONLY
+        out = run_model(view_net, torch.randn(4, 3, 8, 8))
+    assert out.shape == (4, 3) and view_net in _CONTIGUOUS_ONLY
+    assert run_model(nn.Linear(3, 2), torch.randn(5, 3)).shape == (5, 2)  # not images: called as it is
+
+
 @pytest.mark.parametrize(("kind", "layer", "upstream_batches"), [
     ("sequential", "2", [5, 5]),  # upstream once for the k tiles, once for the check
     ("skip", "body", [5, 15]),  # the untiled pass fails on the skip connection: tiled

@@ -19,7 +19,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from lightning_xai.capture import explanation_mode
+from lightning_xai.capture import explanation_mode, run_model
 from lightning_xai.permutation.cache import GenerationCache
 from lightning_xai.permutation.table import ConceptTable, Permutation
 
@@ -315,7 +315,7 @@ class ConceptPermutation:
                 x = self.cache.get([pairs[k][0] for k in chunk], [pairs[k][1] for k in chunk]).to(device)
                 if self.transform is not None:
                     x = self.transform(x)
-                logits = model(x)
+                logits = run_model(model, x)  # channels-last on the CPU: a third of the time
                 if not isinstance(logits, Tensor) or logits.dim() != 2:
                     raise ValueError(
                         f"the classifier must return logits [N, classes]; got {getattr(logits, 'shape', type(logits))}."

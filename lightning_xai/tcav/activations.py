@@ -19,14 +19,13 @@ for the duration (:func:`lightning_xai.capture.explanation_mode`), so no ``.grad
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lightning_xai.capture import explanation_mode, resolve_layer
+from lightning_xai.capture import explanation_mode, resolve_layer, run_model
 from lightning_xai.tcav.data import fingerprint
 
 __all__ = [
@@ -120,34 +119,16 @@ class _Hooks:
         self.outputs = {}
 
 
-# models that cannot take channels-last images (e.g. ``.view()`` on a convolution's output)
-_CONTIGUOUS_ONLY: weakref.WeakSet[nn.Module] = weakref.WeakSet()
-
-
 def _forward_checked(model: nn.Module, x: Tensor, what: str) -> Tensor:
-    """``model(x)`` (first tensor of the output), with an error that names ``what`` when the images do not fit.
-
-    On the CPU, image batches go in channels-last: convolutions and pooling run about a third faster there
-    and the values (read through logical indexing) are the same. A model that fails on them but runs on
-    contiguous images (e.g. ``.view()`` on a feature map) is remembered and gets contiguous images from then
-    on; images that fit neither way raise, and leave the model eligible.
-    """
-    channels_last = x.dim() == 4 and x.device.type == "cpu" and model not in _CONTIGUOUS_ONLY
-    if channels_last:
-        try:
-            return _first_tensor(model(x.contiguous(memory_format=torch.channels_last)), "The model")
-        except RuntimeError:
-            pass
+    """``model(x)`` (first tensor of the output, channels-last on the CPU: see
+    :func:`~lightning_xai.capture.run_model`), with an error that names ``what`` when the images do not fit."""
     try:
-        out = _first_tensor(model(x), "The model")
+        return _first_tensor(run_model(model, x), "The model")
     except (RuntimeError, ValueError) as exc:
         raise ValueError(
             f"The model cannot run on {what} (input batch of shape {list(x.shape)}): {exc}. Do the images have the "
             "shape, channels and preprocessing of the model's inputs?"
         ) from exc
-    if channels_last:
-        _CONTIGUOUS_ONLY.add(model)
-    return out
 
 
 def layer_activations(
