@@ -58,6 +58,7 @@ def bar_chart(
     ylim: tuple[float, float] | None = None,
     hline: float | None = None,
     colours: Sequence[str] | None = None,
+    bar_colours: Sequence[Sequence[str]] | None = None,
     size: tuple[int, int] = (640, 380),
     font_pt: float = 8.0,
     dpi: int = 100,
@@ -75,6 +76,7 @@ def bar_chart(
         ylim: the y range; default from the bars and error bars (always including 0).
         hline: a dashed grey reference line at this height.
         colours: one per series; default matplotlib's colour cycle.
+        bar_colours: ``[S, G]``: a colour per bar, over ``colours`` (e.g. by the sign of the value).
         size: ``(width, height)`` in pixels; the width grows if the labels need it.
         font_pt: size of tick labels and legend, in points at ``dpi``.
 
@@ -101,6 +103,10 @@ def bar_chart(
     err = _errors(errors, S, G)
     mk = np.zeros((S, G), dtype=bool) if marks is None else np.asarray(marks, dtype=bool).reshape(S, G)
     palette = [_rgb(c) for c in (colours or TAB10)]
+    if bar_colours is not None and (len(bar_colours) != S or any(len(row) != G for row in bar_colours)):
+        raise ValueError(f"bar_colours must be [{S} series, {G} groups] of colours.")
+    fills = [[_rgb(bar_colours[s][g]) if bar_colours is not None else palette[s % len(palette)] for g in range(G)]
+             for s in range(S)]
 
     if ylim is None:
         tops = np.where(np.isnan(err[:, 1]), v, v + np.nan_to_num(err[:, 1]))
@@ -166,8 +172,8 @@ def bar_chart(
     bar_w = group_w * 0.8 / S
     zero = min(max(y_of(0.0), top), bottom)
     for s in range(S):
-        fill = palette[s % len(palette)]
         for g in range(G):
+            fill = fills[s][g]
             val = v[s, g]
             if not np.isfinite(val):
                 continue

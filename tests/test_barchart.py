@@ -86,6 +86,13 @@ def test_negative_values_hang_below_zero_and_long_labels_are_not_cut() -> None:
     assert white[:3].all() and white[-3:].all() and white[:, :3].all() and white[:, -3:].all()
 
 
+def test_bar_colours_colour_single_bars() -> None:
+    img = bar_chart(["up", "down", "up too"], [[1.0, -1.0, 0.5]], bar_colours=[[BLUE, RED, BLUE]], size=(300, 240))
+    assert len(_columns(_mask(img, BLUE))) == 2 and len(_columns(_mask(img, RED))) == 1
+    blue, red = _columns(_mask(img, BLUE)), _columns(_mask(img, RED))
+    assert blue[0][1] < red[0][0] < red[0][1] < blue[1][0]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -95,6 +102,7 @@ def test_negative_values_hang_below_zero_and_long_labels_are_not_cut() -> None:
         ({"groups": ["a"], "values": [[1.0]], "errors": [[1.0], [1.0]]}, "2 rows of errors for 1 series"),
         ({"groups": ["a"], "values": [[1.0]], "ylim": (1.0, 0.0)}, "ylim must rise"),
         ({"groups": ["a"], "values": [[1.0]], "colours": ["red"]}, "#rrggbb"),
+        ({"groups": ["a", "b"], "values": [[1.0, 2.0]], "bar_colours": [[RED]]}, r"bar_colours must be \[1 series, 2 groups\]"),
     ],
 )
 def test_bad_input_is_named(kwargs: dict, match: str) -> None:

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
+from lightning_xai.barchart import TAB10, bar_chart
 from lightning_xai.callbacks.base import ExplainResult, XAICallback, check_int, check_interval, gather_objects, run_share
 from lightning_xai.capture import ValidationSample
 from lightning_xai.permutation import ConceptPermutation, ConceptTable, GenerationCache, PermutationResult
@@ -339,20 +340,18 @@ class ConceptPermutationCallback(XAICallback):
         return ExplainResult(payload=payload, scalars=scalars, tables=tables, charts=charts, media=media)
 
 
-def _importance_figure(result: PermutationResult, epoch: int) -> Any:
-    from matplotlib.figure import Figure
-
+def _importance_figure(result: PermutationResult, epoch: int) -> np.ndarray:
+    """Importance per concept, most important first, with its interval; negative drops in red."""
     order = [result.concepts.index(c) for c in result.ranking()]
     mean, low, high = result.mean[order], result.ci_low[order], result.ci_high[order]
-    fig = Figure(figsize=(max(4.0, 1.0 + 0.8 * len(order)), 3.4), dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
-    x = np.arange(len(order))
     err = np.vstack([np.clip(mean - low, 0, None), np.clip(high - mean, 0, None)])
-    ax.bar(x, mean, yerr=err, capsize=3, color=["tab:red" if m < 0 else "tab:blue" for m in mean])
-    ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.set_xticks(x)
-    ax.set_xticklabels([result.concepts[i] for i in order], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel(f"{result.metric} drop")
-    ax.set_title(f"Permutation importance, epoch {epoch} (base {result.metric} {result.base:.3f})", fontsize=9)
-    fig.tight_layout()
-    return fig
+    return bar_chart(
+        [result.concepts[i] for i in order],
+        [mean],
+        errors=[err],
+        bar_colours=[[TAB10[3] if m < 0 else TAB10[0] for m in mean]],
+        hline=0.0,
+        ylabel=f"{result.metric} drop",
+        title=f"Permutation importance, epoch {epoch} (base {result.metric} {result.base:.3f})",
+        size=(round(100 * max(4.0, 1.0 + 0.8 * len(order))), 340),
+    )

@@ -71,6 +71,7 @@ class GenerationCache:
         self.hits = 0
         self.shape: tuple[int, ...] | None = None
         self._fingerprint: str | None = None
+        self._keys: dict[str, dict[tuple[str, int], str]] = {}
 
     def _current_fingerprint(self) -> str:
         fp = getattr(self.generator, "fingerprint", None)
@@ -86,7 +87,16 @@ class GenerationCache:
         return self._fingerprint
 
     def key(self, caption: str, seed: int) -> str:
-        return hashlib.sha256(f"{self.fingerprint}\x00{caption}\x00{int(seed)}".encode()).hexdigest()[:32]
+        fp = self.fingerprint
+        memo = self._keys.get(fp)
+        if memo is None:  # keys of another generator state are of no use again: keep one state's
+            memo = {}
+            self._keys = {fp: memo}
+        # scoring looks up every permuted row of every repeat (about 20,000 per epoch for 200 rows): hash each once
+        k = memo.get((caption, seed))
+        if k is None:
+            k = memo[(caption, seed)] = hashlib.sha256(f"{fp}\x00{caption}\x00{int(seed)}".encode()).hexdigest()[:32]
+        return k
 
     def __contains__(self, item: tuple[str, int]) -> bool:
         return self.key(*item) in self._images
