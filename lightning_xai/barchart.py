@@ -5,8 +5,8 @@ tick objects and ``tight_layout`` measure every text twice), and callbacks draw 
 epoch: TCAV scores, global attributions, symbol usage. :func:`bar_chart` draws the same chart (grouped
 bars, error bars with caps, significance marks, a reference line, a legend) straight into a pixel canvas,
 in matplotlib's default font and colour cycle, and lays it out from the measured sizes of its texts, so it
-never clips a label. :func:`image_figure` wraps such a canvas in a matplotlib ``Figure`` for code that
-expects one.
+never clips a label. :func:`lightning_xai.panels.image_figure` wraps such an image in a matplotlib ``Figure``
+for code that expects one.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 
 from lightning_xai.panels import _font, _text, text_size
 
-__all__ = ["bar_chart", "image_figure", "side_by_side"]
+__all__ = ["bar_chart", "side_by_side"]
 
 # matplotlib's default colour cycle ("tab10"), so these charts match the package's matplotlib figures
 TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
@@ -260,25 +260,6 @@ def side_by_side(charts: Sequence[np.ndarray], title: str = "", gap: int = 8, fo
         _text(ImageDraw.Draw(img), (width / 2, 4), title, font, "ma")
         page = np.asarray(img)
     return page
-
-
-def image_figure(image: np.ndarray, dpi: int = 100) -> Any:
-    """A matplotlib ``Figure`` that shows ``image`` (``uint8 [H, W, 3]``) 1:1 in pixels, for code that takes
-    figures.
-
-    Example:
-        >>> from lightning_xai.records import figure_to_array
-        >>> figure_to_array(image_figure(np.zeros((20, 30, 3), np.uint8))).shape
-        (20, 30, 3)
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    h, w = image.shape[:2]
-    fig = Figure(figsize=(w / dpi, h / dpi), dpi=dpi)
-    FigureCanvasAgg(fig)
-    fig.figimage(image, 0, 0, origin="upper")
-    return fig
 
 
 # ------------------------------------------------------------------------------------------------ helpers

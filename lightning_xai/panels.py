@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["display_image", "heat_overlay", "panel_figure"]
+__all__ = ["display_image", "heat_overlay", "image_figure", "panel_figure", "panel_image"]
 
 _TITLE_PT = 7.0
 _SUPTITLE_PT = 9.0
@@ -92,15 +92,16 @@ def heat_overlay(image: Tensor, heat: Tensor | np.ndarray, alpha: float = 0.45, 
     return ((1.0 - alpha) * image.detach().float().cpu() + alpha * colour).clamp(0.0, 1.0)
 
 
-def panel_figure(
+def panel_image(
     panels: Sequence[Tensor | np.ndarray],
     titles: Sequence[str] | None = None,
     title: str = "",
     cols: int | None = None,
     panel_px: int = 150,
     dpi: int = 100,
-) -> Any:
-    """A matplotlib ``Figure`` of image panels in rows of ``cols``, a title over each and ``title`` over all.
+) -> np.ndarray:
+    """Image panels in rows of ``cols``, a title over each and ``title`` over all, as a ``uint8`` RGB array
+    ``[H, W, 3]`` (what a callback logs; :func:`panel_figure` wraps it in a matplotlib figure).
 
     Panels (``[3, H, W]`` tensors or ``[H, W, 3]`` arrays in [0, 1], all of one size) are enlarged by a whole
     factor towards ``panel_px`` pixels (nearest neighbour, so pixels stay sharp) and placed on a white
@@ -118,13 +119,10 @@ def panel_figure(
         ValueError: no panels, panels of different sizes, or a number of titles other than of panels.
 
     Example:
-        >>> from lightning_xai.records import figure_to_array
-        >>> fig = panel_figure([torch.zeros(3, 8, 8), torch.ones(3, 8, 8)], ["black", "white"], "two panels")
-        >>> figure_to_array(fig).shape[1] > 2 * 8
-        True
+        >>> out = panel_image([torch.zeros(3, 8, 8), torch.ones(3, 8, 8)], ["black", "white"], "two panels")
+        >>> out.dtype.name, out.shape[1] > 2 * 8
+        ('uint8', True)
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from PIL import Image, ImageDraw
 
     images = [_hwc(p) for p in panels]
@@ -173,10 +171,47 @@ def panel_figure(
             _text(draw, (margin + c * (pw + gap) + pw / 2, y), line, font, "md")
     for j, line in enumerate(head):
         _text(draw, (width / 2, 3 + j * suptitle_px * 1.35), line, big, "ma")
-    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    return np.asarray(page)
+
+
+def panel_figure(
+    panels: Sequence[Tensor | np.ndarray],
+    titles: Sequence[str] | None = None,
+    title: str = "",
+    cols: int | None = None,
+    panel_px: int = 150,
+    dpi: int = 100,
+) -> Any:
+    """:func:`panel_image` as a matplotlib ``Figure`` that shows it 1:1 (e.g. to ``savefig`` it).
+
+    Example:
+        >>> from lightning_xai.records import figure_to_array
+        >>> fig = panel_figure([torch.zeros(3, 8, 8), torch.ones(3, 8, 8)], ["black", "white"], "two panels")
+        >>> figure_to_array(fig).shape[1] > 2 * 8
+        True
+    """
+    return image_figure(panel_image(panels, titles, title, cols, panel_px, dpi), dpi)
+
+
+def image_figure(image: np.ndarray, dpi: int = 100) -> Any:
+    """A matplotlib ``Figure`` that shows ``image`` (``uint8 [H, W, 3]``) 1:1 in pixels, for code that takes
+    figures. (Callbacks log the array itself: drawing the figure again costs about 10 ms.)
+
+    Example:
+        >>> from lightning_xai.records import figure_to_array
+        >>> figure_to_array(image_figure(np.zeros((20, 30, 3), np.uint8))).shape
+        (20, 30, 3)
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    h, w = image.shape[:2]
+    fig = Figure(figsize=(w / dpi, h / dpi), dpi=dpi)
     FigureCanvasAgg(fig)
-    fig.figimage(np.asarray(page), 0, 0, origin="upper")
+    fig.figimage(image, 0, 0, origin="upper")
     return fig
+
+
 
 
 def _text(draw: Any, xy: tuple[float, float], line: str, font: Any, anchor: str, fill: Any = (0, 0, 0)) -> None:

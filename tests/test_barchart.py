@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
-from lightning_xai.barchart import TAB10, bar_chart, image_figure, side_by_side
+from lightning_xai.barchart import TAB10, bar_chart, side_by_side
+from lightning_xai.panels import image_figure
 from lightning_xai.records import figure_to_array
 
 RED, BLUE = "#d62728", "#1f77b4"
@@ -20,7 +23,7 @@ def _columns(mask: np.ndarray) -> list[tuple[int, int, int]]:
     """(first column, last column, height in rows) of each run of columns that hold the colour."""
     cols = np.nonzero(mask.any(0))[0]
     runs, start = [], cols[0]
-    for a, b in zip(cols, cols[1:]):
+    for a, b in itertools.pairwise(cols):
         if b != a + 1:
             runs.append((start, a))
             start = b

@@ -245,7 +245,9 @@ def test_run_model_feeds_cpu_images_channels_last_and_falls_back_for_models_that
     for net in (small_net().eval(), _BatchViewNet().eval()):
         layouts: list[bool] = []
         first = net[0] if isinstance(net, nn.Sequential) else net.stem
-        first.register_forward_pre_hook(lambda mod, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        first.register_forward_pre_hook(
+            lambda mod, args, seen=layouts: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+        )
         with torch.no_grad():
             assert torch.allclose(run_model(net, x), net(x), atol=1e-6)  # the same logits either way
         assert layouts[0] is True and net not in _CONTIGUOUS_ONLY

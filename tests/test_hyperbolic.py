@@ -17,6 +17,7 @@ from typing import Any
 
 import geoopt
 import networkx as nx
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -49,6 +50,7 @@ from lightning_xai.hyperbolic import (
     pairwise_dist,
     perplexity,
     render_tree,
+    tree_image,
     resolve_levels,
     rowwise_dist,
     rules_jaccard,
@@ -267,6 +269,18 @@ def test_class_trees_pruning_routing_and_rules_by_hand() -> None:
     assert nx.is_tree(g.to_undirected()) and nx.has_path(g, "root", "S0_2")
     fig = render_tree(t1)
     assert type(fig).__name__ == "Figure"
+    img = tree_image(t1).astype(int)
+
+    def near(colour: str) -> np.ndarray:
+        return np.abs(img - np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])).sum(-1) <= 6
+
+    rows = {name: np.nonzero(near(c).any(1))[0] for name, c in
+            (("root", "#dddddd"), ("level 1", "#a1d99b"), ("level 0", "#9ecae1"), ("routed", "#cc3333"))}
+    assert all(r.size for r in rows.values())  # each level in its colour, and the routed edge in red
+    assert rows["root"].mean() < rows["level 1"].mean() < rows["level 0"].mean()  # root on top, level 0 at the bottom
+    red = near("#cc3333").any(1)
+    span = red[rows["routed"].min() : rows["routed"].max() + 1]
+    assert not span.all()  # dashed: gaps along the routed edge
     # an image tree uses only that image's symbols
     it = h.image_tree(0)
     assert it.symbols(0) == [0] and it.symbols(2) == [0]

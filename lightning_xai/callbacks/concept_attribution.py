@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from lightning_xai.barchart import bar_chart
 from lightning_xai.callbacks.base import ExplainResult, XAICallback, check_int, check_interval, run_share
 from lightning_xai.capture import ValidationSample, resolve_layer
-from lightning_xai.panels import display_image, heat_overlay, panel_figure
+from lightning_xai.panels import display_image, heat_overlay, panel_image
 from lightning_xai.records import Chart, Media, Table
 from lightning_xai.tcav.cav import CAV_KINDS
 from lightning_xai.tcav.data import IMAGE_EXTENSIONS, check_images, describe_source
@@ -606,7 +606,7 @@ def _maps_figure(image: Tensor, maps: np.ndarray, concepts: list[str], attr: dic
     """The probe, then each concept's map over it (jet, 45% opacity) titled with its attribution."""
     panels = [image] + [heat_overlay(image, maps[j]) for j in range(len(concepts))]
     titles = [f"pred: {top}"] + [f"{concept}\nattr {attr[concept]:.3f}" for concept in concepts]
-    return panel_figure(panels, titles, f"Visual-TCAV concept maps at {layer}", cols=5)
+    return panel_image(panels, titles, f"Visual-TCAV concept maps at {layer}", cols=5)
 
 
 def _bars_width(K: int, C: int) -> int:

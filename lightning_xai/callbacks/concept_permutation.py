@@ -15,7 +15,14 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
 from lightning_xai.barchart import TAB10, bar_chart
-from lightning_xai.callbacks.base import ExplainResult, XAICallback, check_int, check_interval, gather_objects, run_share
+from lightning_xai.callbacks.base import (
+    ExplainResult,
+    XAICallback,
+    check_int,
+    check_interval,
+    gather_objects,
+    run_share,
+)
 from lightning_xai.capture import ValidationSample
 from lightning_xai.permutation import ConceptPermutation, ConceptTable, GenerationCache, PermutationResult
 from lightning_xai.permutation.importance import resolve_metric

@@ -30,7 +30,7 @@ from lightning_xai.diffexplainer import (
     optimize_prompt,
     suspects,
 )
-from lightning_xai.panels import panel_figure
+from lightning_xai.panels import panel_image
 from lightning_xai.records import Chart, Media, Table
 
 __all__ = ["DiffusionExplainerCallback"]
@@ -516,7 +516,7 @@ def _image_figure(images: Tensor, entry: dict[str, Any], epoch: int, max_images:
     probs = entry["probabilities"] or []
     flagged = (entry["bias"] or {}).get("flagged", [])
     note = f"; flagged: {', '.join(flagged)}" if flagged else ""
-    return panel_figure(
+    return panel_image(
         [images[i] for i in range(n)],
         [f"p={probs[i]:.2f}" if i < len(probs) else "" for i in range(n)],
         f'{entry["label"]}, epoch {epoch}: "{entry["readout"]["caption"]}"{note}',

@@ -25,12 +25,12 @@ from lightning_xai.hyperbolic import (
     explain_symbols,
     find_feature_layer,
     js_divergence,
-    render_tree,
-    render_usage,
     resolve_levels,
     rules_jaccard,
     semantics_grid,
+    tree_image,
     tree_to_dot,
+    usage_image,
     visual_semantics,
 )
 from lightning_xai.records import Chart, Media, Table
@@ -487,8 +487,8 @@ class SymbolicTreeCallback(XAICallback):
         media: list[Media] = []
         for c, tree in class_trees.items():
             rules_c = "; ".join(r.text for r in res.rules if r.class_index == c and r.level == model.num_levels)
-            media.append(Media("class_tree", render_tree(tree), caption=f"epoch {epoch}: {rules_c or tree.name}"))
-        media.append(Media("usage_histogram", render_usage(res.usage, f"Symbol usage, epoch {epoch}"), caption=f"epoch {epoch}"))
+            media.append(Media("class_tree", tree_image(tree), caption=f"epoch {epoch}: {rules_c or tree.name}"))
+        media.append(Media("usage_histogram", usage_image(res.usage, f"Symbol usage, epoch {epoch}"), caption=f"epoch {epoch}"))
         semantics_payload: list[dict[str, Any]] = []
         if self.semantic_symbols > 0 and sample.inputs is not None and sample.inputs.dim() == 4:
             size = (int(sample.inputs.shape[-2]), int(sample.inputs.shape[-1]))

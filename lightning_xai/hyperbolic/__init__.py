@@ -46,7 +46,15 @@ from .geometry import make_ball, pairwise_dist, rowwise_dist
 from .layers import feature_maps_before_head, find_feature_layer
 from .metrics import fidelity, js_divergence, level_norms, norm_order_share, perplexity, rules_jaccard
 from .model import Encoding, ForwardPass, SymbolicModel
-from .render import render_semantics, render_tree, render_usage, semantics_grid, tree_graph
+from .render import (
+    render_semantics,
+    render_tree,
+    render_usage,
+    semantics_grid,
+    tree_graph,
+    tree_image,
+    usage_image,
+)
 from .semantics import SymbolSemantics, visual_semantics
 from .tree import Hierarchy, Rule, TreeNode, read_hierarchy, symbol_name, tree_to_dot
 
@@ -87,6 +95,8 @@ __all__ = [
     "semantics_grid",
     "symbol_name",
     "tree_graph",
+    "tree_image",
     "tree_to_dot",
+    "usage_image",
     "visual_semantics",
 ]
