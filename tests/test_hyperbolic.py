@@ -50,12 +50,12 @@ from lightning_xai.hyperbolic import (
     pairwise_dist,
     perplexity,
     render_tree,
-    tree_image,
     resolve_levels,
     rowwise_dist,
     rules_jaccard,
     semantics_grid,
     tree_graph,
+    tree_image,
     tree_to_dot,
     visual_semantics,
 )
