@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -345,3 +346,49 @@ def test_nan_activations_are_reported_not_explained(tmp_path: Path) -> None:
         make_trainer(tmp_path / "raise", [RepresentationDriftCallback(on_error="raise")], max_epochs=2).fit(
             NaNAfterFirstEpoch(), BlobData()
         )
+
+
+class CycleExplainer(XAICallback):
+    """Leaves a reference cycle behind (as matplotlib figures and tracebacks do) and notes the collector's state."""
+
+    method = "cycles"
+
+    def __init__(self, fail: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fail = fail
+        self.collector_on: list[bool] = []
+        self.left: list[Any] = []
+
+    def explain(self, trainer, pl_module, sample):
+        import gc
+        import weakref
+
+        class Node:
+            pass
+
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # only the cycle collector can free these
+        self.left.append(weakref.ref(a))
+        self.collector_on.append(gc.isenabled())
+        if self.fail:
+            raise ValueError("explainer exploded")
+        return ExplainResult(payload={})
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_explaining_pauses_the_collector_and_frees_its_cycles_after(tmp_path: Path, fail: bool) -> None:
+    import gc
+
+    cb = CycleExplainer(fail=fail, on_error="warn", max_failures=5)
+    with pytest.warns(UserWarning) if fail else nullcontext():
+        make_trainer(tmp_path, [cb], max_epochs=2, num_sanity_val_steps=0).fit(SmallNet(), BlobData())
+    assert cb.collector_on == [False, False]  # no automatic collection while explaining
+    assert gc.isenabled()  # and on again after, failure or not
+    assert all(ref() is None for ref in cb.left)  # the young collection after each epoch freed the cycles
+    gc.disable()  # a collector the user turned off stays off
+    try:
+        cb2 = CycleExplainer()
+        make_trainer(tmp_path / "off", [cb2], max_epochs=1, num_sanity_val_steps=0).fit(SmallNet(), BlobData())
+        assert not gc.isenabled() and cb2.collector_on == [False]
+    finally:
+        gc.enable()

@@ -7,13 +7,14 @@ where records go) lives here.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import time
 import traceback
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -167,6 +168,34 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+@contextlib.contextmanager
+def young_collections_only() -> Iterator[None]:
+    """Run explanation work without automatic garbage collection, then collect the youngest generation.
+
+    Explaining allocates many short-lived Python objects (rules, tables, figure parts). Automatic collections
+    that run while they are alive move them to older generations, and on CPython 3.11 enough such moves start
+    a full collection of the whole process: 0.3 to 0.45 s with torch and Lightning loaded (measured here), once
+    every few explained epochs. Paused, the collector runs once afterwards, on the young objects only, which
+    also frees any reference cycle the explanation left. A collector the user disabled stays disabled.
+
+    Example:
+        >>> import gc
+        >>> with young_collections_only():
+        ...     gc.isenabled()
+        False
+        >>> gc.isenabled()
+        True
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+            gc.collect(0)
 
 
 def _check_finite(sample: ValidationSample, epoch: int) -> None:
@@ -411,6 +440,10 @@ class XAICallback(Callback):
 
     # ------------------------------------------------------------------ running
     def _run(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        with young_collections_only():
+            self._run_unpaused(trainer, pl_module)
+
+    def _run_unpaused(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._armed = False
         epoch, step = trainer.current_epoch, trainer.global_step
         start = time.perf_counter()
