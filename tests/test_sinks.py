@@ -382,14 +382,29 @@ def test_wandb_sink_image_caption_masks_and_boxes(monkeypatch):
 
 
 def test_chart_to_figure_bar_and_line():
+    from lightning_xai.charts import TAB10
+    from lightning_xai.records import figure_to_array
+    from lightning_xai.sinks import chart_image
+
+    def mask(img, colour):
+        rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+        return np.abs(img.astype(int) - rgb).sum(-1) <= 3
+
     t = Table("t", ["c", "a", "b"], [["x", 1.0, 2.0], ["y", 3.0, None]])
-    bar = chart_to_figure(Chart("k", "bar", t, "c", ["a", "b"], title="T"))
-    ax = bar.axes[0]
-    assert len(ax.patches) == 4 and ax.get_title() == "T"
-    assert [tl.get_text() for tl in ax.get_xticklabels()] == ["x", "y"]
-    line = chart_to_figure(Chart("k", "line", Table("u", ["s", "v"], [[0, 1.0], [5, 2.0]]), "s", "v"))
-    (l2d,) = line.axes[0].get_lines()
-    assert list(l2d.get_xdata()) == [0.0, 5.0] and list(l2d.get_ydata()) == [1.0, 2.0]
+    chart = Chart("k", "bar", t, "c", ["a", "b"], title="T")
+    img = chart_image(chart)
+    assert np.array_equal(figure_to_array(chart_to_figure(chart)), img)  # the figure shows the image 1:1
+    a_cols = np.nonzero(mask(img, TAB10[0]).any(0))[0]
+    b_cols = np.nonzero(mask(img, TAB10[1]).any(0))[0]
+    # series a: two bars (x, y) and a legend patch; series b: one bar (its y cell is empty) and a legend patch
+    assert (np.diff(a_cols) > 1).sum() == 2 and (np.diff(b_cols) > 1).sum() == 1
+    heights = [int(mask(img, TAB10[0])[:, c].sum()) for c in (a_cols[0], a_cols[np.argmax(np.diff(a_cols) > 1) + 1])]
+    assert abs(heights[1] / heights[0] - 3.0) < 0.1  # a's bars are 1 and 3
+    line = chart_image(Chart("k", "line", Table("u", ["s", "v"], [[0, 1.0], [5, 2.0]]), "s", "v"))
+    m = mask(line, TAB10[0])
+    cols = np.nonzero(m.any(0))[0]
+    left_row, right_row = np.nonzero(m[:, cols[0]])[0].mean(), np.nonzero(m[:, cols[-1]])[0].mean()
+    assert right_row < left_row  # it rises from 1 to 2
     assert plt.get_fignums() == []
 
 

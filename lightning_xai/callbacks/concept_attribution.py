@@ -16,9 +16,9 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_xai.barchart import bar_chart
 from lightning_xai.callbacks.base import ExplainResult, XAICallback, check_int, check_interval, run_share
 from lightning_xai.capture import ValidationSample, resolve_layer
+from lightning_xai.charts import bar_chart
 from lightning_xai.panels import display_image, heat_overlay, panel_image
 from lightning_xai.records import Chart, Media, Table
 from lightning_xai.tcav.cav import CAV_KINDS

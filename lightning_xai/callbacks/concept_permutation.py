@@ -14,7 +14,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
-from lightning_xai.barchart import TAB10, bar_chart
 from lightning_xai.callbacks.base import (
     ExplainResult,
     XAICallback,
@@ -24,6 +23,7 @@ from lightning_xai.callbacks.base import (
     run_share,
 )
 from lightning_xai.capture import ValidationSample
+from lightning_xai.charts import TAB10, bar_chart
 from lightning_xai.permutation import ConceptPermutation, ConceptTable, GenerationCache, PermutationResult
 from lightning_xai.permutation.importance import resolve_metric
 from lightning_xai.records import Chart, Media, Table

@@ -41,7 +41,7 @@ from lightning_xai.logic import (
 )
 from lightning_xai.panels import display_image
 from lightning_xai.records import Chart, Media, Table
-from lightning_xai.sinks import chart_to_figure
+from lightning_xai.sinks import chart_image
 
 __all__ = ["LogicRulesCallback"]
 
@@ -600,7 +600,7 @@ class LogicRulesCallback(XAICallback):
             )
             charts.append(chart)
             media.append(
-                Media("survival_plot", chart_to_figure(chart), caption=f"Predicate survival, epoch {epoch}")
+                Media("survival_plot", chart_image(chart), caption=f"Predicate survival, epoch {epoch}")
             )
 
         self.history.append(entry)

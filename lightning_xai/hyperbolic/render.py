@@ -158,7 +158,7 @@ def _layered_positions(g: nx.DiGraph) -> dict[str, tuple[float, float]]:
 def render_usage(usage: Sequence[Sequence[int]], title: str = "Symbol usage") -> Figure:
     """One bar chart per level: tokens per symbol (levels side by side, finest first).
 
-    The bars are drawn with :func:`lightning_xai.barchart.bar_chart` (a few milliseconds, against about
+    The bars are drawn with :func:`lightning_xai.charts.bar_chart` (a few milliseconds, against about
     200 ms for the same charts as matplotlib subplots), and the figure shows that image 1:1.
 
     Example:
@@ -177,7 +177,7 @@ def usage_image(usage: Sequence[Sequence[int]], title: str = "Symbol usage") -> 
         >>> usage_image([[3, 1, 0, 2], [4, 2]]).dtype.name
         'uint8'
     """
-    from lightning_xai.barchart import bar_chart, side_by_side
+    from lightning_xai.charts import bar_chart, side_by_side
 
     charts = [
         bar_chart(

@@ -1,4 +1,4 @@
-"""``lightning_xai.barchart``: bar charts drawn into pixels, read back from the pixels."""
+"""``lightning_xai.charts``: bar charts drawn into pixels, read back from the pixels."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from lightning_xai.barchart import TAB10, bar_chart, side_by_side
+from lightning_xai.charts import TAB10, bar_chart, line_chart, side_by_side
 from lightning_xai.panels import image_figure
 from lightning_xai.records import figure_to_array
 
@@ -111,6 +111,25 @@ def test_bar_colours_colour_single_bars() -> None:
 def test_bad_input_is_named(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         bar_chart(**kwargs)
+
+
+def test_lines_follow_their_points_to_scale_and_break_at_nan() -> None:
+    img = line_chart([0.0, 1.0, 10.0], [[0.0, 1.0, 0.0], [1.0, float("nan"), 1.0]], series=["peak", "flat"],
+                     colours=[RED, BLUE], ylim=(0.0, 1.0), size=(420, 260))
+    red, blue = _mask(img, RED), _mask(img, BLUE)
+    cols = np.nonzero(red.any(0))[0]
+    legend_x = _columns(red)[-1][0]
+    plot_cols = cols[cols < legend_x - 5]
+    top_col = plot_cols[np.argmin([np.nonzero(red[:, c])[0].min() for c in plot_cols])]
+    span = plot_cols.max() - plot_cols.min()
+    assert abs((top_col - plot_cols.min()) / span - 0.1) < 0.03  # the peak sits at x = 1 of 0..10
+    # the second line has no middle point: two markers at its ends, no line between them
+    blue_cols = np.nonzero(blue[:, : legend_x - 5].any(0))[0]
+    assert (np.diff(blue_cols) > 1).sum() == 1
+    labels = line_chart(["a", "b"], [1.0, 2.0])  # labels: evenly spaced, a single line needs no legend
+    assert labels.shape[2] == 3
+    with pytest.raises(ValueError, match=r"values must be \[series, 3 points\]"):
+        line_chart([0, 1, 2], [[1.0, 2.0]])
 
 
 def test_side_by_side_and_image_figure_keep_every_pixel() -> None:
