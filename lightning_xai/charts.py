@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_xai.panels import _font, _text, text_size
+from lightning_xai.panels import draw_text, text_font, text_size
 
 __all__ = ["TAB10", "bar_chart", "line_chart", "side_by_side"]
 
@@ -81,7 +81,7 @@ class _Axes:
         if not self.y1 > self.y0:
             raise ValueError(f"ylim must rise, got {tuple(ylim)!r}.")
         px = dpi / 72.0
-        self.small, self.label_font = _font(font_pt * px), _font((font_pt + 1) * px)
+        self.small, self.label_font = text_font(font_pt * px), text_font((font_pt + 1) * px)
         self.yticks, decimals = _ticks(self.y0, self.y1)
         self.ytexts = [f"{t:.{decimals}f}" for t in self.yticks]
         self.tick_w = max((text_size(t, self.small)[0] for t in self.ytexts), default=0)
@@ -144,7 +144,7 @@ class _Axes:
         for t, text in zip(self.yticks, self.ytexts):
             yt = round(self.y_of(t))
             draw.line([(left - 4, yt), (left, yt)], fill=_INK, width=1)
-            _text(draw, (left - 6, yt), text, self.small, "rm")
+            draw_text(draw, (left - 6, yt), text, self.small, "rm")
         for i, (f, name) in enumerate(self.xticks):
             if i % self.every:
                 continue
@@ -153,21 +153,21 @@ class _Axes:
             if self.turn:
                 _turned(self.page, name, self.small, (xc, bottom + 6), self.angle)
             else:
-                _text(draw, (xc, bottom + 6), name, self.small, "ma")
+                draw_text(draw, (xc, bottom + 6), name, self.small, "ma")
         if self.ylabel:
             at = (left - self.tick_w - 14 - self.label_h, (top + bottom) / 2)
             _turned(self.page, self.ylabel, self.label_font, at, math.pi / 2, anchor="left-middle")
         if self.xlabel:
-            _text(draw, ((left + right) / 2, self.height - _MARGIN), self.xlabel, self.label_font, "md")
+            draw_text(draw, ((left + right) / 2, self.height - _MARGIN), self.xlabel, self.label_font, "md")
         for i, line in enumerate(self.title_lines):
-            _text(draw, (self.width / 2, _MARGIN + i * (self.label_h + 3)), line, self.label_font, "ma")
+            draw_text(draw, (self.width / 2, _MARGIN + i * (self.label_h + 3)), line, self.label_font, "ma")
         if self.legend:
             row_h = self.line_h + 5
             ly = (top + bottom) / 2 - len(self.legend) * row_h / 2
             for s, (name, colour) in enumerate(self.legend):
                 yy = ly + s * row_h
                 draw.rectangle([right + 12, round(yy + 2), right + 27, round(yy + row_h - 3)], fill=colour)
-                _text(draw, (right + 33, yy + row_h / 2), name, self.small, "lm")
+                draw_text(draw, (right + 33, yy + row_h / 2), name, self.small, "lm")
         return np.asarray(self.page)
 
 
@@ -266,7 +266,7 @@ def bar_chart(
                 for yy in (ya, yb):
                     draw.line([(xc - cap, round(yy)), (xc + cap, round(yy))], fill=_INK, width=1)
             if mk[s, g]:
-                _text(draw, (xc, max(axes.top + 1, axes.y_of(max(peak, val)) - 2)), "*", axes.label_font, "md")
+                draw_text(draw, (xc, max(axes.top + 1, axes.y_of(max(peak, val)) - 2)), "*", axes.label_font, "md")
     if hline is not None:
         axes.dashed_hline(hline)
     return axes.close()
@@ -371,7 +371,7 @@ def side_by_side(charts: Sequence[np.ndarray], title: str = "", gap: int = 8, fo
 
     if not charts:
         raise ValueError("side_by_side needs at least one chart.")
-    font = _font(font_pt * dpi / 72.0)
+    font = text_font(font_pt * dpi / 72.0)
     head = text_size("Ag", font)[1] + 10 if title else 0
     height = head + max(c.shape[0] for c in charts)
     width = sum(c.shape[1] for c in charts) + gap * (len(charts) - 1)
@@ -382,7 +382,7 @@ def side_by_side(charts: Sequence[np.ndarray], title: str = "", gap: int = 8, fo
         x += c.shape[1] + gap
     if title:
         img = Image.fromarray(page)
-        _text(ImageDraw.Draw(img), (width / 2, 4), title, font, "ma")
+        draw_text(ImageDraw.Draw(img), (width / 2, 4), title, font, "ma")
         page = np.asarray(img)
     return page
 
@@ -435,7 +435,7 @@ def _turned(page: Any, text: str, font: Any, at: tuple[float, float], angle: flo
 
     w, h = text_size(text, font)
     tile = Image.new("L", (w + 4, h + 4), 0)
-    _text(ImageDraw.Draw(tile), (2, 2), text, font, "la", fill=255)
+    draw_text(ImageDraw.Draw(tile), (2, 2), text, font, "la", fill=255)
     turned = tile.rotate(math.degrees(angle), expand=True, resample=Image.BICUBIC)
     tw, th = turned.size
     if anchor == "right-top":

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["display_image", "heat_overlay", "image_figure", "panel_figure", "panel_image"]
+__all__ = [
+    "display_image", "draw_text", "heat_overlay", "image_figure", "panel_figure", "panel_image", "text_font", "text_size",
+]
 
 _TITLE_PT = 7.0
 _SUPTITLE_PT = 9.0
@@ -162,15 +164,15 @@ def panel_image(
     # panels read like the package's other figures; laying out text with matplotlib cost most of a figure
     page = Image.fromarray(canvas)
     draw = ImageDraw.Draw(page)
-    font, big = _font(title_px), _font(suptitle_px)
+    font, big = text_font(title_px), text_font(suptitle_px)
     for i, text in enumerate(wrapped):
         r, c = divmod(i, cols)
         bottom = top + r * (band + ph + gap) + band - 2  # the last line sits just above its panel
         for j, line in enumerate(text):
             y = bottom - (len(text) - 1 - j) * line_px
-            _text(draw, (margin + c * (pw + gap) + pw / 2, y), line, font, "md")
+            draw_text(draw, (margin + c * (pw + gap) + pw / 2, y), line, font, "md")
     for j, line in enumerate(head):
-        _text(draw, (width / 2, 3 + j * suptitle_px * 1.35), line, big, "ma")
+        draw_text(draw, (width / 2, 3 + j * suptitle_px * 1.35), line, big, "ma")
     return np.asarray(page)
 
 
@@ -212,11 +214,17 @@ def image_figure(image: np.ndarray, dpi: int = 100) -> Any:
     return fig
 
 
-
-
-def _text(draw: Any, xy: tuple[float, float], line: str, font: Any, anchor: str, fill: Any = (0, 0, 0)) -> None:
+def draw_text(draw: Any, xy: tuple[float, float], line: str, font: Any, anchor: str, fill: Any = (0, 0, 0)) -> None:
     """One line of text at ``xy`` by a PIL anchor: horizontal ``l``/``m``/``r``, then vertical ``a`` (top),
-    ``m`` (middle) or ``d`` (descender)."""
+    ``m`` (middle) or ``d`` (descender); works with PIL's bitmap font too, which takes no anchor.
+
+    Example:
+        >>> from PIL import Image, ImageDraw
+        >>> page = Image.new("RGB", (60, 20), "white")
+        >>> draw_text(ImageDraw.Draw(page), (30, 10), "hi", text_font(12), "mm")
+        >>> min(page.getpixel((x, y))[0] for x in range(60) for y in range(20)) < 128
+        True
+    """
     try:
         draw.text(xy, line, fill=fill, font=font, anchor=anchor)
     except ValueError:  # PIL's bitmap font takes no anchor: place it by its measured size
@@ -228,7 +236,13 @@ def _text(draw: Any, xy: tuple[float, float], line: str, font: Any, anchor: str,
 
 
 def text_size(line: str, font: Any) -> tuple[int, int]:
-    """Width and height in pixels of one line of ``font`` text (ink box from the origin)."""
+    """Width and height in pixels of one line of ``font`` text (ink box from the origin).
+
+    Example:
+        >>> w1, _ = text_size("ab", text_font(12)); w2, _ = text_size("abab", text_font(12))
+        >>> w2 > w1
+        True
+    """
     left, upper, right, lower = font.getbbox(line)
     return math.ceil(right - min(0, left)), math.ceil(lower - min(0, upper))
 
@@ -245,6 +259,12 @@ def _font_at(size_px: int) -> Any:
         return ImageFont.load_default()
 
 
-def _font(size_px: float) -> Any:
-    """A TrueType font of ``size_px`` pixels per em (matplotlib's default family), cached."""
+def text_font(size_px: float) -> Any:
+    """A TrueType font of ``size_px`` pixels per em (matplotlib's default family, so text drawn with PIL reads
+    like the package's matplotlib figures), cached; PIL's bitmap font where FreeType or the file is missing.
+
+    Example:
+        >>> text_font(12) is text_font(12.2)
+        True
+    """
     return _font_at(max(6, round(size_px)))

@@ -1,6 +1,7 @@
 """Figures: trees (a layered layout drawn with PIL, no system Graphviz), usage histograms and
-visual-semantics panels. Every function returns a :class:`matplotlib.figure.Figure` (no pyplot, so
-nothing global is touched); ``fig.savefig(path)`` writes a PNG.
+visual-semantics panels. The ``render_*`` functions return a :class:`matplotlib.figure.Figure` (no pyplot,
+so nothing global is touched; ``fig.savefig(path)`` writes a PNG); :func:`tree_image`, :func:`usage_image`
+and :func:`semantics_grid` return the pixels themselves, which is what the callback logs.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def tree_image(tree: TreeNode, title: str | None = None, dpi: int = 100, supersa
     """
     from PIL import Image, ImageDraw
 
-    from lightning_xai.panels import _font, _text, text_size
+    from lightning_xai.panels import draw_text, text_font, text_size
 
     g = tree_graph(tree)
     nodes = list(g.nodes(data=True))
@@ -86,7 +87,7 @@ def tree_image(tree: TreeNode, title: str | None = None, dpi: int = 100, supersa
     top_tokens = max(1, max(d["tokens"] for _, d in nodes))
     # node areas as networkx gives them (points squared), edge widths in points, as the matplotlib version
     radius = {n: 0.5 * (300 + 1200 * (d["tokens"] / top_tokens) ** 0.5) ** 0.5 * pt for n, d in nodes}
-    title_font, label_font = _font(10 * pt), _font(7 * pt)
+    title_font, label_font = text_font(10 * pt), text_font(7 * pt)
     heading = title or tree.name
     band = text_size(heading, title_font)[1] + 16 * k
     r_max = max(radius.values())
@@ -118,8 +119,8 @@ def tree_image(tree: TreeNode, title: str | None = None, dpi: int = 100, supersa
         lines = (d["label"].replace(" (", "\n(") if d["level"] == tree.level else d["label"]).split("\n")
         step = 7 * pt * 1.2
         for i, line in enumerate(lines):
-            _text(draw, (x, y + (i - (len(lines) - 1) / 2) * step), line, label_font, "mm")
-    _text(draw, (width * k / 2, 8 * k), heading, title_font, "ma")
+            draw_text(draw, (x, y + (i - (len(lines) - 1) / 2) * step), line, label_font, "mm")
+    draw_text(draw, (width * k / 2, 8 * k), heading, title_font, "ma")
     return np.asarray(page.reduce(k) if k > 1 else page)
 
 
