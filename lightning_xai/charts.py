@@ -214,14 +214,9 @@ def bar_chart(
         >>> img.shape[2], img.dtype.name
         (3, 'uint8')
     """
-    v = np.asarray(values, dtype=np.float64)
-    if v.ndim == 1:
-        v = v[None]
     G = len(groups)
-    if v.ndim != 2 or v.shape[1] != G:
-        raise ValueError(f"values must be [series, {G} groups], got shape {list(np.shape(values))}.")
+    v, names = _rows(values, series, G, "groups")
     S = v.shape[0]
-    names = _series_names(series, S)
     err = _errors(errors, S, G)
     mk = np.zeros((S, G), dtype=bool) if marks is None else np.asarray(marks, dtype=bool).reshape(S, G)
     palette = [_rgb(c) for c in (colours or TAB10)]
@@ -305,14 +300,9 @@ def line_chart(
     """
     from PIL import Image, ImageDraw
 
-    v = np.asarray(values, dtype=np.float64)
-    if v.ndim == 1:
-        v = v[None]
     N = len(x)
-    if v.ndim != 2 or v.shape[1] != N:
-        raise ValueError(f"values must be [series, {N} points], got shape {list(np.shape(values))}.")
+    v, names = _rows(values, series, N, "points")
     S = v.shape[0]
-    names = _series_names(series, S)
     palette = [_rgb(c) for c in (colours or TAB10)]
     numeric = all(isinstance(a, (int, float, np.integer, np.floating)) and not isinstance(a, bool) for a in x)
     if numeric and N:
@@ -388,11 +378,17 @@ def side_by_side(charts: Sequence[np.ndarray], title: str = "", gap: int = 8, fo
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _series_names(series: Sequence[str] | None, S: int) -> list[str]:
+def _rows(values: Any, series: Sequence[str] | None, n: int, what: str) -> tuple[np.ndarray, list[str]]:
+    """``values`` as ``[S, n]`` floats (one row may be given flat) and the series names, both checked."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim == 1:
+        v = v[None]
+    if v.ndim != 2 or v.shape[1] != n:
+        raise ValueError(f"values must be [series, {n} {what}], got shape {list(np.shape(values))}.")
     names = list(series) if series is not None else []
-    if names and len(names) != S:
-        raise ValueError(f"{len(names)} series names for {S} rows of values; give one per row.")
-    return names
+    if names and len(names) != v.shape[0]:
+        raise ValueError(f"{len(names)} series names for {v.shape[0]} rows of values; give one per row.")
+    return v, names
 
 
 def _errors(errors: Any, S: int, G: int) -> np.ndarray:
