@@ -230,6 +230,8 @@ def bar_chart(
         hi, lo = float(np.nanmax(tops, initial=0.0)), float(np.nanmin(bots, initial=0.0))
         if hline is not None:
             hi, lo = max(hi, hline), min(lo, hline)
+        if mk.any():  # room for the marks over the highest bars
+            hi += 0.08 * ((hi - lo) or 1.0)
         ylim = _padded(lo, hi, include_zero=True)
 
     legend = [(n, palette[s % len(palette)]) for s, n in enumerate(names)] if len(names) > 1 else []
