@@ -345,8 +345,8 @@ class Table:
 class Chart:
     """A bar or line chart over the columns of a :class:`Table`.
 
-    Logged as ``wandb.plot.bar`` / ``wandb.plot.line`` (``line_series`` for several ``y``), as a matplotlib
-    figure in TensorBoard (see :func:`lightning_xai.sinks.chart_to_figure`).
+    Logged as ``wandb.plot.bar`` / ``wandb.plot.line`` (``line_series`` for several ``y``), as a figure in
+    TensorBoard drawn by :mod:`lightning_xai.charts` (see :func:`lightning_xai.sinks.chart_to_figure`).
 
     Args:
         key: name of the chart within its method.
