@@ -315,7 +315,7 @@ class ConceptPermutation:
                 x = self.cache.get([pairs[k][0] for k in chunk], [pairs[k][1] for k in chunk]).to(device)
                 if self.transform is not None:
                     x = self.transform(x)
-                logits = run_model(model, x)  # channels-last on the CPU: a third of the time
+                logits = run_model(model, x)  # channels-last on the CPU (faster convolutions and pooling)
                 if not isinstance(logits, Tensor) or logits.dim() != 2:
                     raise ValueError(
                         f"the classifier must return logits [N, classes]; got {getattr(logits, 'shape', type(logits))}."
