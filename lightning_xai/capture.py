@@ -569,10 +569,11 @@ def run_model(model: nn.Module, x: Tensor, retry_contiguous: bool = True) -> Any
 
     Convolutions and pooling run faster in that layout on a CPU (a batch of 64 images of 64x64, 2 cores: the
     world's TinyCNN 28 -> 12 ms, MobileNetV3-Small 12.9 -> 10.1 ms, ResNet-18 82 -> 75 ms) and the values,
-    read through logical indexing, agree to rounding (1e-6 or less there). A model that fails on channels-last images but runs on contiguous ones (e.g. ``.view()`` on
-    a feature map) is remembered and gets contiguous images from then on; input that fits neither way raises
-    the model's own error and leaves the model eligible. With ``retry_contiguous=False`` a failure in
-    channels-last raises at once (for a pass that is allowed to fail, so a failing model is not run twice).
+    read through logical indexing, agree to rounding (1e-6 or less there). A model that fails on
+    channels-last images but runs on contiguous ones (e.g. ``.view()`` on a feature map) is remembered and
+    gets contiguous images from then on; input that fits neither way raises the model's own error and leaves
+    the model eligible. With ``retry_contiguous=False`` a failure in channels-last raises at once (for a pass
+    that is allowed to fail, so a failing model is not run twice).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(8, 2))
