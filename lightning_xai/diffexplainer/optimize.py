@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_xai.capture import _first_tensor as first_tensor
-from lightning_xai.capture import explanation_mode, find_head, resolve_layer
+from lightning_xai.capture import explanation_mode, find_head, resolve_layer, run_model
 
 from .prompt import PromptGenerator, Readout
 
@@ -204,7 +204,7 @@ class TargetObjective:
 
     def _forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         with self._tap() as store:
-            logits = _first_tensor(self.classifier(self.preprocess(images.to(self.device))))
+            logits = _first_tensor(run_model(self.classifier, self.preprocess(images.to(self.device))))
         return logits, (store[-1] if store else None)
 
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
