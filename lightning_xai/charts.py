@@ -19,23 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from lightning_xai.panels import draw_text, text_font, text_size
+from lightning_xai.colours import TAB10, rgb
+from lightning_xai.panels import draw_dashed_line, draw_text, text_font, text_size
 
 __all__ = ["TAB10", "bar_chart", "line_chart", "side_by_side"]
 
-# matplotlib's default colour cycle ("tab10"), so these charts match the package's matplotlib figures
-TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 _INK = (0, 0, 0)
 _MARGIN = 6
-
-
-def _rgb(colour: str | tuple[int, int, int]) -> tuple[int, int, int]:
-    if isinstance(colour, str):
-        c = colour.lstrip("#")
-        if len(c) != 6:
-            raise ValueError(f"colours are '#rrggbb' strings or (r, g, b) tuples, got {colour!r}.")
-        return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16)
-    return tuple(int(v) for v in colour)  # type: ignore[return-value]
 
 
 def _ticks(lo: float, hi: float) -> tuple[list[float], int]:
@@ -135,8 +125,7 @@ class _Axes:
     def dashed_hline(self, value: float) -> None:
         if self.y0 <= value <= self.y1:
             yh = round(self.y_of(value))
-            for xa in range(self.left, self.right, 8):
-                self.draw.line([(xa, yh), (min(xa + 4, self.right), yh)], fill=(128, 128, 128), width=1)
+            draw_dashed_line(self.draw, (self.left, yh), (self.right, yh), (128, 128, 128), 1, 4, 4)
 
     def close(self) -> np.ndarray:
         draw, left, right, top, bottom = self.draw, self.left, self.right, self.top, self.bottom
@@ -219,10 +208,10 @@ def bar_chart(
     S = v.shape[0]
     err = _errors(errors, S, G)
     mk = np.zeros((S, G), dtype=bool) if marks is None else np.asarray(marks, dtype=bool).reshape(S, G)
-    palette = [_rgb(c) for c in (colours or TAB10)]
+    palette = [rgb(c) for c in (colours or TAB10)]
     if bar_colours is not None and (len(bar_colours) != S or any(len(row) != G for row in bar_colours)):
         raise ValueError(f"bar_colours must be [{S} series, {G} groups] of colours.")
-    fills = [[_rgb(bar_colours[s][g]) if bar_colours is not None else palette[s % len(palette)] for g in range(G)]
+    fills = [[rgb(bar_colours[s][g]) if bar_colours is not None else palette[s % len(palette)] for g in range(G)]
              for s in range(S)]
     if ylim is None:
         tops = np.where(np.isnan(err[:, 1]), v, v + np.nan_to_num(err[:, 1]))
@@ -305,7 +294,7 @@ def line_chart(
     N = len(x)
     v, names = _rows(values, series, N, "points")
     S = v.shape[0]
-    palette = [_rgb(c) for c in (colours or TAB10)]
+    palette = [rgb(c) for c in (colours or TAB10)]
     numeric = all(isinstance(a, (int, float, np.integer, np.floating)) and not isinstance(a, bool) for a in x)
     if numeric and N:
         xs = np.asarray(x, dtype=np.float64)

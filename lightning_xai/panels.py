@@ -3,9 +3,10 @@
 Callbacks show images next to each other (a probe and its concept maps, the images an optimised prompt
 generates) with a short title over each. Drawing those as matplotlib subplots costs about 50 ms per figure
 (axes, ticks and ``tight_layout``; a probe with two concept maps, 2-core CPU), and a callback draws several
-every explained epoch. :func:`panel_figure` composes the panels and their titles into one pixel canvas with
-numpy and PIL (in matplotlib's default font) and hands matplotlib a single image: about 8 ms for the same
-figure, measured interleaved. :func:`heat_overlay` blends a map over an image the way ``imshow`` with
+every explained epoch. :func:`panel_image` composes the panels and their titles into one pixel canvas with
+numpy and PIL (in matplotlib's default font): about 8 ms for the same figure, measured interleaved, and
+callbacks log those pixels; :func:`panel_figure` shows them in a matplotlib figure for ``savefig``. The text
+and dashed-line helpers here are what :mod:`lightning_xai.charts` and the tree renderer draw with. :func:`heat_overlay` blends a map over an image the way ``imshow`` with
 ``alpha`` would.
 """
 
@@ -22,7 +23,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "display_image", "draw_text", "heat_overlay", "image_figure", "panel_figure", "panel_image", "text_font", "text_size",
+    "display_image", "draw_dashed_line", "draw_text", "heat_overlay", "image_figure", "panel_figure", "panel_image",
+    "text_font", "text_size",
 ]
 
 _TITLE_PT = 7.0
@@ -233,6 +235,30 @@ def draw_text(draw: Any, xy: tuple[float, float], line: str, font: Any, anchor: 
         x = xy[0] - {"l": 0.0, "m": w / 2, "r": w}[anchor[0]]
         y = xy[1] - {"a": 0.0, "m": h / 2, "d": h}[anchor[1]]
         draw.text((x, y), line, fill=fill, font=font)
+
+
+def draw_dashed_line(
+    draw: Any, a: tuple[float, float], b: tuple[float, float], fill: Any, width: int, on: float, off: float
+) -> None:
+    """A dashed straight line from ``a`` to ``b``: dashes of ``on`` pixels with gaps of ``off`` (PIL draws no
+    dashes of its own).
+
+    Example:
+        >>> from PIL import Image, ImageDraw
+        >>> page = Image.new("L", (20, 1), 255)
+        >>> draw_dashed_line(ImageDraw.Draw(page), (0, 0), (19, 0), 0, 1, 4, 4)
+        >>> "".join("#" if page.getpixel((x, 0)) == 0 else "." for x in range(20))
+        '#####...#####...####'
+    """
+    length = math.hypot(b[0] - a[0], b[1] - a[1])
+    if length == 0:
+        return
+    ux, uy = (b[0] - a[0]) / length, (b[1] - a[1]) / length
+    t = 0.0
+    while t < length:
+        e = min(t + on, length)
+        draw.line([(a[0] + ux * t, a[1] + uy * t), (a[0] + ux * e, a[1] + uy * e)], fill=fill, width=width)
+        t = e + off
 
 
 def text_size(line: str, font: Any) -> tuple[int, int]:

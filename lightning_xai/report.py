@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_xai.colours import TAB10
 from lightning_xai.records import MEDIA_DIR, RECORDS_FILE, RESERVED_PAYLOAD_KEYS, Record, read_records
 from lightning_xai.sinks import mask_overlay
 
@@ -87,10 +88,7 @@ DEFAULT_MAX_MEDIA_BYTES = 4_000_000
 DEFAULT_MAX_TOTAL_MEDIA_BYTES = 96_000_000
 MAX_TABLE_ROWS = 200
 MAX_RAW_CHARS = 20_000
-_PALETTE = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-)  # fmt: skip
+_PALETTE = TAB10
 _MIME = {
     ".png": "image/png",
     ".jpg": "image/jpeg",

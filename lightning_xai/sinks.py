@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lightning_xai.colours import TAB10, rgb
 from lightning_xai.records import (
     Chart,
     Explanation,
@@ -71,13 +72,7 @@ __all__ = [
 #: Most images sent to W&B in one ``log`` call.
 MAX_IMAGES_PER_CALL = 50
 SUPPORTED_LOGGERS = ("WandbLogger", "TensorBoardLogger", "CSVLogger")
-_PALETTE = np.array(
-    [
-        [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
-        [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207],
-    ],
-    dtype=np.float32,
-)  # fmt: skip
+_PALETTE = np.array([rgb(c) for c in TAB10], dtype=np.float32)  # mask overlays: class id k gets colour k - 1
 
 
 def _warn(message: str) -> None:

@@ -75,7 +75,7 @@ def tree_image(tree: TreeNode, title: str | None = None, dpi: int = 100, supersa
     """
     from PIL import Image, ImageDraw
 
-    from lightning_xai.panels import draw_text, text_font, text_size
+    from lightning_xai.panels import draw_dashed_line, draw_text, text_font, text_size
 
     g = tree_graph(tree)
     nodes = list(g.nodes(data=True))
@@ -107,7 +107,7 @@ def tree_image(tree: TreeNode, title: str | None = None, dpi: int = 100, supersa
     for u, v, d in g.edges(data=True):
         (x0, y0), (x1, y1) = at(u), at(v)
         if d["routed"]:
-            _dashed(draw, (x0, y0), (x1, y1), (204, 51, 51), max(1, round(1.0 * pt)), 6 * pt, 3 * pt)
+            draw_dashed_line(draw, (x0, y0), (x1, y1), (204, 51, 51), max(1, round(1.0 * pt)), 6 * pt, 3 * pt)
         else:
             w = 0.5 + 2.5 * float(d["weight"] or 1.0)
             draw.line([(x0, y0), (x1, y1)], fill=(85, 85, 85), width=max(1, round(w * pt)))
@@ -122,20 +122,6 @@ def tree_image(tree: TreeNode, title: str | None = None, dpi: int = 100, supersa
             draw_text(draw, (x, y + (i - (len(lines) - 1) / 2) * step), line, label_font, "mm")
     draw_text(draw, (width * k / 2, 8 * k), heading, title_font, "ma")
     return np.asarray(page.reduce(k) if k > 1 else page)
-
-
-def _dashed(draw: object, a: tuple[float, float], b: tuple[float, float], fill: tuple[int, int, int], width: int,
-            on: float, off: float) -> None:
-    """A dashed straight line from ``a`` to ``b``."""
-    length = float(np.hypot(b[0] - a[0], b[1] - a[1]))
-    if length == 0:
-        return
-    ux, uy = (b[0] - a[0]) / length, (b[1] - a[1]) / length
-    t = 0.0
-    while t < length:
-        e = min(t + on, length)
-        draw.line([(a[0] + ux * t, a[1] + uy * t), (a[0] + ux * e, a[1] + uy * e)], fill=fill, width=width)
-        t = e + off
 
 
 def _layered_positions(g: nx.DiGraph) -> dict[str, tuple[float, float]]:
