@@ -261,6 +261,50 @@ def test_grounding_finds_the_patch_the_neuron_reads_and_random_rectangles_do_not
     assert summary["occupancy_guided"] < 0.15
 
 
+def test_sweeps_stop_at_acceptance_and_agree_with_evaluating_every_step() -> None:
+    from lightning_xai.logic.grounding import DEFAULT_CUTOFFS, _evaluate_masks, _make_sweep, _run_sweeps, _Runner
+
+    g = torch.Generator().manual_seed(3)
+    n, size = 8, 32
+    images = torch.rand(n, 3, size, size, generator=g)
+    net = PatchNet().eval()
+    z = head_inputs(net, images)
+    blurred = gaussian_blur(images, 3.0)
+    # thresholds from barely below the clean value (early acceptance) to far below it (late or never)
+    pairs = [(i, Predicate(0, 0, 1, float(z[i, 0]) * frac, 1, 1.0, 2)) for i in range(n) for frac in (0.97, 0.8, 0.5, 0.1)]
+    rng = np.random.default_rng(0)
+    # a bump per pair: its region grows as the cutoff falls
+    yy, xx = np.mgrid[:size, :size]
+    centres = rng.uniform(4, size - 4, (len(pairs), 2))
+    heat = np.exp(-((yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2) / (2 * 6.0**2))
+    sweeps = {m: _make_sweep(heat[m], DEFAULT_CUTOFFS, rng) for m in range(len(pairs))}
+
+    lazy = _Runner(net, net.head, None, batch_size=64)
+    images_run = []
+    lazy.model = lambda x: (images_run.append(x.shape[0]), net(x))[1]
+    guided, random = _run_sweeps(lazy, images, blurred, pairs, sweeps)
+
+    # every step of every sweep, evaluated
+    full = _Runner(net, net.head, None, batch_size=64)
+    expected_g, expected_r, total = {}, {}, 0
+    for m, sw in sweeps.items():
+        i, p = pairs[m]
+        firsts = []
+        for masks in (sw.regions, sw.randoms):
+            steps = [k for k, mask in enumerate(masks) if mask is not None and mask.any()]
+            values = _evaluate_masks(full, images, blurred, [(i, masks[k], 0) for k in steps])
+            total += len(steps)
+            off = [k for k, v in zip(steps, values) if bool(p.is_strictly_inactive(v[None])[0])]
+            firsts.append(off[0] if off else None)
+        expected_g[m] = firsts[0]
+        # only the steps up to the guided acceptance count for the random control
+        expected_r[m] = firsts[1] if firsts[1] is not None and (firsts[0] is None or firsts[1] <= firsts[0]) else None
+    assert guided == expected_g and random == expected_r
+    accepted_at = [k for k in guided.values() if k is not None]
+    assert len(set(accepted_at)) >= 3 and None in guided.values()  # early, late and never: the test has teeth
+    assert sum(images_run) < 0.8 * total  # sweeps that ended early were not run on
+
+
 def test_region_rectangle_and_blur_helpers() -> None:
     heat = np.zeros((10, 10))
     heat[1:3, 1:3] = 1.0

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor, nn
 
-from lightning_xai.capture import explanation_mode, find_head, resolve_layer
+from lightning_xai.capture import explanation_mode, find_head, resolve_layer, run_model
 from lightning_xai.logic.vocabulary import Predicate
 
 __all__ = [
@@ -235,7 +235,11 @@ class _Runner:
         self.device = _device_of(model)
         self.forward_calls = 0
 
-    def _run(self, x: Tensor, grad_layer: bool) -> tuple[Tensor, Tensor | None]:
+    def _run(self, x: Tensor, grad_layer: bool, any_layout: bool = False) -> tuple[Tensor, Tensor | None]:
+        """One forward pass; ``any_layout``: the images may go in channels-last (:func:`run_model`), for
+        passes on altered images. Passes whose values are compared with rule thresholds on the clean image
+        keep the layout the thresholds were captured in: an image's value can sit exactly on its
+        predicate's threshold, and a rounding difference would flip it."""
         store: dict[str, Tensor] = {}
 
         def on_head(module: nn.Module, args: tuple) -> None:
@@ -259,18 +263,22 @@ class _Runner:
             handles.append(self.layer_module.register_forward_hook(on_layer))
         try:
             self.forward_calls += 1
-            self.model(x.to(self.device))
+            x = x.to(self.device)
+            if any_layout:
+                run_model(self.model, x)
+            else:
+                self.model(x)
         finally:
             for h in handles:
                 h.remove()
         return store["z"], store.get("act")
 
-    def z(self, images: Tensor) -> Tensor:
+    def z(self, images: Tensor, any_layout: bool = False) -> Tensor:
         """Head inputs ``[N, D]`` (float64, CPU), in batches, without autograd."""
         out = []
         with torch.no_grad():
             for start in range(0, images.shape[0], self.batch_size):
-                z, _ = self._run(images[start : start + self.batch_size], grad_layer=False)
+                z, _ = self._run(images[start : start + self.batch_size], grad_layer=False, any_layout=any_layout)
                 out.append(z.detach().to("cpu", torch.float64))
         return torch.cat(out) if out else torch.zeros(0, 0, dtype=torch.float64)
 
@@ -394,7 +402,7 @@ def _scorecam(runner: _Runner, images: Tensor, feat: Tensor, sign: Tensor) -> Te
             scores = []
             for start in range(0, masks.shape[0], runner.batch_size):
                 chunk = masks[start : start + runner.batch_size].to(x.device)
-                z, _ = runner._run(x * chunk[:, None], grad_layer=False)
+                z, _ = runner._run(x * chunk[:, None], grad_layer=False, any_layout=True)
                 scores.append(float(sign[m]) * z[:, int(feat[m])].float())
             weights = torch.softmax(torch.cat(scores), 0)
             cam = torch.relu((weights[:, None, None] * act[0]).sum(0, keepdim=True))[None]
@@ -655,20 +663,12 @@ def _evaluate_masks(
         masks = torch.from_numpy(np.stack([m for _, m, _ in chunk]))[:, None].to(images.device)
         x = torch.where(masks, blurred[rows], images[rows])
         with torch.no_grad():
-            z, _ = runner._run(x, grad_layer=False)
+            z, _ = runner._run(x, grad_layer=False, any_layout=True)
         feats = torch.tensor([f for _, _, f in chunk], device=z.device)
         out[start : start + len(chunk)] = z[torch.arange(len(chunk), device=z.device), feats].to(
             "cpu", torch.float64
         )
     return out
-
-
-def _first_inactive(pred: Predicate, values: Tensor, valid: Sequence[bool]) -> int | None:
-    inactive = pred.is_strictly_inactive(values)
-    for k, (ok, off) in enumerate(zip(valid, inactive.tolist())):
-        if ok and off:
-            return k
-    return None
 
 
 def ground_predicates(
@@ -789,31 +789,41 @@ def _run_sweeps(
     pairs: Sequence[tuple[int, Predicate]],
     sweeps: dict[int, _Sweep],
 ) -> tuple[dict[int, int | None], dict[int, int | None]]:
-    """First accepted step of the guided and of the random sweep of each pair (None: never)."""
-    jobs: list[tuple[int, np.ndarray, int]] = []
-    where: list[tuple[int, str, int]] = []
-    for m, sw in sweeps.items():
-        i, p = pairs[m]
-        for k, region in enumerate(sw.regions):
-            if region.any():
-                jobs.append((i, region, p.feature))
-                where.append((m, "g", k))
+    """First accepted step of the guided and of the random sweep of each pair (None: never).
+
+    Steps run in order, all pairs batched per step, and a sweep stops at its acceptance; a random sweep
+    also stops once the guided one was accepted at an earlier step, since only the steps up to the guided
+    acceptance enter its budget. The answers are those of evaluating every step (a step's verdict does not
+    depend on the others): a random acceptance after the guided one is reported as None, which the budget
+    rejects anyway. Most guided sweeps end within the first few cutoffs, so this saves most forward passes.
+    """
+    guided: dict[int, int | None] = dict.fromkeys(sweeps)
+    random: dict[int, int | None] = dict.fromkeys(sweeps)
+    for k in range(max((len(sw.regions) for sw in sweeps.values()), default=0)):
+        jobs: list[tuple[int, np.ndarray, int]] = []
+        where: list[tuple[int, dict[int, int | None]]] = []
+        for m, sw in sweeps.items():
+            if k >= len(sw.regions):
+                continue
+            i, p = pairs[m]
+            g_step = guided[m]
+            if g_step is None and sw.regions[k].any():
+                jobs.append((i, sw.regions[k], p.feature))
+                where.append((m, guided))
             rnd = sw.randoms[k]
-            if rnd is not None:
+            if rnd is not None and random[m] is None and g_step is None:
                 jobs.append((i, rnd, p.feature))
-                where.append((m, "r", k))
-    values = _evaluate_masks(runner, x, blurred, jobs) if jobs else torch.zeros(0, dtype=torch.float64)
-    n_steps = {m: len(sw.regions) for m, sw in sweeps.items()}
-    got: dict[tuple[int, str], list[float]] = {}
-    valid: dict[tuple[int, str], list[bool]] = {}
-    for (m, kind, k), v in zip(where, values.tolist()):
-        got.setdefault((m, kind), [math.nan] * n_steps[m])[k] = v
-        valid.setdefault((m, kind), [False] * n_steps[m])[k] = True
-    guided: dict[int, int | None] = {}
-    random: dict[int, int | None] = {}
-    for m in sweeps:
-        p = pairs[m][1]
-        for kind, out in (("g", guided), ("r", random)):
-            vals = got.get((m, kind))
-            out[m] = None if vals is None else _first_inactive(p, torch.tensor(vals), valid[(m, kind)])
+                where.append((m, random))
+        if not jobs:
+            continue
+        values = _evaluate_masks(runner, x, blurred, jobs)
+        for (m, out), off in zip(where, _strictly_inactive(pairs, where, values)):
+            if off:
+                out[m] = k
     return guided, random
+
+
+def _strictly_inactive(
+    pairs: Sequence[tuple[int, Predicate]], where: Sequence[tuple[int, Any]], values: Tensor
+) -> list[bool]:
+    return [bool(pairs[m][1].is_strictly_inactive(v[None])[0]) for (m, _), v in zip(where, values)]

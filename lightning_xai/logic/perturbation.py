@@ -175,7 +175,7 @@ def perturbation_study(
         n = len(keep)
         for k in kinds:
             # all levels of a kind in one batched pass: fewer, larger forwards
-            z_all = runner.z(torch.cat([perturb(x, k, level, gen) for level in levels]))
+            z_all = runner.z(torch.cat([perturb(x, k, level, gen) for level in levels]), any_layout=True)
             surv, kept = [], []
             for li in range(len(levels)):
                 z = z_all[li * n : (li + 1) * n]
