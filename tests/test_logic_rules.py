@@ -262,7 +262,13 @@ def test_grounding_finds_the_patch_the_neuron_reads_and_random_rectangles_do_not
 
 
 def test_sweeps_stop_at_acceptance_and_agree_with_evaluating_every_step() -> None:
-    from lightning_xai.logic.grounding import DEFAULT_CUTOFFS, _evaluate_masks, _make_sweep, _run_sweeps, _Runner
+    from lightning_xai.logic.grounding import (
+        DEFAULT_CUTOFFS,
+        _evaluate_masks,
+        _make_sweep,
+        _run_sweeps,
+        _Runner,
+    )
 
     g = torch.Generator().manual_seed(3)
     n, size = 8, 32

@@ -278,7 +278,9 @@ class _Runner:
         out = []
         with torch.no_grad():
             for start in range(0, images.shape[0], self.batch_size):
-                z, _ = self._run(images[start : start + self.batch_size], grad_layer=False, any_layout=any_layout)
+                z, _ = self._run(
+                    images[start : start + self.batch_size], grad_layer=False, any_layout=any_layout
+                )
                 out.append(z.detach().to("cpu", torch.float64))
         return torch.cat(out) if out else torch.zeros(0, 0, dtype=torch.float64)
 
