@@ -311,6 +311,23 @@ def test_sweeps_stop_at_acceptance_and_agree_with_evaluating_every_step() -> Non
     assert sum(images_run) < 0.8 * total  # sweeps that ended early were not run on
 
 
+def test_scorecam_pairs_of_one_image_share_its_masked_passes() -> None:
+    from lightning_xai.logic.grounding import _Runner, _scorecam
+
+    net = PatchNet().eval()
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    feat, sign = torch.tensor([0, 1, 0]), torch.tensor([1, 1, -1])
+    shared = _Runner(net, net.head, net.act, batch_size=64)
+    maps = _scorecam(shared, images, feat, sign, image_of=torch.tensor([1, 1, 0]))
+    for m, row in enumerate([1, 1, 0]):
+        alone = _Runner(net, net.head, net.act, batch_size=64)
+        one = _scorecam(alone, images[row : row + 1], feat[m : m + 1], sign[m : m + 1])
+        assert torch.equal(maps[m], one[0])
+        assert alone.forward_calls == 2  # the clean image, then its masked copies
+    assert shared.forward_calls == 4  # two images, not three pairs
+    assert not torch.equal(maps[0], maps[1])  # the neurons differ, so do the maps
+
+
 def test_region_rectangle_and_blur_helpers() -> None:
     heat = np.zeros((10, 10))
     heat[1:3, 1:3] = 1.0

@@ -390,24 +390,38 @@ def neuron_scorecam(
         return _scorecam(runner, images, torch.as_tensor(list(features)), torch.as_tensor(list(signs)))
 
 
-def _scorecam(runner: _Runner, images: Tensor, feat: Tensor, sign: Tensor) -> Tensor:
+def _scorecam(
+    runner: _Runner, images: Tensor, feat: Tensor, sign: Tensor, image_of: Tensor | None = None
+) -> Tensor:
+    """Score-CAM maps of pair ``m``: image ``images[image_of[m]]`` (default: ``images[m]``), neuron ``feat[m]``.
+
+    The masked images depend on the image alone, not on the neuron, so pairs of the same image share one
+    set of masked forward passes (the maps are the same as computing each pair on its own).
+    """
     size = images.shape[-2:]
+    if image_of is None:
+        image_of = torch.arange(images.shape[0])
+    rows = image_of.tolist()
+    head_inputs: dict[int, tuple[Tensor, Tensor]] = {}  # image row -> (activation [K, h, w], z [K, D])
     maps = []
     with torch.no_grad():
-        for m in range(images.shape[0]):
-            x = images[m : m + 1]
-            _, act = runner._run(x, grad_layer=False)
-            assert act is not None
-            act = act.float()
-            up = F.interpolate(act, size=size, mode="bilinear", align_corners=False)[0]  # [K, H, W]
-            masks, _ = _normalise_maps(up)
-            scores = []
-            for start in range(0, masks.shape[0], runner.batch_size):
-                chunk = masks[start : start + runner.batch_size].to(x.device)
-                z, _ = runner._run(x * chunk[:, None], grad_layer=False, any_layout=True)
-                scores.append(float(sign[m]) * z[:, int(feat[m])].float())
-            weights = torch.softmax(torch.cat(scores), 0)
-            cam = torch.relu((weights[:, None, None] * act[0]).sum(0, keepdim=True))[None]
+        for m, row in enumerate(rows):
+            if row not in head_inputs:
+                x = images[row : row + 1]
+                _, act = runner._run(x, grad_layer=False)
+                assert act is not None
+                act = act.float()
+                up = F.interpolate(act, size=size, mode="bilinear", align_corners=False)[0]  # [K, H, W]
+                masks, _ = _normalise_maps(up)
+                zs = []
+                for start in range(0, masks.shape[0], runner.batch_size):
+                    chunk = masks[start : start + runner.batch_size].to(x.device)
+                    z, _ = runner._run(x * chunk[:, None], grad_layer=False, any_layout=True)
+                    zs.append(z)
+                head_inputs[row] = (act[0], torch.cat(zs))
+            act, z = head_inputs[row]
+            weights = torch.softmax(float(sign[m]) * z[:, int(feat[m])].float(), 0)
+            cam = torch.relu((weights[:, None, None] * act).sum(0, keepdim=True))[None]
             cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[0, 0]
             maps.append(cam.cpu())
     out, _ = _normalise_maps(torch.stack(maps)) if maps else (torch.zeros(0, *size), None)
@@ -750,7 +764,7 @@ def ground_predicates(
         random2: dict[int, int | None] = {}
         if need:
             idx = torch.tensor(need)
-            heat2 = _scorecam(runner, x[rows[idx]], feat[idx], sign[idx])
+            heat2 = _scorecam(runner, x, feat[idx], sign[idx], image_of=rows[idx])
             stage2 = {m: _make_sweep(heat2[k].numpy(), cutoffs, rng) for k, m in enumerate(need)}
             guided2, random2 = _run_sweeps(runner, x, blurred, pairs, stage2)
         for m in live:

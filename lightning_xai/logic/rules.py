@@ -138,16 +138,24 @@ def local_rules(
     """
     if pathways is None:
         pathways = extract_pathways(features, head, predictions)
-    z = features.detach().to("cpu", torch.float64)
+    # plain floats, one conversion for all images: the same float64 comparisons as Predicate.is_active
+    z = features.detach().to("cpu", torch.float64).tolist()
+    signed, lengths, predicted = (
+        pathways.signed.tolist(),
+        pathways.lengths.tolist(),
+        pathways.predictions.tolist(),
+    )
     out = []
-    for i in range(len(pathways)):
-        y = int(pathways.predictions[i])
+    for i, (y, row, n) in enumerate(zip(predicted, signed, lengths)):
         cv = vocabulary[y]
-        path = pathways.pathway(i)
-        in_vocab = [cv.predicate(s) for s in path]
-        in_vocab = [p for p in in_vocab if p is not None]
-        eligible = [p for p in in_vocab if bool(p.is_active(z[i : i + 1])[0])]
-        out.append(LocalRule(i, y, eligible, len(path), len(in_vocab)))
+        in_vocab = [p for p in map(cv.predicate, row[:n]) if p is not None]
+        zi = z[i]
+        eligible = [
+            p
+            for p in in_vocab
+            if (zi[p.feature] >= p.threshold if p.sign > 0 else zi[p.feature] <= p.threshold)
+        ]
+        out.append(LocalRule(i, int(y), eligible, int(n), len(in_vocab)))
     return out
 
 
