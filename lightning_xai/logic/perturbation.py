@@ -43,8 +43,13 @@ DEFAULT_LEVELS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
 """Default strengths (see the module docstring for each kind's meaning)."""
 
 
-def perturb(images: Tensor, kind: str, level: float, generator: torch.Generator) -> Tensor:
+def perturb(
+    images: Tensor, kind: str, level: float, generator: torch.Generator, pixel_std: Tensor | None = None
+) -> Tensor:
     """Perturb ``[N, C, H, W]`` images; see the module docstring for ``kind`` and ``level``.
+
+    ``pixel_std``: each image's pixel standard deviation ``[N]``, if already known (it is the same for
+    every kind and level of a study).
 
     Example:
         >>> x = torch.rand(2, 3, 16, 16)
@@ -57,7 +62,7 @@ def perturb(images: Tensor, kind: str, level: float, generator: torch.Generator)
         raise ValueError(f"perturbation level must lie in [0, 1], got {level!r}")
     x = images.float()
     n, c, h, w = x.shape
-    std = x.flatten(1).std(1).clamp_min(1e-6)[:, None, None, None]
+    std = (x.flatten(1).std(1) if pixel_std is None else pixel_std).clamp_min(1e-6)[:, None, None, None]
     if kind == "noise":
         noise = torch.randn(x.shape, generator=generator).to(x.device)
         return x + level * std * noise
@@ -173,9 +178,12 @@ def perturbation_study(
         y0 = lin.logits(z0[rows]).argmax(1)
         gen = torch.Generator().manual_seed(int(seed))
         n = len(keep)
+        pixel_std = x.flatten(1).std(1)
         for k in kinds:
             # all levels of a kind in one batched pass: fewer, larger forwards
-            z_all = runner.z(torch.cat([perturb(x, k, level, gen) for level in levels]), any_layout=True)
+            z_all = runner.z(
+                torch.cat([perturb(x, k, level, gen, pixel_std) for level in levels]), any_layout=True
+            )
             surv, kept = [], []
             for li in range(len(levels)):
                 z = z_all[li * n : (li + 1) * n]

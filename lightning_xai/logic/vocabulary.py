@@ -16,6 +16,7 @@ frequent first, that cover 80% of all selections of the class.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -327,19 +328,28 @@ def fit_vocabulary(
             continue
         m = member[idx]
         counts = m.sum(0)
+        if threshold_quantile == 0:
+            # min (for "+") / max (for "-") over the selecting images, every signed id at once
+            zc = signed_z[idx]
+            lowest = torch.where(m, zc, math.inf).amin(0).tolist()
+            highest = torch.where(m, zc, -math.inf).amax(0).tolist()
         preds: list[Predicate] = []
+        count_list = counts.tolist()
         for s in torch.nonzero(counts).flatten().tolist():
             j, sign = split_signed_id(s, d)
-            values = signed_z[idx[m[:, s]], s]
             if threshold_quantile > 0:
+                values = signed_z[idx[m[:, s]], s]
                 q = threshold_quantile if sign > 0 else 1.0 - threshold_quantile
                 t = float(torch.quantile(values, q))
             else:
-                t = float(values.min() if sign > 0 else values.max())
-            cnt = int(counts[s])
+                t = lowest[s] if sign > 0 else highest[s]
+            cnt = int(count_list[s])
             preds.append(Predicate(c, j, sign, t, cnt, cnt / n_c, d))
         preds.sort(key=lambda p: (-p.count, p.signed_id))
-        term_counts = Counter(tuple(torch.nonzero(row).flatten().tolist()) for row in m)
+        # each image's pathway as a sorted tuple of signed ids: one nonzero for the class, split by row
+        ids = torch.nonzero(m)[:, 1].tolist()
+        ends = list(itertools.accumulate(m.sum(1).tolist()))
+        term_counts = Counter(tuple(ids[a:b]) for a, b in zip([0, *ends], ends))
         terms = sorted(term_counts.items(), key=lambda tc: (-tc[1], len(tc[0]), tc[0]))
         classes.append(ClassVocabulary(c, n_c, preds, terms))
     return Vocabulary(classes=classes, num_features=d, source=source)
