@@ -59,7 +59,14 @@ from lightning_xai.hyperbolic import (
     tree_to_dot,
     visual_semantics,
 )
-from lightning_xai.hyperbolic.geometry import dist0, expmap0, logmap0, mobius_matvec, straight_through
+from lightning_xai.hyperbolic.geometry import (
+    dist0,
+    expmap0,
+    gyromidpoints,
+    logmap0,
+    mobius_matvec,
+    straight_through,
+)
 from lightning_xai.records import read_records
 from lightning_xai.world import WorldDataModule
 
@@ -119,6 +126,17 @@ def test_closed_forms_match_geoopt() -> None:
     assert torch.allclose(dist0(x), ball.dist0(x), atol=1e-4)
     assert torch.allclose(pairwise_dist(x, y), ball.dist(x[:, None], y[None]), rtol=1e-3, atol=1e-3)
     assert torch.allclose(rowwise_dist(x, y[:1].expand_as(x)), ball.dist(x, y[:1]), rtol=1e-3, atol=1e-3)
+    # soft weights (the adjacency) and one-hot weights with an empty row's neighbours (k-means)
+    w = torch.rand(7, 50, generator=g)
+    assert torch.allclose(gyromidpoints(x, w), ball.weighted_midpoint(x.expand(7, 50, 16), w, reducedim=[1]), atol=1e-5)
+    hard = torch.nn.functional.one_hot(torch.randint(0, 4, (50,), generator=g), 4).T.float()
+    assert torch.allclose(gyromidpoints(x, hard), ball.weighted_midpoint(x.expand(4, 50, 16), hard, reducedim=[1]), atol=1e-5)
+    # gradients agree too (the composition loss trains codes and adjacency through it)
+    xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    ours = torch.autograd.grad(gyromidpoints(xs, ws).sum(), (xs, ws))
+    theirs = torch.autograd.grad(ball.weighted_midpoint(xs.expand(7, 50, 16), ws, reducedim=[1]).sum(), (xs, ws))
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
 def test_straight_through_forward_is_the_code_and_gradient_reaches_the_token() -> None:

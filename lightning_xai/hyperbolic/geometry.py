@@ -1,7 +1,7 @@
 """Poincaré-ball helpers on top of geoopt (curvature -1 throughout).
 
 geoopt provides the manifold the codebooks live on (``ManifoldParameter``, ``RiemannianAdam``,
-``weighted_midpoint``, ``projx``). The operations the symbolic model runs many times per step on
+``projx``). The operations the symbolic model runs many times per step on
 thousands of tokens are written here in their closed forms for curvature -1 (Ganea, Bécigneul and
 Hofmann, "Hyperbolic Neural Networks", NeurIPS 2018): geoopt's versions serve every curvature
 (including the spherical and flat cases) and cost 3-4 times more operations, which dominates a step
@@ -17,6 +17,7 @@ from torch import Tensor
 __all__ = [
     "dist0",
     "expmap0",
+    "gyromidpoints",
     "logmap0",
     "make_ball",
     "mobius_matvec",
@@ -83,6 +84,26 @@ def mobius_matvec(m: Tensor, x: Tensor) -> Tensor:
     return project(torch.tanh(mxn / xn * torch.atanh(xn.clamp_max(1.0 - 1e-7))) * mx / mxn)
 
 
+def gyromidpoints(x: Tensor, weights: Tensor) -> Tensor:
+    """Weighted Möbius gyromidpoints of the points ``x`` ``[n, d]``, one per row of ``weights`` ``[m, n]``.
+
+    ``m_k = (1/2) (x) (sum_i w_ki lambda_i x_i / sum_i w_ki (lambda_i - 1))`` with the conformal factor
+    ``lambda_i = 2 / (1 - |x_i|^2)`` (Ungar's gyromidpoint, as geoopt's ``weighted_midpoint``). Two matrix
+    products instead of geoopt's ``[m, n, d]`` broadcast; weights must be >= 0 with a positive sum per row.
+
+    Example:
+        >>> ball = make_ball()
+        >>> x, w = ball.expmap0(torch.randn(5, 3) * 0.5), torch.rand(2, 5)
+        >>> torch.allclose(gyromidpoints(x, w), ball.weighted_midpoint(x.expand(2, 5, 3), w, reducedim=[1]), atol=1e-5)
+        True
+    """
+    lam = 2.0 / (1.0 - (x * x).sum(-1)).clamp_min(_EPS)
+    two = (weights @ (lam[:, None] * x)) / (weights @ (lam - 1.0)).clamp_min(1e-10)[:, None]
+    norm = two.norm(dim=-1, keepdim=True).clamp_min(_MIN_NORM)
+    # (1/2) (x) y = tanh(artanh(|y|) / 2) y / |y|
+    return project(torch.tanh(0.5 * torch.atanh(norm.clamp_max(1.0 - 1e-7))) * two / norm)
+
+
 def make_ball() -> geoopt.PoincareBall:
     """The Poincaré ball of curvature -1 (``c = 1``) that every codebook lives on.
 
@@ -108,7 +129,7 @@ def pairwise_dist(x: Tensor, y: Tensor) -> Tensor:
     xx = (x * x).sum(-1, keepdim=True)
     yy = (y * y).sum(-1)[None]
     sq = (xx + yy - 2.0 * x @ y.T).clamp_min(0.0)
-    denom = ((1.0 - xx).clamp_min(_EPS) * (1.0 - yy).clamp_min(_EPS))
+    denom = (1.0 - xx).clamp_min(_EPS) * (1.0 - yy).clamp_min(_EPS)
     return torch.acosh((1.0 + 2.0 * sq / denom).clamp_min(1.0 + 1e-7))
 
 

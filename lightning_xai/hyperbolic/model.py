@@ -45,6 +45,7 @@ from .config import SymbolicConfig, check_feature_map
 from .geometry import (
     dist0,
     expmap0,
+    gyromidpoints,
     logmap0,
     make_ball,
     mobius_matvec,
@@ -150,7 +151,9 @@ class SymbolicModel(nn.Module):
             geoopt.ManifoldParameter(self.ball.expmap0(1e-2 * torch.randn(k, d)), manifold=self.ball)
             for k in self.sizes
         )
-        self.level_maps = nn.ParameterList(nn.Parameter(_LEVEL_MAP_SCALE * torch.eye(d)) for _ in self.sizes[1:])
+        self.level_maps = nn.ParameterList(
+            nn.Parameter(_LEVEL_MAP_SCALE * torch.eye(d)) for _ in self.sizes[1:]
+        )
         self.adjacency_logits = nn.ParameterList(
             nn.Parameter(torch.zeros(a, b)) for a, b in zip(self.sizes, self.sizes[1:])
         )
@@ -189,7 +192,8 @@ class SymbolicModel(nn.Module):
             )
         maps = self.modulator(features)
         s = self.config.token_size
-        t = F.adaptive_avg_pool2d(maps, (s, s)).flatten(2)
+        # pooling a map that already has the token size is the identity (and costs ~0.5 ms a training step)
+        t = (maps if maps.shape[-2:] == (s, s) else F.adaptive_avg_pool2d(maps, (s, s))).flatten(2)
         return maps, expmap0(soft_clip(t, self.config.max_token_norm))
 
     def forward(self, features: Tensor) -> ForwardPass:
@@ -225,12 +229,15 @@ class SymbolicModel(nn.Module):
         ``composition``, ``edge``, ``path``, ``norm``, ``sparsity`` (means over levels) and ``align``.
         """
         w = self.config.weights
-        ball = self.ball
         terms: dict[str, Tensor] = {"ce": F.cross_entropy(out.logits, teacher)}
         vq = out.logits.new_zeros(())
         for level, (u, k) in enumerate(zip(out.points, out.codes)):
             flat, code = u.reshape(-1, u.shape[-1]), self.codebooks[level][k.flatten()]
-            vq = vq + (rowwise_dist(flat.detach(), code) ** 2).mean() + w.beta * (rowwise_dist(flat, code.detach()) ** 2).mean()
+            vq = (
+                vq
+                + (rowwise_dist(flat.detach(), code) ** 2).mean()
+                + w.beta * (rowwise_dist(flat, code.detach()) ** 2).mean()
+            )
         terms["vq"] = vq
         comp, edge, path, norm, sparse = [], [], [], [], []
         for level in range(self.num_levels - 1):
@@ -238,7 +245,7 @@ class SymbolicModel(nn.Module):
             kids = self.child_images(level)
             parents = self.codebooks[level + 1]
             # each parent is the A-weighted gyromidpoint of its children, as seen from its level
-            mid = ball.weighted_midpoint(kids.expand(a.shape[1], *kids.shape), a.T, reducedim=[1])
+            mid = gyromidpoints(kids, a.T)
             comp.append((rowwise_dist(parents, mid) ** 2).mean())
             d = pairwise_dist(kids, parents)
             edge.append((a * d**2 + (1 - a) * F.relu(w.margin - d) ** 2).mean())
@@ -248,7 +255,13 @@ class SymbolicModel(nn.Module):
             # averaged over the (soft) edges, not over all pairs: most pairs are not edges
             norm.append((a * F.relu(gap)).sum() / a.sum().clamp_min(1e-6))
             sparse.append(a.mean())
-        for name, values in (("composition", comp), ("edge", edge), ("path", path), ("norm", norm), ("sparsity", sparse)):
+        for name, values in (
+            ("composition", comp),
+            ("edge", edge),
+            ("path", path),
+            ("norm", norm),
+            ("sparsity", sparse),
+        ):
             terms[name] = torch.stack(values).mean()
         if self.sizes[-1] == self.n_classes:
             # one symbol per class: the class's own top symbol gets the largest share of an image's tokens
@@ -294,7 +307,9 @@ class SymbolicModel(nn.Module):
 
     # ------------------------------------------------------------------ initialisation and restarts
     @torch.no_grad()
-    def initialise_from_data(self, features: Tensor, generator: torch.Generator, max_tokens: int = 4096) -> None:
+    def initialise_from_data(
+        self, features: Tensor, generator: torch.Generator, max_tokens: int = 4096
+    ) -> None:
         """Place the codebooks on the data (hyperbolic k-means, level by level) and the adjacency on the
         resulting parent of every child. Deterministic for a given ``generator``."""
         was_training = self.training
@@ -323,7 +338,9 @@ class SymbolicModel(nn.Module):
         if dead.numel() == 0 or candidates.shape[0] == 0:
             return
         pick = torch.randint(candidates.shape[0], (dead.numel(),), generator=generator).to(candidates.device)
-        jitter = 1e-2 * torch.randn(dead.numel(), candidates.shape[1], generator=generator).to(candidates.device)
+        jitter = 1e-2 * torch.randn(dead.numel(), candidates.shape[1], generator=generator).to(
+            candidates.device
+        )
         book = self.codebooks[level]
         new = self.ball.expmap(candidates[pick], self.ball.proju(candidates[pick], jitter))
         book.data[dead.to(book.device)] = self.ball.projx(new)
@@ -358,6 +375,6 @@ def _kmeans(
         groups = pairwise_dist(points, centres).argmin(1)
         onehot = F.one_hot(groups, k).to(points.dtype)  # [n, k]
         filled = onehot.sum(0) > 0
-        mids = ball.weighted_midpoint(points.expand(k, *points.shape), onehot.T, reducedim=[1])
+        mids = gyromidpoints(points, onehot.T)
         centres = torch.where(filled[:, None], mids, centres)
     return centres
