@@ -364,6 +364,7 @@ class ActivationCapture:
         self._owners: dict[Any, tuple[tuple[str, ...], int, bool]] = {}
         self._wanted: set[Any] = set()
         self._pending: set[Any] = set()  # owners armed this epoch that have not taken the sample yet
+        self._inputs_for: set[Any] = set()  # owners armed this epoch that want the input images
         self._reservoir: _Reservoir | None = None
         self._epoch_key: Any = None
         self._seen_batches: set[Any] = set()
@@ -474,14 +475,23 @@ class ActivationCapture:
         self._epoch_key = key
         self._wanted.clear()
         self._pending.clear()
+        self._inputs_for.clear()
         self._seen_batches.clear()
         self._counter = 0
         self.rank, self.world_size = rank, world_size
         self._reservoir = _Reservoir(self.capacity, self.seed)
 
-    def arm(self, owner: Any) -> None:
-        """``owner`` wants this epoch's sample: hooks start storing activations."""
+    def arm(self, owner: Any, inputs: bool | None = None) -> None:
+        """``owner`` wants this epoch's sample: hooks start storing activations.
+
+        ``inputs``: whether it needs the input images this epoch (default: what it registered). The images
+        are the largest part of a sample; an owner that needs them only on some epochs (the logic rules'
+        grounding) spares the copies on the others. Call before the epoch's first batch.
+        """
         self._wanted.add(owner)
+        registered = self._owners.get(owner, ((), 0, False))[2]
+        if registered if inputs is None else inputs:
+            self._inputs_for.add(owner)
 
     def disarm(self) -> None:
         """Stop storing activations (explanation work must not overwrite the sample)."""
@@ -524,7 +534,7 @@ class ActivationCapture:
         fields: dict[str, Tensor] = {"features": head.latest_input.flatten(1), "logits": head.latest_output}
         if labels is not None and labels.shape[:1] == (n,):
             fields["labels"] = labels.detach()
-        if self.needs_inputs and inputs is not None:
+        if self._inputs_for and inputs is not None:
             fields["inputs"] = inputs.detach()
         for name, tap in self._taps.items():
             if tap.latest_output is None:

@@ -781,10 +781,20 @@ def test_grounding_runs_every_n_explained_epochs_the_first_and_the_last(tmp_path
         ckpt = ModelCheckpoint(dirpath=tmp_path / f"ckpt_{name}", save_last=True)
         trainer = make_trainer(tmp_path, [cb, ckpt], max_epochs=max_epochs, enable_checkpointing=True,
                                logger=CSVLogger(tmp_path, name=name))
+        with_images: dict[int, bool] = {}
+        explain = cb.explain
+
+        def spy(trainer, pl_module, sample):
+            with_images[trainer.current_epoch] = sample.inputs is not None
+            return explain(trainer, pl_module, sample)
+
+        cb.explain = spy
         seed_everything(0)
         trainer.fit(SmallNet(), BlobData(), ckpt_path=ckpt_path)
         records = read_records(tmp_path / name / "version_0", method="logic_rules")
         grounded = {r.epoch: r.payload["grounding"] is not None for r in records}
+        # the sample carries the images on the grounding epochs alone: copying them on the others is wasted
+        assert with_images == grounded
         # the perturbation study keeps the same cadence, and the rules are learned every epoch regardless
         assert grounded == {r.epoch: r.payload["perturbation"] is not None for r in records}
         assert all(r.payload["global_rules"] for r in records)

@@ -357,6 +357,11 @@ class XAICallback(Callback):
             return False
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
+    def wants_inputs(self, trainer: Trainer) -> bool:
+        """Whether this explained epoch needs the input images in its sample (only asked when
+        ``needs_inputs``). Override for methods that use them on some epochs only."""
+        return True
+
     # ------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -402,7 +407,7 @@ class XAICallback(Callback):
         cap.begin_epoch(key, rank=trainer.global_rank, world_size=trainer.world_size)
         self._armed = self.should_explain(trainer)
         if self._armed:
-            cap.arm(self)
+            cap.arm(self, inputs=self.needs_inputs and self.wants_inputs(trainer))
 
     @override
     def on_validation_batch_end(

@@ -371,6 +371,11 @@ class LogicRulesCallback(XAICallback):
             pathways.lengths,
         )
 
+    def wants_inputs(self, trainer: Trainer) -> bool:
+        # the images serve the grounding and the perturbation study alone: copying them on the other epochs
+        # (600 images of the quickstart: 30 MB per epoch) would be wasted
+        return self._grounds_this_epoch(trainer)
+
     def _grounds_this_epoch(self, trainer: Trainer) -> bool:
         """Whether this explained epoch runs the grounding and the perturbation study (see ``grounding_every``)."""
         if len(self.explained_epochs) % self.grounding_every == 0:  # the epochs explained before this one
