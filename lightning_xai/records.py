@@ -68,6 +68,9 @@ def _fmt_path(path: str) -> str:
     return path or "<root>"
 
 
+_PLAIN = frozenset({type(None), bool, int, float, str})
+
+
 def to_jsonable(obj: Any, path: str = "payload") -> Any:
     """Return ``obj`` as plain JSON types (dict with ``str`` keys, list, str, int, float, bool, None).
 
@@ -125,6 +128,8 @@ def to_jsonable(obj: Any, path: str = "payload") -> Any:
             out[key] = to_jsonable(v, f"{path}[{key!r}]")
         return out
     if isinstance(obj, (list, tuple)):
+        if all(type(v) in _PLAIN for v in obj):  # the common leaf: numbers and strings, nothing to convert
+            return list(obj)
         return [to_jsonable(v, f"{path}[{i}]") for i, v in enumerate(obj)]
     if isinstance(obj, (set, frozenset)):
         items = list(obj)
