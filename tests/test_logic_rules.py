@@ -328,6 +328,21 @@ def test_scorecam_pairs_of_one_image_share_its_masked_passes() -> None:
     assert not torch.equal(maps[0], maps[1])  # the neurons differ, so do the maps
 
 
+def test_perturbation_study_takes_known_clean_features() -> None:
+    net = PatchNet().eval()
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    z = head_inputs(net, images)
+    preds = [[Predicate(0, 0, 1, 0.9 * float(z[i, 0]), 1, 1.0, 2)] for i in range(4)]
+    computed = perturbation_study(net, images, preds, levels=[0.5, 1.0])
+    given = perturbation_study(net, images, preds, levels=[0.5, 1.0], clean_features=z)
+    assert given.to_dict() | {"forward_calls": None} == computed.to_dict() | {"forward_calls": None}
+    assert given.forward_calls == computed.forward_calls - 1  # no clean pass
+    # the clean features decide which predicates are followed: none is active on zeros
+    assert perturbation_study(net, images, preds, clean_features=torch.zeros_like(z)).n_predicates == 0
+    with pytest.raises(ValueError, match="clean_features for 3 images, but 4"):
+        perturbation_study(net, images, preds, clean_features=z[:3])
+
+
 def test_region_rectangle_and_blur_helpers() -> None:
     heat = np.zeros((10, 10))
     heat[1:3, 1:3] = 1.0

@@ -351,6 +351,7 @@ class LogicRulesCallback(XAICallback):
                     levels=self.perturbation_levels,
                     head=head_name,
                     seed=self.seed,
+                    clean_features=z[rows],
                 )
 
         return self._result(

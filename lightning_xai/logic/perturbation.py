@@ -124,11 +124,12 @@ def perturbation_study(
     head: str | None = None,
     batch_size: int = 64,
     seed: int = 0,
+    clean_features: Tensor | None = None,
 ) -> PerturbationReport:
     """Share of each image's active predicates that survive each perturbation at each level.
 
-    Predicates inactive on the clean image (recomputed here) are not followed. The clean images take one
-    batched pass, each kind (all its levels together) another.
+    Predicates inactive on the clean image are not followed. The clean images take one batched pass (none
+    with ``clean_features``), each kind (all its levels together) another.
 
     Args:
         model: the network (eval inside; modes restored).
@@ -139,6 +140,9 @@ def perturbation_study(
         head: the head's name (default: the last ``nn.Linear``).
         batch_size: images per forward pass.
         seed: seed of the perturbations.
+        clean_features: the head inputs of ``images`` ``[N, D]`` if already known, e.g. captured by the
+            validation pass the rules were learned from (then every predicate of a local rule is active on
+            its image by construction, with no rounding from a second pass). Default: computed here.
 
     Example:
         >>> from lightning_xai.world import TinyCNN
@@ -158,7 +162,14 @@ def perturbation_study(
         _, head_module = find_head(model, head)
         runner = _Runner(model, head_module, None, batch_size)
         x = images.detach().to(runner.device).float()
-        z0 = runner.z(x)
+        if clean_features is None:
+            z0 = runner.z(x)
+        else:
+            if clean_features.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"got clean_features for {clean_features.shape[0]} images, but {x.shape[0]} images"
+                )
+            z0 = clean_features.detach().to("cpu", torch.float64).flatten(1)
         keep: list[tuple[int, list[Predicate]]] = []
         for i, ps in enumerate(predicates):
             alive = [p for p in ps if bool(p.is_active(z0[i : i + 1])[0])]
