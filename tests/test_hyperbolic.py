@@ -426,7 +426,13 @@ def test_a_warm_start_that_already_agrees_stops_early_and_one_that_does_not_runs
     assert not report.stopped_early and report.steps == 40 and report.agreement < 0.9
     # without stop_at every step runs, as before
     assert SymbolicFitter.from_state_dict(state).fit(feats, teacher, 30).steps == 30
-    for bad, match in (({"stop_at": 0.0}, r"stop_at must lie in \(0, 1\]"), ({"min_steps": 0}, "min_steps must be")):
+    # min_steps=0: checked before any step, in eval mode on all the rows: nothing to run
+    report = SymbolicFitter.from_state_dict(state).fit(feats, teacher, 100, stop_at=0.9, min_steps=0)
+    assert report.stopped_early and report.steps == 0 and report.total_steps == state["total_steps"]
+    assert report.agreement >= 0.9 and report.losses == {}
+    report = SymbolicFitter.from_state_dict(state).fit(feats, shuffled, 20, stop_at=0.9, min_steps=0, check_every=10)
+    assert not report.stopped_early and report.steps == 20
+    for bad, match in (({"stop_at": 0.0}, r"stop_at must lie in \(0, 1\]"), ({"min_steps": -1}, "min_steps must be")):
         with pytest.raises(ValueError, match=match):
             warm.fit(feats, teacher, 5, **bad)
 
@@ -511,7 +517,7 @@ def test_world_fidelity_held_out_and_structure(world_run, trained_world) -> None
 
 
 @pytest.mark.slow
-def test_world_refit_on_a_settled_model_stops_after_min_steps(world_run, trained_world, tmp_path: Path) -> None:
+def test_world_refit_on_a_settled_model_runs_no_step(world_run, trained_world, tmp_path: Path) -> None:
     cb, _, _ = world_run
     model, dm = trained_world
     warm = SymbolicTreeCallback(on_error="raise")
@@ -521,9 +527,12 @@ def test_world_refit_on_a_settled_model_stops_after_min_steps(world_run, trained
     trainer.validate(copy.deepcopy(model), dm, verbose=False)
     (rec,) = read_records(trainer.log_dir, method="symbolic_tree")
     p = rec.payload
-    # the classifier did not move: the surrogate agrees at once, so 20 steps instead of 100, same fidelity
-    assert p["warm_start_epoch"] == 0 and p["fit"]["stopped_early"] is True and p["fit"]["steps"] == 20
+    # the classifier did not move: the surrogate agrees before any step, so none runs, and the explanation
+    # is the previous one's (same symbols, same rules)
+    assert p["warm_start_epoch"] == 0 and p["fit"]["stopped_early"] is True and p["fit"]["steps"] == 0
     assert p["fit"]["agreement"] >= 0.99 and p["fidelity"]["accuracy"] >= 0.90
+    before = cb.last_result
+    assert [r.text for r in warm.last_result.rules] == [r.text for r in before.rules]
 
 
 # ------------------------------------------------------------------------------------------------ callback
@@ -580,8 +589,9 @@ def test_callback_logs_trees_rules_usage_semantics_drift_and_resumes_from_checkp
     live = cb.fitter.model.state_dict()
     assert all(torch.equal(saved["fitter"]["model"][k], live[k]) for k in live)
 
-    # resume: epoch 2 starts from exactly the saved symbolic model (parameters, optimiser and generator state)
-    resumed = SymbolicTreeCallback(on_error="raise", **SMALL)
+    # resume: epoch 2 starts from exactly the saved symbolic model (parameters, optimiser and generator state);
+    # min_steps makes it train on even where the saved model already agrees
+    resumed = SymbolicTreeCallback(on_error="raise", **SMALL, min_steps=20)
     assert resumed.state_key == cb.state_key
     trainer2 = make_trainer(tmp_path, [resumed], max_epochs=3, logger=CSVLogger(tmp_path, name="resumed"))
     trainer2.fit(SmallNet(), BlobData(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
@@ -617,7 +627,7 @@ def test_callback_logs_trees_rules_usage_semantics_drift_and_resumes_from_checkp
         ({"class_names": "ab"}, "class_names must be a list of str"),
         ({"every_n_epochs": 0}, "every_n_epochs must be an integer >= 1"),
         ({"stop_at": 1.5}, r"stop_at must lie in \(0.0, 1.0\]"),
-        ({"min_steps": 0}, "min_steps must be an integer >= 1"),
+        ({"min_steps": -1}, "min_steps must be an integer >= 0"),
     ],
 )
 def test_bad_arguments_are_rejected(kwargs: dict, match: str) -> None:

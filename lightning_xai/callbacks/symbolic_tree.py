@@ -86,12 +86,15 @@ class SymbolicTreeCallback(XAICallback):
         every_n_epochs: explain every n-th epoch. Default: 1.
         steps_per_epoch: optimisation steps per explained epoch. Default: 100.
         warmup_steps: extra steps of the first fit (nothing to warm-start from). Default: 100.
-        stop_at: a warm-started fit stops early, after ``min_steps``, once the surrogate agrees with the
-            classifier on this share of its last 10 training batches (no code restarted within them); the fit
-            rows alone decide, so fidelity stays held out. ``None``: always ``steps_per_epoch``. Default:
-            0.99. Once the classifier settles, a refit then costs 20 steps instead of 100 (6 quickstart epochs:
-            held-out fidelity 1.0 either way from epoch 4 on; at epoch 3, 0.992 against 1.0).
-        min_steps: the fewest steps of a warm-started fit. Default: 20.
+        stop_at: a warm-started fit stops early once the surrogate agrees with the classifier on this share
+            of the fit rows (the held-out rows play no part, so fidelity stays held out): first before any step,
+            on all fit rows in eval mode (``min_steps=0``), then every 10 steps on the last 10 training
+            batches (no code restarted within them). ``None``: always ``steps_per_epoch``. Default: 0.99.
+        min_steps: the fewest steps of a warm-started fit. Default: 0: once the classifier settles, a refit
+            costs one forward pass instead of steps, and the symbols stay put while the classifier does
+            (8 quickstart epochs, epochs 4-7: 0.1 s instead of 0.4-0.6 s per explanation, held-out fidelity
+            1.0 either way, symbol-usage drift 0.004 down to 0.00002 instead of 0.03-0.08 from 20 forced
+            steps).
         top_symbols: symbols of the top level; ``None``: one per class (never more than the classes).
         latent_channels: tokens per image (modulator channels). Default: 32.
         token_size: maps are pooled to ``token_size x token_size``; a token has ``token_size ** 2`` dims. Default: 4.
@@ -134,7 +137,7 @@ class SymbolicTreeCallback(XAICallback):
         warmup_steps: int = 100,
         *,
         stop_at: float | None = 0.99,
-        min_steps: int = 20,
+        min_steps: int = 0,
         top_symbols: int | None = None,
         latent_channels: int = 32,
         token_size: int = 4,
@@ -175,7 +178,7 @@ class SymbolicTreeCallback(XAICallback):
         self.steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, 1)
         self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
         self.stop_at = None if stop_at is None else check_interval("stop_at", stop_at, 0.0, 1.0, low_open=True, high_open=False)
-        self.min_steps = check_int("min_steps", min_steps, 1)
+        self.min_steps = check_int("min_steps", min_steps, 0)
         if top_symbols is not None:
             check_int("top_symbols", top_symbols, 1)
         self.image_trees = check_int("image_trees", image_trees, 0)

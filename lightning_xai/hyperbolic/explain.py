@@ -102,7 +102,7 @@ def explain_symbols(
     prune: float = 0.3,
     class_share: float = 0.5,
     stop_at: float | None = None,
-    min_steps: int = 20,
+    min_steps: int = 0,
 ) -> SymbolicExplanation:
     """Fit ``fitter`` for ``steps`` more steps on part of the images and explain all of them.
 

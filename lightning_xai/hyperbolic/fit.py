@@ -154,7 +154,9 @@ class SymbolicFitter:
                 every step. A warm start on features that moved little agrees at once, so the callback
                 passes 0.99 there and a settled run pays ``min_steps`` instead of ``steps``. The
                 agreement is read off the training batches' own forward passes: checking costs nothing.
-            min_steps: steps before the first check.
+            min_steps: steps before the first check. 0: a fitted model is checked before any step, on all
+                of ``features`` in eval mode (one forward pass without gradients, the mode its symbols are
+                read out in), and no step runs if it already agrees (``steps`` 0, ``stopped_early``).
             check_every: steps per check, and the batches the agreement is averaged over.
 
         Raises:
@@ -167,27 +169,45 @@ class SymbolicFitter:
         if features.shape[0] != teacher.shape[0]:
             raise ValueError(f"{features.shape[0]} feature maps but {teacher.shape[0]} teacher labels.")
         if features.shape[0] < 2:
-            raise ValueError(f"the symbolic model needs at least 2 images to train on, got {features.shape[0]}.")
+            raise ValueError(
+                f"the symbolic model needs at least 2 images to train on, got {features.shape[0]}."
+            )
         if teacher.numel() and (int(teacher.min()) < 0 or int(teacher.max()) >= self.model.n_classes):
-            raise ValueError(f"teacher classes must lie in [0, {self.model.n_classes}), got {teacher.unique().tolist()}.")
+            raise ValueError(
+                f"teacher classes must lie in [0, {self.model.n_classes}), got {teacher.unique().tolist()}."
+            )
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps must be an integer >= 0, but got {steps!r}.")
         if stop_at is not None and not (isinstance(stop_at, (int, float)) and 0.0 < float(stop_at) <= 1.0):
             raise ValueError(f"stop_at must lie in (0, 1] or be None, but got {stop_at!r}.")
-        for name, value in (("min_steps", min_steps), ("check_every", check_every)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, but got {value!r}.")
+        for name, value, low in (("min_steps", min_steps, 0), ("check_every", check_every, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, but got {value!r}.")
         with _num_threads(self.threads if self.device.type == "cpu" else None):
             return self._fit(features, teacher, steps, stop_at, min_steps, check_every)
 
     def _fit(
-        self, features: Tensor, teacher: Tensor, steps: int, stop_at: float | None, min_steps: int, check_every: int
+        self,
+        features: Tensor,
+        teacher: Tensor,
+        steps: int,
+        stop_at: float | None,
+        min_steps: int,
+        check_every: int,
     ) -> FitReport:
         start = time.perf_counter()
         model, cfg = self.model, self.config
         features = features.detach().to(self.device, torch.float32)
         teacher = teacher.to(self.device)
         first = not self.initialised
+        if not first and stop_at is not None and min_steps == 0 and steps > 0:
+            agreement = float(
+                (self.model.encode(features).predictions.to(teacher.device) == teacher).float().mean()
+            )
+            if agreement >= stop_at:
+                return FitReport(
+                    0, self.total_steps, time.perf_counter() - start, {}, 0, False, True, agreement
+                )
         if first:
             sub = torch.randperm(features.shape[0], generator=self.generator)[:256].to(self.device)
             model.initialise_from_data(features[sub], self.generator)
@@ -220,7 +240,11 @@ class SymbolicFitter:
                 self.total_steps += 1
                 # no restart in the last stretch of a fit: a restarted code needs steps to settle and its
                 # edges to catch up before the model is read out
-                if cfg.restart_every and (step + 1) % cfg.restart_every == 0 and step + cfg.restart_every < steps:
+                if (
+                    cfg.restart_every
+                    and (step + 1) % cfg.restart_every == 0
+                    and step + cfg.restart_every < steps
+                ):
                     moved = self._restart_dead(counts, out)
                     restarts += moved
                     if moved:
@@ -244,7 +268,14 @@ class SymbolicFitter:
         losses = {k: sum(h[k] for h in tail) / len(tail) for k in tail[0]} if tail else {}
         agreement = float(torch.stack(agree[-check_every:]).mean()) if len(agree) >= check_every else math.nan
         return FitReport(
-            len(history), self.total_steps, time.perf_counter() - start, losses, restarts, first, stopped, agreement
+            len(history),
+            self.total_steps,
+            time.perf_counter() - start,
+            losses,
+            restarts,
+            first,
+            stopped,
+            agreement,
         )
 
     def _restart_dead(self, counts: list[Tensor], out: Any) -> int:
