@@ -13,6 +13,7 @@ from lightning_xai.capture import (
     default_batch_to_input,
     explanation_mode,
     find_head,
+    folded_batchnorm,
     forward_from_layer,
     resolve_layer,
 )
@@ -338,3 +339,37 @@ def test_default_batch_to_input_reads_common_batches_and_explains_others() -> No
         default_batch_to_input({"foo": x})
     with pytest.raises(TypeError, match="keys \\['foo'\\]"):
         default_batch_to_input({"foo": x})
+
+
+def test_folded_batchnorm_gives_the_same_outputs_and_puts_every_module_back() -> None:
+    from lightning_xai.world import TinyCNN
+
+    torch.manual_seed(0)
+    net = TinyCNN(num_classes=6)
+    net.train()
+    net(torch.rand(32, 3, 64, 64))  # running statistics that are not the initial ones
+    net.eval()
+    x = torch.rand(8, 3, 64, 64)
+    modules = list(net.modules())
+    params = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = torch.random.get_rng_state()
+    with torch.no_grad():
+        plain = net(x)
+        with folded_batchnorm(net) as n:
+            folded = net(x)
+            assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert n == 5  # one per conv block
+    assert torch.allclose(folded, plain, rtol=1e-4, atol=1e-5) and not torch.equal(folded, plain)
+    assert list(net.modules()) == modules  # the very same objects, in place again
+    assert all(torch.equal(v, params[k]) for k, v in net.state_dict().items())
+    assert torch.equal(torch.random.get_rng_state(), rng)
+
+    # nothing is folded while autograd records, for a batch norm in training mode, or for a hooked pair
+    with folded_batchnorm(net) as n:
+        assert n == 0
+    seen = []
+    net.conv2[1].register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    net.conv3.train()
+    with torch.no_grad(), folded_batchnorm(net) as n:
+        net(x)
+    assert n == 3 and len(seen) == 1  # conv2 (hooked) and conv3 (training) keep their batch norms

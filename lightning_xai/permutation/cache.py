@@ -77,7 +77,11 @@ class GenerationCache:
         fp = getattr(self.generator, "fingerprint", None)
         if callable(fp):
             fp = fp()
-        return str(fp) if fp is not None else f"{type(self.generator).__module__}.{type(self.generator).__qualname__}"
+        return (
+            str(fp)
+            if fp is not None
+            else f"{type(self.generator).__module__}.{type(self.generator).__qualname__}"
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -95,7 +99,9 @@ class GenerationCache:
         # scoring looks up every permuted row of every repeat (about 20,000 per epoch for 200 rows): hash each once
         k = memo.get((caption, seed))
         if k is None:
-            k = memo[(caption, seed)] = hashlib.sha256(f"{fp}\x00{caption}\x00{int(seed)}".encode()).hexdigest()[:32]
+            k = memo[(caption, seed)] = hashlib.sha256(
+                f"{fp}\x00{caption}\x00{int(seed)}".encode()
+            ).hexdigest()[:32]
         return k
 
     def __contains__(self, item: tuple[str, int]) -> bool:
@@ -107,7 +113,9 @@ class GenerationCache:
     def _check(self, images: object, n: int) -> Tensor:
         name = type(self.generator).__name__
         if not isinstance(images, Tensor):
-            raise GeneratorOutputError(f"{name}.generate returned {type(images).__name__}; expected a Tensor [N, 3, H, W].")
+            raise GeneratorOutputError(
+                f"{name}.generate returned {type(images).__name__}; expected a Tensor [N, 3, H, W]."
+            )
         if images.dim() != 4 or images.shape[0] != n or images.shape[1] not in (1, 3):
             raise GeneratorOutputError(
                 f"{name}.generate returned shape {list(images.shape)} for {n} captions; expected [{n}, 3, H, W]."
@@ -126,12 +134,10 @@ class GenerationCache:
     def prefetch(self, captions: Sequence[str], seeds: Sequence[int], desc: str = "generating") -> int:
         """Generate every (caption, seed) not cached yet; returns how many were generated."""
         if len(captions) != len(seeds):
-            raise ValueError(f"got {len(captions)} captions but {len(seeds)} seeds; pass one seed per caption.")
-        # re-read once per call: a generator whose weights or settings changed gets new keys, never stale images
-        current = self._current_fingerprint()
-        if current != self._fingerprint:
-            self.shape = None  # a new generator may make another image size
-        self._fingerprint = current
+            raise ValueError(
+                f"got {len(captions)} captions but {len(seeds)} seeds; pass one seed per caption."
+            )
+        self.refresh_fingerprint()
         todo: dict[str, tuple[str, int]] = {}
         for c, s in zip(captions, seeds):
             k = self.key(c, s)
@@ -158,12 +164,32 @@ class GenerationCache:
                     if self.directory is not None:
                         tmp = self.directory / f"{k}.pt.tmp"
                         torch.save(img, tmp)
-                        os.replace(tmp, self.directory / f"{k}.pt")  # atomic: a crash never leaves half a file
+                        os.replace(
+                            tmp, self.directory / f"{k}.pt"
+                        )  # atomic: a crash never leaves half a file
                 self.generated += len(chunk)
                 bar.update(len(chunk))
         finally:
             bar.close()
         return len(items)
+
+    def refresh_fingerprint(self) -> str:
+        """Re-read the generator's fingerprint (once per :meth:`prefetch`): a generator whose weights or settings
+        changed gets new keys, never stale images. Returns it."""
+        current = self._current_fingerprint()
+        if current != self._fingerprint:
+            self.shape = None  # a new generator may make another image size
+        self._fingerprint = current
+        return current
+
+    def images(self, keys: Sequence[str]) -> Tensor:
+        """The cached images of ``keys`` (from :meth:`key`, all generated already), ``[N, 3, H, W]``.
+
+        Raises:
+            KeyError: a key that is not cached (call :meth:`prefetch` first).
+        """
+        self.hits += len(keys)
+        return torch.stack([self._images[k] for k in keys])
 
     def get(self, captions: Sequence[str], seeds: Sequence[int]) -> Tensor:
         """The images of ``(captions[i], seeds[i])``, generating those not cached yet. ``[N, 3, H, W]``."""

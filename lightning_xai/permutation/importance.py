@@ -19,7 +19,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from lightning_xai.capture import explanation_mode, run_model
+from lightning_xai.capture import explanation_mode, folded_batchnorm, run_model
 from lightning_xai.permutation.cache import GenerationCache
 from lightning_xai.permutation.table import ConceptTable, Permutation
 
@@ -59,7 +59,9 @@ def resolve_metric(metric: str | Any) -> tuple[str, MetricFn]:
             return "accuracy", _accuracy
         if metric == "auroc":
             return "auroc", _auroc
-        raise ValueError(f"metric={metric!r} is not supported; choose one of {list(METRICS)}, a torchmetrics Metric or a callable.")
+        raise ValueError(
+            f"metric={metric!r} is not supported; choose one of {list(METRICS)}, a torchmetrics Metric or a callable."
+        )
     try:
         from torchmetrics import Metric
     except ImportError:  # pragma: no cover - torchmetrics is a dependency
@@ -74,7 +76,9 @@ def resolve_metric(metric: str | Any) -> tuple[str, MetricFn]:
 
         return type(metric).__name__, fn
     if callable(metric):
-        return getattr(metric, "__name__", type(metric).__name__), lambda logits, labels: float(metric(logits, labels))
+        return getattr(metric, "__name__", type(metric).__name__), lambda logits, labels: float(
+            metric(logits, labels)
+        )
     raise ValueError(
         f"metric must be one of {list(METRICS)}, a torchmetrics Metric or a callable (logits, labels) -> float; "
         f"got {type(metric).__name__}."
@@ -188,6 +192,22 @@ class PermutationResult:
         ]
 
 
+@dataclass
+class _ScoringPlan:
+    """What scoring a list of concepts needs, for one generator state: the distinct images, in scoring order,
+    and where each row of the base table and of every permutation finds its image. The table, its
+    permutations and the keys do not change between epochs; only the classifier does."""
+
+    fingerprint: str
+    captions: list[str]
+    seeds: list[int]
+    keys: list[str]
+    base: Tensor  # [n]: the image of each base row (index into ``keys``)
+    # (concept index, repeat) -> (changed rows, their images); absent where no row changed
+    changed: dict[tuple[int, int], tuple[Tensor, Tensor]]
+    changed_share: np.ndarray  # [K, R]
+
+
 class ConceptPermutation:
     """DEPICT permutation importance of a table's concepts for a classifier, through a generator.
 
@@ -255,23 +275,30 @@ class ConceptPermutation:
         self.interval = float(interval)
         self.transform = transform
         self.batch_size = batch_size
-        self.cache = cache if cache is not None else GenerationCache(
-            generator, directory=cache_dir, show_progress=show_progress
+        self.cache = (
+            cache
+            if cache is not None
+            else GenerationCache(generator, directory=cache_dir, show_progress=show_progress)
         )
         self._perms: dict[str, list[Permutation]] = {}
         self._warned: set[str] = set()
+        self._plans: dict[tuple[str, ...], _ScoringPlan] = {}
 
     # ------------------------------------------------------------------ generation
     def permutations(self, concept: str) -> list[Permutation]:
         if concept not in self._perms:
-            self._perms[concept] = [self.table.permutation(concept, r, self.seed) for r in range(self.n_repeats)]
+            self._perms[concept] = [
+                self.table.permutation(concept, r, self.seed) for r in range(self.n_repeats)
+            ]
         return self._perms[concept]
 
     def _check_concepts(self, concepts: Sequence[str] | None) -> list[str]:
         concepts = list(self.table.concepts if concepts is None else concepts)
         unknown = [c for c in concepts if c not in self.table.columns]
         if unknown:
-            raise ValueError(f"concepts {unknown} are not columns of the table; the columns are {sorted(self.table.columns)}.")
+            raise ValueError(
+                f"concepts {unknown} are not columns of the table; the columns are {sorted(self.table.columns)}."
+            )
         for c in concepts:
             if self.table.is_constant(c) and c not in self._warned:
                 self._warned.add(c)
@@ -302,17 +329,53 @@ class ConceptPermutation:
         return self.cache.prefetch(captions, seeds, desc="DEPICT: generating images")
 
     # ------------------------------------------------------------------ scoring
-    def _logits(self, model: nn.Module, captions: list[str], seeds: list[int], device: torch.device) -> dict[str, Tensor]:
-        """The classifier's logits for every distinct (caption, seed), keyed by cache key."""
-        pairs: dict[str, tuple[str, int]] = {}
-        for c, s in zip(captions, seeds):
-            pairs.setdefault(self.cache.key(c, s), (c, s))
-        keys = list(pairs)
-        out: dict[str, Tensor] = {}
-        with explanation_mode(model), torch.no_grad():
-            for start in range(0, len(keys), self.batch_size):
-                chunk = keys[start : start + self.batch_size]
-                x = self.cache.get([pairs[k][0] for k in chunk], [pairs[k][1] for k in chunk]).to(device)
+    def _plan(self, concepts: list[str]) -> _ScoringPlan:
+        """The scoring plan of ``concepts`` under the generator's current state (built once per state: about
+        20,000 key look-ups for the quickstart's table would otherwise be repeated every epoch)."""
+        fingerprint = self.cache.refresh_fingerprint()
+        plan = self._plans.get(tuple(concepts))
+        if plan is not None and plan.fingerprint == fingerprint:
+            return plan
+        index: dict[str, int] = {}
+        captions: list[str] = []
+        seeds: list[int] = []
+
+        def image_of(caption: str, seed: int) -> int:
+            k = self.cache.key(caption, seed)
+            if k not in index:
+                index[k] = len(index)
+                captions.append(caption)
+                seeds.append(int(seed))
+            return index[k]
+
+        # the order of ``needed``: base rows, then each permutation's changed rows
+        base = torch.tensor(
+            [image_of(c, s) for c, s in zip(self.table.captions(), self.table.seeds)], dtype=torch.long
+        )
+        changed: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+        share = np.zeros((len(concepts), self.n_repeats))
+        for ki, c in enumerate(concepts):
+            if self.table.is_constant(c):
+                continue
+            for r, p in enumerate(self.permutations(c)):
+                rows = np.flatnonzero(p.changed)
+                share[ki, r] = len(rows) / self.table.n
+                if len(rows):
+                    idx = [image_of(p.captions[i], self.table.seeds[i]) for i in rows]
+                    changed[(ki, r)] = (torch.as_tensor(rows), torch.tensor(idx, dtype=torch.long))
+        if any(p.fingerprint != fingerprint for p in self._plans.values()):
+            self._plans = {}  # plans of another generator state are of no use again
+        plan = _ScoringPlan(fingerprint, captions, seeds, list(index), base, changed, share)
+        self._plans[tuple(concepts)] = plan
+        return plan
+
+    def _score(self, model: nn.Module, plan: _ScoringPlan, device: torch.device) -> Tensor:
+        """The classifier's logits for every image of ``plan``, ``[len(plan.keys), C]`` (float32, CPU)."""
+        out: list[Tensor] = []
+        # batch norms folded into their convolutions: scoring only reads the logits
+        with explanation_mode(model), torch.no_grad(), folded_batchnorm(model):
+            for start in range(0, len(plan.keys), self.batch_size):
+                x = self.cache.images(plan.keys[start : start + self.batch_size]).to(device)
                 if self.transform is not None:
                     x = self.transform(x)
                 logits = run_model(model, x)  # channels-last on the CPU (faster convolutions and pooling)
@@ -320,12 +383,14 @@ class ConceptPermutation:
                     raise ValueError(
                         f"the classifier must return logits [N, classes]; got {getattr(logits, 'shape', type(logits))}."
                     )
-                for k, row in zip(chunk, logits.detach().float().cpu()):
-                    out[k] = row
-        return out
+                out.append(logits.detach().float().cpu())
+        return torch.cat(out)
 
     def explain(
-        self, model: nn.Module, concepts: Sequence[str] | None = None, device: torch.device | str | None = None
+        self,
+        model: nn.Module,
+        concepts: Sequence[str] | None = None,
+        device: torch.device | str | None = None,
     ) -> PermutationResult:
         """Importance of ``concepts`` (default: the table's) for ``model`` in its current state.
 
@@ -337,36 +402,28 @@ class ConceptPermutation:
             param = next(iter(model.parameters()), None)
             device = param.device if param is not None else torch.device("cpu")
         device = torch.device(device)
-        captions, seeds = self.needed(concepts)
-        self.cache.prefetch(captions, seeds, desc="DEPICT: generating images")
-        logits = self._logits(model, captions, seeds, device)
-        base_keys = [self.cache.key(c, s) for c, s in zip(self.table.captions(), self.table.seeds)]
-        base_logits = torch.stack([logits[k] for k in base_keys])
+        plan = self._plan(concepts)
+        # generation happens once: afterwards every image is cached and this only looks the keys up
+        self.cache.prefetch(plan.captions, plan.seeds, desc="DEPICT: generating images")
+        logits = self._score(model, plan, device)
+        base_logits = logits[plan.base]
         labels = self.table.labels
         n_classes = base_logits.shape[1]
         if int(labels.max()) >= n_classes or int(labels.min()) < 0:
-            raise ValueError(f"labels range over [{int(labels.min())}, {int(labels.max())}] but the classifier has {n_classes} classes.")
+            raise ValueError(
+                f"labels range over [{int(labels.min())}, {int(labels.max())}] but the classifier has {n_classes} classes."
+            )
         base = self.metric(base_logits, labels)
         K, R = len(concepts), self.n_repeats
         permuted = np.full((K, R), base, dtype=float)
-        changed = np.zeros((K, R), dtype=float)
-        constant = []
+        changed = plan.changed_share.copy()
+        constant = [c for c in concepts if self.table.is_constant(c)]
         perm_logits_all: list[list[Tensor | None]] = [[None] * R for _ in range(K)]
-        for ki, c in enumerate(concepts):
-            if self.table.is_constant(c):
-                constant.append(c)
-                continue
-            for r, p in enumerate(self.permutations(c)):
-                rows = np.flatnonzero(p.changed)
-                changed[ki, r] = len(rows) / self.table.n
-                if len(rows) == 0:
-                    continue
-                perm_logits = base_logits.clone()
-                perm_logits[torch.as_tensor(rows)] = torch.stack(
-                    [logits[self.cache.key(p.captions[i], self.table.seeds[i])] for i in rows]
-                )
-                permuted[ki, r] = self.metric(perm_logits, labels)
-                perm_logits_all[ki][r] = perm_logits
+        for (ki, r), (rows, images) in plan.changed.items():
+            perm_logits = base_logits.clone()
+            perm_logits[rows] = logits[images]
+            permuted[ki, r] = self.metric(perm_logits, labels)
+            perm_logits_all[ki][r] = perm_logits
         boot = self._bootstrap(base_logits, perm_logits_all, labels) if self.n_bootstrap else None
         return PermutationResult(
             concepts=concepts,
@@ -390,13 +447,19 @@ class ConceptPermutation:
         if self.metric_name == "accuracy" and self.metric is _accuracy:
             correct = (base.argmax(1) == labels).double()
             for ki, reps in enumerate(permuted):
-                diffs = [correct - (p.argmax(1) == labels).double() if p is not None else torch.zeros(n, dtype=torch.float64)
-                         for p in reps]
+                diffs = [
+                    correct - (p.argmax(1) == labels).double()
+                    if p is not None
+                    else torch.zeros(n, dtype=torch.float64)
+                    for p in reps
+                ]
                 d = torch.stack(diffs).mean(0)  # [N]: per-row drop, averaged over repeats
                 out[ki] = d[idx].mean(1).numpy()
             return out
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a resample may miss a class; such resamples give nan and are skipped
+            warnings.simplefilter(
+                "ignore"
+            )  # a resample may miss a class; such resamples give nan and are skipped
             for b in range(B):
                 rows = idx[b]
                 y = labels[rows]
