@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import itertools
 import math
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -641,7 +642,7 @@ def folded_batchnorm(model: nn.Module) -> Iterator[int]:
             if not isinstance(seq, nn.Sequential):
                 continue
             names = list(seq._modules)
-            for a, b in zip(names, names[1:]):
+            for a, b in itertools.pairwise(names):
                 conv, bn = seq._modules[a], seq._modules[b]
                 if (
                     type(conv) is nn.Conv2d
