@@ -347,3 +347,12 @@ def test_run_dir_of_lightning_trainer(tmp_path):
         tb = Trainer(logger=[TensorBoardLogger(tmp_path, name="tb"), CSVLogger(tmp_path)], **kw)
     assert run_dir_of(no_logger) == tmp_path
     assert run_dir_of(tb) == Path(tb.log_dir) == tmp_path / "tb" / "version_0"
+
+
+def test_local_store_raises_when_a_png_cannot_be_written_and_writes_no_record(tmp_path):
+    store = LocalStore(tmp_path / "xai")
+    (tmp_path / "xai" / "media").mkdir(parents=True)
+    (tmp_path / "xai" / "media" / "tcav").write_text("a file where the method's folder should be")
+    with pytest.raises(OSError):
+        store.write(_explanation(epoch=1, step=10))  # three PNGs, written together
+    assert store.read() == []
