@@ -169,13 +169,9 @@ class SymbolicFitter:
         if features.shape[0] != teacher.shape[0]:
             raise ValueError(f"{features.shape[0]} feature maps but {teacher.shape[0]} teacher labels.")
         if features.shape[0] < 2:
-            raise ValueError(
-                f"the symbolic model needs at least 2 images to train on, got {features.shape[0]}."
-            )
+            raise ValueError(f"the symbolic model needs at least 2 images to train on, got {features.shape[0]}.")
         if teacher.numel() and (int(teacher.min()) < 0 or int(teacher.max()) >= self.model.n_classes):
-            raise ValueError(
-                f"teacher classes must lie in [0, {self.model.n_classes}), got {teacher.unique().tolist()}."
-            )
+            raise ValueError(f"teacher classes must lie in [0, {self.model.n_classes}), got {teacher.unique().tolist()}.")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps must be an integer >= 0, but got {steps!r}.")
         if stop_at is not None and not (isinstance(stop_at, (int, float)) and 0.0 < float(stop_at) <= 1.0):
@@ -187,13 +183,7 @@ class SymbolicFitter:
             return self._fit(features, teacher, steps, stop_at, min_steps, check_every)
 
     def _fit(
-        self,
-        features: Tensor,
-        teacher: Tensor,
-        steps: int,
-        stop_at: float | None,
-        min_steps: int,
-        check_every: int,
+        self, features: Tensor, teacher: Tensor, steps: int, stop_at: float | None, min_steps: int, check_every: int
     ) -> FitReport:
         start = time.perf_counter()
         model, cfg = self.model, self.config
@@ -240,11 +230,7 @@ class SymbolicFitter:
                 self.total_steps += 1
                 # no restart in the last stretch of a fit: a restarted code needs steps to settle and its
                 # edges to catch up before the model is read out
-                if (
-                    cfg.restart_every
-                    and (step + 1) % cfg.restart_every == 0
-                    and step + cfg.restart_every < steps
-                ):
+                if cfg.restart_every and (step + 1) % cfg.restart_every == 0 and step + cfg.restart_every < steps:
                     moved = self._restart_dead(counts, out)
                     restarts += moved
                     if moved:
@@ -268,14 +254,7 @@ class SymbolicFitter:
         losses = {k: sum(h[k] for h in tail) / len(tail) for k in tail[0]} if tail else {}
         agreement = float(torch.stack(agree[-check_every:]).mean()) if len(agree) >= check_every else math.nan
         return FitReport(
-            len(history),
-            self.total_steps,
-            time.perf_counter() - start,
-            losses,
-            restarts,
-            first,
-            stopped,
-            agreement,
+            len(history), self.total_steps, time.perf_counter() - start, losses, restarts, first, stopped, agreement
         )
 
     def _restart_dead(self, counts: list[Tensor], out: Any) -> int:

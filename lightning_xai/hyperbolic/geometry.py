@@ -129,7 +129,7 @@ def pairwise_dist(x: Tensor, y: Tensor) -> Tensor:
     xx = (x * x).sum(-1, keepdim=True)
     yy = (y * y).sum(-1)[None]
     sq = (xx + yy - 2.0 * x @ y.T).clamp_min(0.0)
-    denom = (1.0 - xx).clamp_min(_EPS) * (1.0 - yy).clamp_min(_EPS)
+    denom = ((1.0 - xx).clamp_min(_EPS) * (1.0 - yy).clamp_min(_EPS))
     return torch.acosh((1.0 + 2.0 * sq / denom).clamp_min(1.0 + 1e-7))
 
 

@@ -59,9 +59,7 @@ def resolve_metric(metric: str | Any) -> tuple[str, MetricFn]:
             return "accuracy", _accuracy
         if metric == "auroc":
             return "auroc", _auroc
-        raise ValueError(
-            f"metric={metric!r} is not supported; choose one of {list(METRICS)}, a torchmetrics Metric or a callable."
-        )
+        raise ValueError(f"metric={metric!r} is not supported; choose one of {list(METRICS)}, a torchmetrics Metric or a callable.")
     try:
         from torchmetrics import Metric
     except ImportError:  # pragma: no cover - torchmetrics is a dependency
@@ -76,9 +74,7 @@ def resolve_metric(metric: str | Any) -> tuple[str, MetricFn]:
 
         return type(metric).__name__, fn
     if callable(metric):
-        return getattr(metric, "__name__", type(metric).__name__), lambda logits, labels: float(
-            metric(logits, labels)
-        )
+        return getattr(metric, "__name__", type(metric).__name__), lambda logits, labels: float(metric(logits, labels))
     raise ValueError(
         f"metric must be one of {list(METRICS)}, a torchmetrics Metric or a callable (logits, labels) -> float; "
         f"got {type(metric).__name__}."
@@ -275,10 +271,8 @@ class ConceptPermutation:
         self.interval = float(interval)
         self.transform = transform
         self.batch_size = batch_size
-        self.cache = (
-            cache
-            if cache is not None
-            else GenerationCache(generator, directory=cache_dir, show_progress=show_progress)
+        self.cache = cache if cache is not None else GenerationCache(
+            generator, directory=cache_dir, show_progress=show_progress
         )
         self._perms: dict[str, list[Permutation]] = {}
         self._warned: set[str] = set()
@@ -287,18 +281,14 @@ class ConceptPermutation:
     # ------------------------------------------------------------------ generation
     def permutations(self, concept: str) -> list[Permutation]:
         if concept not in self._perms:
-            self._perms[concept] = [
-                self.table.permutation(concept, r, self.seed) for r in range(self.n_repeats)
-            ]
+            self._perms[concept] = [self.table.permutation(concept, r, self.seed) for r in range(self.n_repeats)]
         return self._perms[concept]
 
     def _check_concepts(self, concepts: Sequence[str] | None) -> list[str]:
         concepts = list(self.table.concepts if concepts is None else concepts)
         unknown = [c for c in concepts if c not in self.table.columns]
         if unknown:
-            raise ValueError(
-                f"concepts {unknown} are not columns of the table; the columns are {sorted(self.table.columns)}."
-            )
+            raise ValueError(f"concepts {unknown} are not columns of the table; the columns are {sorted(self.table.columns)}.")
         for c in concepts:
             if self.table.is_constant(c) and c not in self._warned:
                 self._warned.add(c)
@@ -387,10 +377,7 @@ class ConceptPermutation:
         return torch.cat(out)
 
     def explain(
-        self,
-        model: nn.Module,
-        concepts: Sequence[str] | None = None,
-        device: torch.device | str | None = None,
+        self, model: nn.Module, concepts: Sequence[str] | None = None, device: torch.device | str | None = None
     ) -> PermutationResult:
         """Importance of ``concepts`` (default: the table's) for ``model`` in its current state.
 
@@ -410,9 +397,7 @@ class ConceptPermutation:
         labels = self.table.labels
         n_classes = base_logits.shape[1]
         if int(labels.max()) >= n_classes or int(labels.min()) < 0:
-            raise ValueError(
-                f"labels range over [{int(labels.min())}, {int(labels.max())}] but the classifier has {n_classes} classes."
-            )
+            raise ValueError(f"labels range over [{int(labels.min())}, {int(labels.max())}] but the classifier has {n_classes} classes.")
         base = self.metric(base_logits, labels)
         K, R = len(concepts), self.n_repeats
         permuted = np.full((K, R), base, dtype=float)
@@ -447,19 +432,13 @@ class ConceptPermutation:
         if self.metric_name == "accuracy" and self.metric is _accuracy:
             correct = (base.argmax(1) == labels).double()
             for ki, reps in enumerate(permuted):
-                diffs = [
-                    correct - (p.argmax(1) == labels).double()
-                    if p is not None
-                    else torch.zeros(n, dtype=torch.float64)
-                    for p in reps
-                ]
+                diffs = [correct - (p.argmax(1) == labels).double() if p is not None else torch.zeros(n, dtype=torch.float64)
+                         for p in reps]
                 d = torch.stack(diffs).mean(0)  # [N]: per-row drop, averaged over repeats
                 out[ki] = d[idx].mean(1).numpy()
             return out
         with warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore"
-            )  # a resample may miss a class; such resamples give nan and are skipped
+            warnings.simplefilter("ignore")  # a resample may miss a class; such resamples give nan and are skipped
             for b in range(B):
                 rows = idx[b]
                 y = labels[rows]
