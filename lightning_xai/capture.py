@@ -458,10 +458,6 @@ class ActivationCapture:
         return max((m for _, m, _ in self._owners.values()), default=0)
 
     @property
-    def needs_inputs(self) -> bool:
-        return any(n for _, _, n in self._owners.values())
-
-    @property
     def armed(self) -> bool:
         return bool(self._wanted)
 

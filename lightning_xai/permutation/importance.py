@@ -201,7 +201,6 @@ class _ScoringPlan:
     base: Tensor  # [n]: the image of each base row (index into ``keys``)
     # (concept index, repeat) -> (changed rows, their images); absent where no row changed
     changed: dict[tuple[int, int], tuple[Tensor, Tensor]]
-    changed_share: np.ndarray  # [K, R]
 
 
 class ConceptPermutation:
@@ -343,19 +342,17 @@ class ConceptPermutation:
             [image_of(c, s) for c, s in zip(self.table.captions(), self.table.seeds)], dtype=torch.long
         )
         changed: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
-        share = np.zeros((len(concepts), self.n_repeats))
         for ki, c in enumerate(concepts):
             if self.table.is_constant(c):
                 continue
             for r, p in enumerate(self.permutations(c)):
                 rows = np.flatnonzero(p.changed)
-                share[ki, r] = len(rows) / self.table.n
                 if len(rows):
                     idx = [image_of(p.captions[i], self.table.seeds[i]) for i in rows]
                     changed[(ki, r)] = (torch.as_tensor(rows), torch.tensor(idx, dtype=torch.long))
         if any(p.fingerprint != fingerprint for p in self._plans.values()):
             self._plans = {}  # plans of another generator state are of no use again
-        plan = _ScoringPlan(fingerprint, captions, seeds, list(index), base, changed, share)
+        plan = _ScoringPlan(fingerprint, captions, seeds, list(index), base, changed)
         self._plans[tuple(concepts)] = plan
         return plan
 
@@ -401,10 +398,11 @@ class ConceptPermutation:
         base = self.metric(base_logits, labels)
         K, R = len(concepts), self.n_repeats
         permuted = np.full((K, R), base, dtype=float)
-        changed = plan.changed_share.copy()
+        changed = np.zeros((K, R), dtype=float)
         constant = [c for c in concepts if self.table.is_constant(c)]
         perm_logits_all: list[list[Tensor | None]] = [[None] * R for _ in range(K)]
         for (ki, r), (rows, images) in plan.changed.items():
+            changed[ki, r] = len(rows) / self.table.n
             perm_logits = base_logits.clone()
             perm_logits[rows] = logits[images]
             permuted[ki, r] = self.metric(perm_logits, labels)
