@@ -65,6 +65,8 @@ from lightning_xai.hyperbolic.geometry import (
     gyromidpoints,
     logmap0,
     mobius_matvec,
+    nearest,
+    soft_clip,
     straight_through,
 )
 from lightning_xai.records import read_records
@@ -149,7 +151,77 @@ def test_straight_through_forward_is_the_code_and_gradient_reaches_the_token() -
     assert g.abs().sum() > 0
 
 
+def test_nearest_code_is_the_argmin_of_the_poincare_distance() -> None:
+    ball = make_ball()
+    g = torch.Generator().manual_seed(3)
+    x, y = ball.expmap0(torch.randn(400, 16, generator=g)), ball.expmap0(torch.randn(32, 16, generator=g) * 0.7)
+    assert torch.equal(nearest(x, y), ball.dist(x[:, None], y[None]).argmin(1))
+
+
 # ------------------------------------------------------------------------------------------------ model
+
+
+def _forward_on_the_ball(model: SymbolicModel, feats: torch.Tensor, teacher: torch.Tensor) -> dict[str, object]:
+    """The model's forward and its ``ce`` and ``vq`` terms as defined on the ball, with geoopt's operations:
+    Möbius products of quantised points, straight-through on logmap0 of each token, the surrogate on logmap0
+    of the top-level point, the commitment loss from two distances."""
+    ball, beta = make_ball(), model.config.weights.beta
+    maps = model.modulator(feats)
+    u = ball.expmap0(soft_clip(maps.flatten(2), model.config.max_token_norm))
+    codes, points, vq = [], [], torch.zeros((), dtype=feats.dtype)
+    q = u
+    for level, book in enumerate(model.codebooks):
+        if level > 0:
+            u = ball.mobius_matvec(model.level_maps[level - 1], q)
+        k = ball.dist(u[:, :, None], book).argmin(-1)
+        tu, tc = ball.logmap0(u), ball.logmap0(book[k])
+        q = ball.expmap0(tu + (tc - tu).detach())
+        vq = vq + (ball.dist(u.detach(), book[k]) ** 2).mean() + beta * (ball.dist(u, book[k].detach()) ** 2).mean()
+        codes.append(k)
+        points.append(u)
+    logits = model.surrogate(ball.logmap0(q).flatten(1))
+    return {"codes": codes, "points": points, "logits": logits, "ce": torch.nn.functional.cross_entropy(logits, teacher), "vq": vq}
+
+
+@pytest.mark.parametrize("level_map_scale", [1.0, 50.0])
+def test_the_tangent_space_forward_equals_the_definition_on_the_ball(level_map_scale: float) -> None:
+    # the model quantises and composes in the tangent space at the origin (fewer passes over the tokens); its
+    # codes, points, logits and every gradient of the surrogate and commitment losses must be those of the
+    # definition; a large level map drives points to the ball's margin, where both must project alike
+    cfg = SymbolicConfig(levels=(8, 4), latent_channels=6)
+    fitter = SymbolicFitter(5, 3, cfg, seed=0)
+    g = torch.Generator().manual_seed(1)
+    feats, teacher = torch.randn(32, 5, 4, 4, generator=g), torch.arange(32) % 3
+    fitter.fit(feats, teacher, steps=10)
+    model = fitter.model.double().eval()
+    with torch.no_grad():
+        for m in model.level_maps:
+            m.mul_(level_map_scale)
+    feats = feats.double()
+    ours = model(feats)
+    terms = model.losses(ours, teacher)
+    ref = _forward_on_the_ball(model, feats, teacher)
+    if level_map_scale > 1:  # the margin really was reached
+        assert float(ours.points[-1].norm(dim=-1).max()) > 0.9999
+    for a, b in zip(ours.codes, ref["codes"]):
+        assert torch.equal(a, b)
+    for a, b in zip(ours.points, ref["points"]):
+        assert torch.allclose(a, b, atol=1e-9)
+    assert torch.allclose(ours.logits, ref["logits"], atol=1e-9)
+    params = [p for p in model.parameters() if p.requires_grad]
+    # at the margin geoopt's own clamps (inside tanh and artanh) move the projected point's tangent vector by
+    # ~1e-4 relative (6.1025 instead of artanh(1 - 1e-5) = 6.1030 in float64), and gradients with it
+    rtol = 1e-6 if level_map_scale == 1 else 1e-3
+    for name in ("ce", "vq"):
+        assert torch.allclose(terms[name], ref[name], rtol=rtol, atol=1e-10), name
+        mine = torch.autograd.grad(terms[name], params, retain_graph=True, allow_unused=True)
+        theirs = torch.autograd.grad(ref[name], params, retain_graph=True, allow_unused=True)
+        for p, a, b in zip(params, mine, theirs):
+            assert (a is None) == (b is None), name
+            if a is not None:
+                assert float((a - b).norm()) <= rtol * float(b.norm()) + 1e-12, (name, tuple(p.shape))
+
+
 
 
 def test_adjacency_is_really_used_by_every_term() -> None:

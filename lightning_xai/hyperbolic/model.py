@@ -43,16 +43,17 @@ from torch import Tensor, nn
 
 from .config import SymbolicConfig, check_feature_map
 from .geometry import (
+    clip_tangent,
     dist0,
     expmap0,
     gyromidpoints,
     logmap0,
     make_ball,
     mobius_matvec,
+    nearest,
     pairwise_dist,
     rowwise_dist,
     soft_clip,
-    straight_through,
 )
 
 __all__ = ["Encoding", "ForwardPass", "SymbolicModel"]
@@ -182,6 +183,11 @@ class SymbolicModel(nn.Module):
     # ------------------------------------------------------------------ forward
     def tokens(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """Modulated maps ``[N, C, H, W]`` and level-0 tokens on the ball ``[N, C, d]``."""
+        maps, t = self._tangent_tokens(features)
+        return maps, expmap0(t)
+
+    def _tangent_tokens(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """Modulated maps and the level-0 tokens as tangent vectors at the origin (clipped, before ``expmap0``)."""
         check_feature_map(features, "the explained layer")
         if features.shape[1] != self.in_channels:
             raise ValueError(
@@ -192,32 +198,40 @@ class SymbolicModel(nn.Module):
         s = self.config.token_size
         # pooling a map that already has the token size is the identity (and costs ~0.5 ms a training step)
         t = (maps if maps.shape[-2:] == (s, s) else F.adaptive_avg_pool2d(maps, (s, s))).flatten(2)
-        return maps, expmap0(soft_clip(t, self.config.max_token_norm))
+        return maps, soft_clip(t, self.config.max_token_norm)
 
     def forward(self, features: Tensor) -> ForwardPass:
         return self._run(features)[1]
 
     def _run(self, features: Tensor) -> tuple[Tensor, ForwardPass]:
-        maps, u = self.tokens(features)
-        n, c, d = u.shape
+        # Computed in the tangent space at the origin, which gives the same values and gradients as the
+        # definition on the ball with fewer passes over the tokens: the straight-through quantiser works on
+        # logmap0 of the token, the Möbius product M (x) q of a quantised point q = expmap0(t) is
+        # expmap0(M t), and the surrogate reads logmap0(q) = t, so no point is mapped to the tangent space and
+        # back (tested against the definition).
+        maps, t = self._tangent_tokens(features)
+        n, c, d = t.shape
         points, codes = [], []
-        q = u
-        top_dist = u.new_zeros(0)
+        top_dist = t.new_zeros(0)
         for level, book in enumerate(self.codebooks):
             if level > 0:
-                u = mobius_matvec(self.level_maps[level - 1], q)
+                # logmap0 of the (projected) point M (x) q: the tangent vector, shortened like the point
+                t = clip_tangent(t @ self.level_maps[level - 1].transpose(0, 1))
+            u = expmap0(t)
             flat = u.reshape(-1, d)
             if level == self.num_levels - 1:  # the top distances enter the align loss
                 dist = pairwise_dist(flat, book)
                 top_dist = dist.view(n, c, -1)
-            else:  # elsewhere they only pick the nearest code: no graph needed
-                with torch.no_grad():
-                    dist = pairwise_dist(flat, book)
-            k = dist.detach().argmin(1)
+                k = dist.detach().argmin(1)
+            else:  # elsewhere they only pick the nearest code
+                k = nearest(flat, book)
             points.append(u)
             codes.append(k.view(n, c))
-            q = straight_through(flat, book[k]).view(n, c, d)
-        logits = self.surrogate(logmap0(q).flatten(1))
+            # straight-through in the tangent space: the code's tangent vector forward, the identity backward
+            with torch.no_grad():
+                jump = logmap0(book)[k].view(n, c, d) - t
+            t = t + jump
+        logits = self.surrogate(t.flatten(1))
         return maps, ForwardPass(points, codes, logits, top_dist)
 
     def losses(self, out: ForwardPass, teacher: Tensor) -> dict[str, Tensor]:
@@ -231,7 +245,10 @@ class SymbolicModel(nn.Module):
         vq = out.logits.new_zeros(())
         for level, (u, k) in enumerate(zip(out.points, out.codes)):
             flat, code = u.reshape(-1, u.shape[-1]), self.codebooks[level][k.flatten()]
-            vq = vq + (rowwise_dist(flat.detach(), code) ** 2).mean() + w.beta * (rowwise_dist(flat, code.detach()) ** 2).mean()
+            # d(sg(u), e)^2 + beta d(u, sg(e))^2 from one distance: (1 + beta) d(u, e)^2, with the gradient that
+            # reaches u scaled by beta / (1 + beta) and the one that reaches e by 1 / (1 + beta)
+            d = rowwise_dist(_ScaleGrad.apply(flat, w.beta / (1 + w.beta)), _ScaleGrad.apply(code, 1 / (1 + w.beta)))
+            vq = vq + (1 + w.beta) * (d**2).mean()
         terms["vq"] = vq
         comp, edge, path, norm, sparse = [], [], [], [], []
         for level in range(self.num_levels - 1):
@@ -337,6 +354,19 @@ class SymbolicModel(nn.Module):
             parents = self.parent_of(level - 1)
             for j in dead.tolist():
                 theta.data[:, j] = torch.where(parents == j, _EDGE_ON, -_EDGE_ON)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """The identity forward; the gradient multiplied by ``scale`` backward."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale  # type: ignore[attr-defined]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.scale, None  # type: ignore[attr-defined]
 
 
 def _kmeans(
