@@ -79,6 +79,21 @@ def test_heat_overlay_blends_the_colour_map_like_imshow_with_alpha() -> None:
         heat_overlay(image, heat[:3])
 
 
+@pytest.mark.parametrize("cmap", ["jet", "bwr", "viridis"])
+def test_heat_overlay_picks_exactly_the_colours_of_matplotlibs_colormap(cmap: str) -> None:
+    from matplotlib import colormaps
+
+    g = torch.Generator().manual_seed(1)
+    heat = torch.rand(32, 32, generator=g)
+    # the edges of the table's bins, the ends, and values outside [0, 1] (clipped)
+    heat[0, :8] = torch.tensor([0.0, 1.0, 0.5, 1 - 1e-7, 255 / 256, 1 / 256, -0.5, 1.5])
+    image = torch.rand(3, 32, 32, generator=g)
+    colour = torch.from_numpy(colormaps[cmap](heat.clamp(0, 1).numpy())[..., :3].astype(np.float32)).permute(2, 0, 1)
+    expected = (0.55 * image + 0.45 * colour).clamp(0, 1)
+    for _ in range(2):  # the second call reads the cached table
+        assert torch.equal(heat_overlay(image, heat, alpha=0.45, cmap=cmap), expected)
+
+
 def test_display_image_scales_normalised_inputs_and_never_aliases_the_input() -> None:
     from lightning_xai.panels import display_image
 
