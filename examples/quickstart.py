@@ -118,7 +118,7 @@ def build_callbacks(generator: str = "renderer") -> list:
             concepts, random=random_set(100, seed=11, size=size), every_n_epochs=2, images_per_class=10, probe_images=2
         ),
         depict,
-        # hyperbolic symbol trees on conv5, warm-started each epoch (0.5 to 2 s per explained epoch on a 2-core CPU)
+        # hyperbolic symbol trees on conv5, warm-started each epoch (0.1 to 1.3 s per explained epoch on a 2-core CPU)
         SymbolicTreeCallback(steps_per_epoch=50, warmup_steps=50),
         diffexplainer,
         # concept drift: every callback above, compared with its previous explained epoch; alerts are warnings
