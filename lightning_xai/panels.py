@@ -6,8 +6,8 @@ generates) with a short title over each. Drawing those as matplotlib subplots co
 every explained epoch. :func:`panel_image` composes the panels and their titles into one pixel canvas with
 numpy and PIL (in matplotlib's default font): about 8 ms for the same figure, measured interleaved, and
 callbacks log those pixels; :func:`panel_figure` shows them in a matplotlib figure for ``savefig``. The text
-and dashed-line helpers here are what :mod:`lightning_xai.charts` and the tree renderer draw with. :func:`heat_overlay` blends a map over an image the way ``imshow`` with
-``alpha`` would.
+and dashed-line helpers here are what :mod:`lightning_xai.charts` and the tree renderer draw with.
+:func:`heat_overlay` blends a map over an image the way ``imshow`` with ``alpha`` would.
 """
 
 from __future__ import annotations

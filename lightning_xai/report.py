@@ -88,7 +88,6 @@ DEFAULT_MAX_MEDIA_BYTES = 4_000_000
 DEFAULT_MAX_TOTAL_MEDIA_BYTES = 96_000_000
 MAX_TABLE_ROWS = 200
 MAX_RAW_CHARS = 20_000
-_PALETTE = TAB10
 _MIME = {
     ".png": "image/png",
     ".jpg": "image/jpeg",
@@ -437,7 +436,7 @@ def line_chart_svg(
     for i, s in enumerate(series):
         marks = list(s.marks) + [False] * max(0, len(s.xs) - len(s.marks))
         pts = [(xval(x), _num(y), bool(m)) for x, y, m in zip(s.xs, s.ys, marks)]
-        colour = s.colour or ("#777" if s.dashed else _PALETTE[i % len(_PALETTE)])
+        colour = s.colour or ("#777" if s.dashed else TAB10[i % len(TAB10)])
         lines.append((s, pts, colour))
     xs = [p[0] for _, pts, _ in lines for p in pts if p[0] is not None]
     ys = [p[1] for _, pts, _ in lines for p in pts if p[1] is not None] + [float(v) for v in y_include]
@@ -583,7 +582,7 @@ def bar_chart_svg(
     longest = max((len(_short(c, 22)) for c in cats), default=1)
     rotate = _text_width("x" * longest, 10.5) > slot - 4
     label_h = (min(22, longest) * 5.2 + 12) if rotate else 18.0
-    entries = [(n, _PALETTE[j % len(_PALETTE)], False) for j, n in enumerate(names)] if len(names) > 1 else []
+    entries = [(n, TAB10[j % len(TAB10)], False) for j, n in enumerate(names)] if len(names) > 1 else []
     legend, legend_h = _legend(entries, left, right - left)
     bottom = height - 12.0 - label_h
     if bottom - top < 80:
@@ -628,7 +627,7 @@ def bar_chart_svg(
     bw = slot * 0.8 / max(1, len(names))
     zero = py(min(max(0.0, ylo), yhi))
     for j, n in enumerate(names):
-        colour = _PALETTE[j % len(_PALETTE)]
+        colour = TAB10[j % len(TAB10)]
         ivs = list((intervals or {}).get(n) or [])
         notes = list((annotations or {}).get(n) or [])
         for i, v in enumerate(nums[n]):
@@ -1021,7 +1020,7 @@ class _Renderer:
             x0, y0, x1, y1 = (float(b[k]) for k in ("x0", "y0", "x1", "y1"))
             label = str(b.get("label", "region"))
             score = f" ({_fmt(b['score'])})" if _num(b.get("score")) is not None else ""
-            colour = _PALETTE[i % len(_PALETTE)]
+            colour = TAB10[i % len(TAB10)]
             out.append(
                 f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{x1 - x0:.1f}" height="{y1 - y0:.1f}" fill="none" '
                 f'stroke="{colour}" stroke-width="2" vector-effect="non-scaling-stroke">'

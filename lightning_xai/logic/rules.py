@@ -138,7 +138,7 @@ def local_rules(
     """
     if pathways is None:
         pathways = extract_pathways(features, head, predictions)
-    # plain floats, one conversion for all images: the same float64 comparisons as Predicate.is_active
+    # plain floats, one conversion for all images (Predicate.holds: the same float64 comparisons as is_active)
     z = features.detach().to("cpu", torch.float64).tolist()
     signed, lengths, predicted = (
         pathways.signed.tolist(),
@@ -150,11 +150,7 @@ def local_rules(
         cv = vocabulary[y]
         in_vocab = [p for p in map(cv.predicate, row[:n]) if p is not None]
         zi = z[i]
-        eligible = [
-            p
-            for p in in_vocab
-            if (zi[p.feature] >= p.threshold if p.sign > 0 else zi[p.feature] <= p.threshold)
-        ]
+        eligible = [p for p in in_vocab if p.holds(zi[p.feature])]
         out.append(LocalRule(i, int(y), eligible, int(n), len(in_vocab)))
     return out
 

@@ -83,6 +83,11 @@ class Predicate:
         z = features[:, self.feature].to(torch.float64)
         return z >= self.threshold if self.sign > 0 else z <= self.threshold
 
+    def holds(self, value: float) -> bool:
+        """:meth:`is_active` for one value of this neuron, as a Python float (float64, equality counts): for
+        loops over many images, where a tensor per comparison would cost more than the comparison."""
+        return value >= self.threshold if self.sign > 0 else value <= self.threshold
+
     def is_strictly_inactive(self, values: Tensor) -> Tensor:
         """``[N]`` bool on values of this neuron: ``z < t`` (for "+") or ``z > t`` (for "-")."""
         v = values.to(torch.float64)

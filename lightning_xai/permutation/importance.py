@@ -201,6 +201,7 @@ class _ScoringPlan:
     base: Tensor  # [n]: the image of each base row (index into ``keys``)
     # (concept index, repeat) -> (changed rows, their images); absent where no row changed
     changed: dict[tuple[int, int], tuple[Tensor, Tensor]]
+    generated: bool = False  # every image is in the cache
 
 
 class ConceptPermutation:
@@ -300,22 +301,23 @@ class ConceptPermutation:
         return concepts
 
     def needed(self, concepts: Sequence[str] | None = None) -> tuple[list[str], list[int]]:
-        """Every (caption, seed) that scoring ``concepts`` needs: the base rows plus each permutation's changed rows."""
-        concepts = self._check_concepts(concepts)
-        captions, seeds = list(self.table.captions()), list(self.table.seeds)
-        for c in concepts:
-            if self.table.is_constant(c):
-                continue
-            for p in self.permutations(c):
-                for i in np.flatnonzero(p.changed):
-                    captions.append(p.captions[i])
-                    seeds.append(self.table.seeds[i])
-        return captions, seeds
+        """Every distinct (caption, seed) that scoring ``concepts`` needs: the base rows, then each permutation's
+        changed rows."""
+        plan = self._plan(self._check_concepts(concepts))
+        return list(plan.captions), list(plan.seeds)
 
     def generate(self, concepts: Sequence[str] | None = None) -> int:
         """Generate (once) every image scoring ``concepts`` needs; returns how many were generated now."""
-        captions, seeds = self.needed(concepts)
-        return self.cache.prefetch(captions, seeds, desc="DEPICT: generating images")
+        before = self.cache.generated
+        self._generate(self._plan(self._check_concepts(concepts)))
+        return self.cache.generated - before
+
+    def _generate(self, plan: _ScoringPlan) -> None:
+        # the cache never forgets an image, so a plan's scenes are generated (or read from disk) once; later epochs
+        # neither look them up again nor re-read the generator's fingerprint (a diffusers one hashes weights)
+        if not plan.generated:
+            self.cache.prefetch(plan.captions, plan.seeds, desc="DEPICT: generating images")
+            plan.generated = True
 
     # ------------------------------------------------------------------ scoring
     def _plan(self, concepts: list[str]) -> _ScoringPlan:
@@ -337,7 +339,7 @@ class ConceptPermutation:
                 seeds.append(int(seed))
             return index[k]
 
-        # the order of ``needed``: base rows, then each permutation's changed rows
+        # base rows first, then each permutation's changed rows (the order generation and scoring follow)
         base = torch.tensor(
             [image_of(c, s) for c, s in zip(self.table.captions(), self.table.seeds)], dtype=torch.long
         )
@@ -387,8 +389,7 @@ class ConceptPermutation:
             device = param.device if param is not None else torch.device("cpu")
         device = torch.device(device)
         plan = self._plan(concepts)
-        # generation happens once: afterwards every image is cached and this only looks the keys up
-        self.cache.prefetch(plan.captions, plan.seeds, desc="DEPICT: generating images")
+        self._generate(plan)
         logits = self._score(model, plan, device)
         base_logits = logits[plan.base]
         labels = self.table.labels
