@@ -135,6 +135,25 @@ def test_disk_cache_is_reused_by_a_new_run(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_cached_images_share_a_few_large_blocks_and_each_file_holds_one_image(tmp_path: Path) -> None:
+    # thousands of separately allocated images fragment the process heap and slowed every later training step
+    table = world_concept_table(130, seed=0)
+    cache = GenerationCache(WorldGenerator(), directory=tmp_path, show_progress=False)
+    got = cache.get(table.captions(), table.seeds)
+    assert torch.equal(got, WorldGenerator().generate(table.captions(), table.seeds))
+    stored = list(cache._images.values())
+    assert len(stored) == len(set(zip(table.captions(), table.seeds)))
+    assert len({img.untyped_storage().data_ptr() for img in stored}) == 1  # one block for all 130
+    one_image = stored[0].numel() * stored[0].element_size()
+    for path in tmp_path.glob("*.pt"):
+        saved = torch.load(path, weights_only=True)
+        assert saved.untyped_storage().nbytes() == one_image  # a view of the block would save the whole block
+    # images read back from disk go into blocks too, and equal what was generated
+    again = GenerationCache(WorldGenerator(), directory=tmp_path, show_progress=False)
+    assert torch.equal(again.get(table.captions(), table.seeds), got)
+    assert len({img.untyped_storage().data_ptr() for img in again._images.values()}) == 1
+
+
 # ----------------------------------------------------------------------------------- ground truth
 @pytest.fixture(scope="module")
 def weighted_models() -> list[Any]:

@@ -24,6 +24,34 @@ class GeneratorOutputError(ValueError):
     """A generator returned something other than float images ``[N, 3, H, W]``."""
 
 
+# Above glibc's largest dynamic mmap threshold (32 MiB on 64-bit): a block is mapped on its own, outside the heap.
+_BLOCK_BYTES = 64 << 20
+
+
+class _ImageBlocks:
+    """Copies images into a few large blocks instead of one allocation each.
+
+    Thousands of long-lived 48 KB images, allocated one by one between a training step's transient buffers,
+    left glibc's heap in a state where every later training step page-faults: with DEPICT's 2083 world
+    scenes kept that way, the TinyCNN's training epochs took 0.4 to 0.9 million minor page faults each
+    (none without the callback) and their steps about 25% longer, and the same runs with fixed malloc
+    thresholds (``MALLOC_MMAP_THRESHOLD_``) neither faulted nor slowed down. Blocks of 64 MiB are mapped
+    outside the heap; rows never written stay unbacked, so a block's unused tail costs no resident memory.
+    """
+
+    def __init__(self) -> None:
+        self._free: Tensor | None = None  # the unused rows of the current block
+
+    def add(self, image: Tensor) -> Tensor:
+        """A copy of ``image`` in a block (a view that keeps its block alive)."""
+        free = self._free
+        if free is None or free.shape[0] == 0 or free.shape[1:] != image.shape or free.dtype != image.dtype:
+            rows = max(1, _BLOCK_BYTES // max(1, image.numel() * image.element_size()))
+            free = torch.empty((rows, *image.shape), dtype=image.dtype)
+        slot, self._free = free[0], free[1:]
+        return slot.copy_(image)
+
+
 class GenerationCache:
     """Images keyed by ``(generator fingerprint, caption, seed)``, in memory and optionally on disk.
 
@@ -66,6 +94,7 @@ class GenerationCache:
         self.batch_size = batch_size
         self.show_progress = show_progress
         self._images: dict[str, Tensor] = {}
+        self._blocks = _ImageBlocks()
         self.calls = 0
         self.generated = 0
         self.hits = 0
@@ -134,7 +163,7 @@ class GenerationCache:
             if k in self._images or k in todo:
                 continue
             if self.directory is not None and (self.directory / f"{k}.pt").exists():
-                self._images[k] = torch.load(self.directory / f"{k}.pt", weights_only=True)
+                self._images[k] = self._blocks.add(torch.load(self.directory / f"{k}.pt", weights_only=True))
                 continue
             todo[k] = (c, int(s))
         if not todo:
@@ -149,11 +178,10 @@ class GenerationCache:
                     out = self.generator.generate([c for _, (c, _) in chunk], [s for _, (_, s) in chunk])
                 out = self._check(out, len(chunk))
                 for (k, _), img in zip(chunk, out):
-                    img = img.clone()
-                    self._images[k] = img
+                    self._images[k] = self._blocks.add(img)
                     if self.directory is not None:
                         tmp = self.directory / f"{k}.pt.tmp"
-                        torch.save(img, tmp)
+                        torch.save(img.clone(), tmp)  # a view would save its whole batch
                         os.replace(tmp, self.directory / f"{k}.pt")  # atomic: a crash never leaves half a file
                 self.generated += len(chunk)
                 bar.update(len(chunk))
