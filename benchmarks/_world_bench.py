@@ -5,6 +5,7 @@ Imported by the scripts in this folder (``python benchmarks/<script>.py`` puts t
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Sequence
 
@@ -36,6 +37,27 @@ class EpochTimer(Callback):
         if self._start:
             self.seconds.append(time.perf_counter() - self._start)
             self._start = 0.0
+
+
+class TrainingFaults(EpochTimer):
+    """Minor page faults of each epoch's training part (the span ``EpochTimer(training_only=True)`` times).
+
+    Work that only explains should add none there, but what a callback keeps can leave the allocator returning
+    memory to the system between training steps (see ``lightning_xai.permutation.cache``)."""
+
+    def __init__(self) -> None:
+        super().__init__(training_only=True)
+        self.faults: list[int] = []
+        self._faults_at_start = 0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._faults_at_start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        super().on_train_epoch_start(trainer, pl_module)
+
+    def _stop(self) -> None:
+        if self._start:
+            self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self._faults_at_start)
+        super()._stop()
 
 
 class ForwardCounter(Callback):

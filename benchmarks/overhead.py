@@ -126,25 +126,8 @@ def _time_hooks(callbacks: list, spent: list[float]) -> None:
 def child(name: str, epochs: int, n_train: int, seed: int, root: str) -> dict:
     """One fit in this process: seconds in total, per epoch and inside the callbacks' hooks, forward calls,
     peak resident memory."""
-    from _world_bench import EpochTimer, ForwardCounter, fit_world
+    from _world_bench import EpochTimer, ForwardCounter, TrainingFaults, fit_world
     from lightning.pytorch import Callback
-
-    class TrainingFaults(Callback):
-        """Minor page faults of each epoch's training part (the clock of ``EpochTimer(training_only=True)``):
-        work that only explains should add none there, but what a callback keeps can leave the allocator
-        returning memory to the system between training steps (see ``GenerationCache``)."""
-
-        def __init__(self) -> None:
-            self.by_epoch: list[int] = []
-            self._start: int | None = None
-
-        def on_train_epoch_start(self, trainer, pl_module):
-            self._start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-        def on_validation_start(self, trainer, pl_module):
-            if self._start is not None and not trainer.sanity_checking:
-                self.by_epoch.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self._start)
-                self._start = None
 
     class Snapshot(Callback):
         """The callbacks' seconds so far at the end of each epoch (after its validation and explanations)."""
@@ -166,7 +149,7 @@ def child(name: str, epochs: int, n_train: int, seed: int, root: str) -> dict:
         "epoch_seconds": clock.seconds,
         "forwards": counter.calls,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "training_faults_by_epoch": faults.by_epoch,
+        "training_faults_by_epoch": faults.faults,
     }
 
 
