@@ -154,7 +154,7 @@ class DiffusionExplainerCallback(XAICallback):
             raise MisconfigurationException(str(exc)) from exc
         if self.targets is not None and not self.targets:
             raise MisconfigurationException(
-                "targets must name at least one target, or be None for every class."
+                f"targets must name at least one target, or be None for every class, but got {targets!r}."
             )
         check_int("steps", steps, 1)
         if lr is not None:

@@ -84,7 +84,9 @@ class RepresentationDriftCallback(XAICallback):
                 f"cka_batch_size must be an integer >= 4 (the unbiased HSIC needs 4 samples), but got {cka_batch_size!r}."
             )
         if FEATURES in self.layers:
-            raise MisconfigurationException(f"{FEATURES!r} is reserved for the head input; name a layer instead.")
+            raise MisconfigurationException(
+                f"layers={list(self.layers)!r}: {FEATURES!r} is reserved for the head input; name a layer instead."
+            )
         self.cka_batch_size = cka_batch_size
         self._reference: dict[str, Any] | None = None
         self._previous: dict[str, Any] | None = None
