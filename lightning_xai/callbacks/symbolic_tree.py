@@ -199,7 +199,7 @@ class SymbolicTreeCallback(XAICallback):
             raise MisconfigurationException(f"class_names must be a list of str, but got {class_names!r}.")
         try:
             self.config = SymbolicConfig(
-                levels=tuple(levels) if isinstance(levels, (list, tuple)) else levels,
+                levels=levels,
                 top_symbols=top_symbols,
                 latent_channels=latent_channels,
                 token_size=token_size,
