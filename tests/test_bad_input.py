@@ -71,7 +71,8 @@ def _names_value(text: str, value: Any) -> bool:
         return any(repr(k) in text for k in value)
     if isinstance(value, torch.Tensor) and str(list(value.shape)) in text:
         return True
-    return repr(value) in text or str(value) in text or re.search(rf"\b{type(value).__name__}\b", text) is not None
+    type_named = re.search(rf"\b{type(value).__name__}\b", text) is not None
+    return repr(value) in text or str(value) in text or type_named
 
 
 @pytest.mark.parametrize(("cls", "arg", "message"), ROWS, ids=[f"{c}-{a}" for c, a, _ in ROWS])
@@ -111,7 +112,8 @@ def _is_misconfiguration(node: ast.AST) -> bool:
 
 def _raise_sites() -> set[tuple[str, int, int, str]]:
     """Every ``raise MisconfigurationException`` in a callback's ``__init__`` or in the ``_check`` helpers it
-    calls: (file, first line, last line, function). ``setup`` raises about the model and data, and is not in the table."""
+    calls: (file, first line, last line, function). ``setup`` raises about the model and data, and is not in
+    the table."""
     sites = set()
     for path in sorted(CALLBACK_DIR.glob("*.py")):
         for qualname, fn in _functions(ast.parse(path.read_text())):
@@ -168,7 +170,8 @@ def _range_checked(cls: type) -> set[str]:
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls.__init__)))
     loops: dict[str, set[str]] = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.For) and isinstance(node.target, ast.Tuple) and isinstance(node.iter, ast.Tuple):
+        tuples = isinstance(node, ast.For) and isinstance(node.target, ast.Tuple)
+        if tuples and isinstance(node.iter, ast.Tuple):
             first = node.target.elts[0]
             if isinstance(first, ast.Name):
                 loops[first.id] = {
@@ -194,5 +197,6 @@ def test_every_range_checked_argument_has_a_row() -> None:
     for cls in PUBLIC:
         own = _range_checked(getattr(callbacks, cls))
         missing += sorted(f"{cls}.{name}" for name in own - {name for c, name in first if c == cls})
-    assert len(shared) >= 3 and sum(len(_range_checked(getattr(callbacks, c))) for c in PUBLIC) >= 30  # the scan works
+    found = sum(len(_range_checked(getattr(callbacks, c))) for c in PUBLIC)
+    assert len(shared) >= 3 and found >= 30  # the scan works
     assert not missing, f"range-checked arguments without a row in the README's table: {missing}"

@@ -85,7 +85,8 @@ class RepresentationDriftCallback(XAICallback):
             )
         if FEATURES in self.layers:
             raise MisconfigurationException(
-                f"layers={list(self.layers)!r}: {FEATURES!r} is reserved for the head input; name a layer instead."
+                f"layers={list(self.layers)!r}: {FEATURES!r} is reserved for the head input; name a layer "
+                "instead."
             )
         self.cka_batch_size = cka_batch_size
         self._reference: dict[str, Any] | None = None
