@@ -479,6 +479,38 @@ def test_digits_fidelity_structure_and_geometry(digits, digits_explained) -> Non
 
 
 @pytest.mark.slow
+def test_a_settled_explanation_encodes_the_images_once_and_reads_the_same_symbols(
+    digits, digits_explained, monkeypatch
+) -> None:
+    fitter, res = digits_explained
+    state = fitter.state_dict()
+    calls: list[int] = []
+    encode = SymbolicModel.encode
+
+    def counted(self: SymbolicModel, features: torch.Tensor, batch_size: int = 256):  # type: ignore[no-untyped-def]
+        calls.append(features.shape[0])
+        return encode(self, features, batch_size)
+
+    monkeypatch.setattr(SymbolicModel, "encode", counted)
+    args = (digits["features"], digits["logits"], 50)
+    settled = explain_symbols(SymbolicFitter.from_state_dict(state), *args, stop_at=0.9, min_steps=0)
+    assert settled.report.steps == 0 and calls == [len(digits["features"])]
+    # the same symbols as encoding after the fit (what an explanation that ran steps does)
+    again = SymbolicFitter.from_state_dict(state).model.encode(digits["features"])
+    for ours, theirs in zip(settled.encoding.codes, again.codes):
+        assert torch.equal(ours, theirs)
+    assert settled.fidelity == res.fidelity
+    # a fit that runs steps encodes again after them
+    calls.clear()
+    moved = explain_symbols(SymbolicFitter.from_state_dict(state), *args, stop_at=None, min_steps=0)
+    assert moved.report.steps == 50 and calls == [len(digits["features"])]
+    calls.clear()
+    shuffled = digits["logits"][torch.randperm(len(digits["logits"]), generator=torch.Generator().manual_seed(0))]
+    ran = explain_symbols(SymbolicFitter.from_state_dict(state), digits["features"], shuffled, 20, stop_at=0.9)
+    assert ran.report.steps == 20 and calls == [len(digits["features"])] * 2
+
+
+@pytest.mark.slow
 def test_a_warm_start_that_already_agrees_stops_early_and_one_that_does_not_runs_on(digits, digits_explained) -> None:
     fitter, res = digits_explained
     state = fitter.state_dict()
@@ -504,6 +536,12 @@ def test_a_warm_start_that_already_agrees_stops_early_and_one_that_does_not_runs
     assert report.agreement >= 0.9 and report.losses == {}
     report = SymbolicFitter.from_state_dict(state).fit(feats, shuffled, 20, stop_at=0.9, min_steps=0, check_every=10)
     assert not report.stopped_early and report.steps == 20
+    # predictions handed in replace the check's forward pass: they decide, whatever the features say
+    fresh = SymbolicFitter.from_state_dict(state)
+    report = fresh.fit(feats, shuffled, 20, stop_at=0.9, min_steps=0, predictions=shuffled)
+    assert report.stopped_early and report.steps == 0 and report.agreement == 1.0
+    with pytest.raises(ValueError, match=r"predictions must be \[N\]"):
+        fresh.fit(feats, teacher, 5, stop_at=0.9, min_steps=0, predictions=teacher[:3])
     for bad, match in (({"stop_at": 0.0}, r"stop_at must lie in \(0, 1\]"), ({"min_steps": -1}, "min_steps must be")):
         with pytest.raises(ValueError, match=match):
             warm.fit(feats, teacher, 5, **bad)

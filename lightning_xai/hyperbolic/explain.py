@@ -132,9 +132,19 @@ def explain_symbols(
         raise ValueError(f"the classifier has {classifier_logits.shape[1]} logits but the symbolic model {n_classes} classes.")
     teacher = classifier_logits.argmax(1).cpu()
     fit_rows, held = heldout_split(features.shape[0], holdout, seed)
-    report = fitter.fit(features[fit_rows], teacher[fit_rows], steps, stop_at=stop_at, min_steps=min_steps)
     model = fitter.model
-    encoding = model.encode(features)
+    # a warm start checks the agreement before any step: encode every image for it, and keep the encoding
+    # if no step runs (a settled epoch then encodes once, not twice)
+    before = model.encode(features) if fitter.checks_first(steps, stop_at, min_steps) else None
+    report = fitter.fit(
+        features[fit_rows],
+        teacher[fit_rows],
+        steps,
+        stop_at=stop_at,
+        min_steps=min_steps,
+        predictions=None if before is None else before.predictions[fit_rows],
+    )
+    encoding = before if before is not None and report.steps == 0 else model.encode(features)
     pred = encoding.predictions
     hierarchy = read_hierarchy(model, encoding, teacher, class_names, prune=prune, class_share=class_share)
     trees = hierarchy.class_trees()

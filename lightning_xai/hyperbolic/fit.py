@@ -140,6 +140,7 @@ class SymbolicFitter:
         stop_at: float | None = None,
         min_steps: int = 20,
         check_every: int = 10,
+        predictions: Tensor | None = None,
     ) -> FitReport:
         """Run ``steps`` optimisation steps on ``features`` ``[N, C, H, W]`` and ``teacher`` ``[N]``.
 
@@ -158,6 +159,9 @@ class SymbolicFitter:
                 of ``features`` in eval mode (one forward pass without gradients, the mode its symbols are
                 read out in), and no step runs if it already agrees (``steps`` 0, ``stopped_early``).
             check_every: steps per check, and the batches the agreement is averaged over.
+            predictions: the model's eval-mode predictions on ``features`` ``[N]``, when the caller already
+                has them (it encodes the images anyway): the check before any step reads them instead of
+                running its forward pass. Only read when :meth:`checks_first`.
 
         Raises:
             lightning_xai.hyperbolic.FeatureMapError: ``features`` is not a spatial feature map.
@@ -179,21 +183,36 @@ class SymbolicFitter:
         for name, value, low in (("min_steps", min_steps, 0), ("check_every", check_every, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, but got {value!r}.")
+        if predictions is not None and predictions.shape != teacher.shape:
+            raise ValueError(f"predictions must be [N] = {list(teacher.shape)}, got {list(predictions.shape)}.")
         with _num_threads(self.threads if self.device.type == "cpu" else None):
-            return self._fit(features, teacher, steps, stop_at, min_steps, check_every)
+            return self._fit(features, teacher, steps, stop_at, min_steps, check_every, predictions)
+
+    def checks_first(self, steps: int, stop_at: float | None, min_steps: int) -> bool:
+        """Whether :meth:`fit` with these arguments checks the agreement in eval mode before any step (a
+        fitted model, ``stop_at`` given, ``min_steps`` 0 and steps to run)."""
+        return self.initialised and stop_at is not None and min_steps == 0 and steps > 0
 
     def _fit(
-        self, features: Tensor, teacher: Tensor, steps: int, stop_at: float | None, min_steps: int, check_every: int
+        self,
+        features: Tensor,
+        teacher: Tensor,
+        steps: int,
+        stop_at: float | None,
+        min_steps: int,
+        check_every: int,
+        predictions: Tensor | None,
     ) -> FitReport:
         start = time.perf_counter()
         model, cfg = self.model, self.config
         features = features.detach().to(self.device, torch.float32)
         teacher = teacher.to(self.device)
         first = not self.initialised
-        if not first and stop_at is not None and min_steps == 0 and steps > 0:
-            agreement = float(
-                (self.model.encode(features).predictions.to(teacher.device) == teacher).float().mean()
-            )
+        if self.checks_first(steps, stop_at, min_steps):
+            assert stop_at is not None
+            if predictions is None:
+                predictions = self.model.encode(features).predictions
+            agreement = float((predictions.to(teacher.device) == teacher).float().mean())
             if agreement >= stop_at:
                 return FitReport(
                     0, self.total_steps, time.perf_counter() - start, {}, 0, False, True, agreement
