@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -61,8 +62,10 @@ def _configs() -> dict[str, Callable[[], list]]:
         concepts = {c: concept_set(c, 100, seed=11) for c in ("shape:circle", "texture:striped")}
         return ConceptAttributionCallback(concepts, random=random_set(100, seed=11), n_random=10)
 
-    def permutation() -> ConceptPermutationCallback:
-        return ConceptPermutationCallback(WorldGenerator(), world_concept_table(200, seed=0), show_progress=False)
+    def permutation(**kwargs: Any) -> ConceptPermutationCallback:
+        return ConceptPermutationCallback(
+            WorldGenerator(), world_concept_table(200, seed=0), show_progress=False, **kwargs
+        )
 
     def diffexplainer() -> DiffusionExplainerCallback:
         return DiffusionExplainerCallback(WorldPromptGenerator(), show_progress=False)
@@ -76,6 +79,7 @@ def _configs() -> dict[str, Callable[[], list]]:
         "symbolic_tree": lambda: [SymbolicTreeCallback()],
         "concept_attribution (2 concepts, R=10)": lambda: [tcav()],
         "concept_permutation": lambda: [permutation()],
+        "concept_permutation (bfloat16 scoring)": lambda: [permutation(autocast_dtype="bfloat16")],
         "diffusion_explainer": lambda: [diffexplainer()],
         "all": lambda: [
             RepresentationDriftCallback(), LogicRulesCallback(), SymbolicTreeCallback(), tcav(), permutation(),
@@ -93,10 +97,12 @@ GOALS: dict[str, tuple[str, float]] = {
     "symbolic_tree": ("ratio", 1.05),
     "concept_attribution (2 concepts, R=10)": ("ratio", 1.25),
     "concept_permutation": ("after", 1.10),
+    "concept_permutation (bfloat16 scoring)": ("after", 1.10),
 }
 CONFIG_NAMES = [
     "none", "representation_drift", "drift_monitor + representation_drift", "logic_rules", "logic_rules (rules only)",
-    "symbolic_tree", "concept_attribution (2 concepts, R=10)", "concept_permutation", "diffusion_explainer", "all",
+    "symbolic_tree", "concept_attribution (2 concepts, R=10)", "concept_permutation",
+    "concept_permutation (bfloat16 scoring)", "diffusion_explainer", "all",
 ]
 
 

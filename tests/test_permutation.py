@@ -183,6 +183,33 @@ def test_ranking_matches_the_ground_truth(weighted_models: list[Any], seed: int)
 
 
 @pytest.mark.slow
+def test_bfloat16_scoring_keeps_the_ground_truth_and_leaves_the_model_in_float32(weighted_models: list[Any]) -> None:
+    trained = weighted_models[0]
+    table = world_concept_table(ROWS, task=WEIGHTED, seed=0, concepts=("shape", "texture", "colour"))
+    full = ConceptPermutation(WorldGenerator(), table, n_repeats=REPEATS, show_progress=False)
+    half = ConceptPermutation(
+        WorldGenerator(), table, n_repeats=REPEATS, show_progress=False, cache=full.cache, autocast_dtype="bfloat16"
+    )
+    seen: list[torch.dtype] = []
+    hook = trained.model.head.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    try:
+        a = full.explain(trained.model)
+        dtypes_full, seen[:] = set(seen), []
+        b = half.explain(trained.model)
+    finally:
+        hook.remove()
+    assert dtypes_full == {torch.float32} and set(seen) == {torch.bfloat16}
+    assert b.ranking() == ["shape", "texture", "colour"]
+    # the accuracy of the same predictions, bar a few near ties
+    np.testing.assert_allclose(b.mean, a.mean, atol=0.01)
+    assert abs(b.base - a.base) <= 0.01
+    assert all(p.dtype == torch.float32 for p in trained.model.parameters())
+    assert not torch.is_autocast_enabled("cpu")
+    with pytest.raises(ValueError, match=r"autocast_dtype='fp8' is not supported; choose None \(float32\) or one of"):
+        ConceptPermutation(WorldGenerator(), table, autocast_dtype="fp8")
+
+
+@pytest.mark.slow
 def test_spurious_marker_is_important_only_for_the_model_that_learned_it(
     spurious_world: Any, trained_world: Any
 ) -> None:

@@ -25,7 +25,7 @@ from lightning_xai.callbacks.base import (
 from lightning_xai.capture import ValidationSample
 from lightning_xai.charts import TAB10, bar_chart
 from lightning_xai.permutation import ConceptPermutation, ConceptTable, GenerationCache, PermutationResult
-from lightning_xai.permutation.importance import resolve_metric
+from lightning_xai.permutation.importance import resolve_autocast_dtype, resolve_metric
 from lightning_xai.records import Chart, Media, Table
 
 __all__ = ["ConceptPermutationCallback"]
@@ -72,6 +72,10 @@ class ConceptPermutationCallback(XAICallback):
         n_bootstrap: row resamples of the paired bootstrap interval (``ci_low``/``ci_high``), which also
             covers the variation from the finite number of rows (0: none). Default: 200.
         show_progress: a progress bar over generation (rank 0). Default: True.
+        autocast_dtype: score the classifier under ``torch.autocast`` in ``"bfloat16"`` or ``"float16"``.
+            Default ``None``: float32. bfloat16 made a later epoch about 1.5x cheaper on a CPU with
+            AVX512-BF16 and left the quickstart's importances unchanged; see
+            :class:`~lightning_xai.permutation.ConceptPermutation` for the trade-off.
         on, on_error, seed: see :class:`XAICallback` (``seed`` also seeds the permutations).
 
     Raises:
@@ -106,6 +110,7 @@ class ConceptPermutationCallback(XAICallback):
         seed_column: str | None = None,
         n_bootstrap: int = 200,
         show_progress: bool = True,
+        autocast_dtype: str | torch.dtype | None = None,
         on: Literal["validation", "train_epoch_end"] = "validation",
         on_error: Literal["warn", "raise"] = "warn",
         max_failures: int | None = 3,
@@ -126,6 +131,7 @@ class ConceptPermutationCallback(XAICallback):
         self._table_fp: tuple[ConceptTable, str] | None = None
         try:
             self.metric_name, _ = resolve_metric(metric)
+            self.autocast_dtype = resolve_autocast_dtype(autocast_dtype)
             self.concept_table = self._table(concept_table, caption_template, label_column, seed_column, concepts, seed)
         except ValueError as exc:
             raise MisconfigurationException(str(exc)) from exc
@@ -224,6 +230,7 @@ class ConceptPermutationCallback(XAICallback):
                 batch_size=self.batch_size,
                 cache=cache,
                 n_bootstrap=self.n_bootstrap,
+                autocast_dtype=self.autocast_dtype,
             )
         return self._depict
 

@@ -10,15 +10,18 @@
 from lightning_xai.permutation.cache import GenerationCache, GeneratorOutputError
 from lightning_xai.permutation.checks import effective_generation, independence_matrix
 from lightning_xai.permutation.importance import (
+    AUTOCAST_DTYPES,
     METRICS,
     ConceptPermutation,
     PermutationResult,
     kendall_tau,
+    resolve_autocast_dtype,
     resolve_metric,
 )
 from lightning_xai.permutation.table import ConceptTable, Permutation, world_concept_table
 
 __all__ = [
+    "AUTOCAST_DTYPES",
     "METRICS",
     "ConceptPermutation",
     "ConceptTable",
@@ -27,6 +30,7 @@ __all__ = [
     "Permutation",
     "PermutationResult",
     "kendall_tau",
+    "resolve_autocast_dtype",
     "resolve_metric",
     "effective_generation",
     "independence_matrix",

@@ -9,6 +9,7 @@ image's output for rows whose caption did not change.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,31 @@ def _auroc(logits: Tensor, labels: Tensor) -> float:
     if logits.shape[1] == 2:
         return float(binary_auroc(probs[:, 1], labels))
     return float(multiclass_auroc(probs, labels, num_classes=logits.shape[1], average="macro"))
+
+
+#: half-precision dtypes the classifier may be scored in (``autocast_dtype``), by name
+AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_autocast_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
+    """``None`` (score in float32), a dtype of :data:`AUTOCAST_DTYPES` or its name -> the dtype or ``None``.
+
+    Raises:
+        ValueError: anything else, listing the valid choices.
+
+    Example:
+        >>> resolve_autocast_dtype("bfloat16")
+        torch.bfloat16
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) and value in AUTOCAST_DTYPES:
+        return AUTOCAST_DTYPES[value]
+    if isinstance(value, torch.dtype) and value in AUTOCAST_DTYPES.values():
+        return value
+    raise ValueError(
+        f"autocast_dtype={value!r} is not supported; choose None (float32) or one of {list(AUTOCAST_DTYPES)}."
+    )
 
 
 def resolve_metric(metric: str | Any) -> tuple[str, MetricFn]:
@@ -224,9 +250,16 @@ class ConceptPermutation:
         show_progress: progress bars over generation.
         n_bootstrap: row resamples of the paired bootstrap interval (0: none). Accuracy is resampled in one
             vectorised step; other metrics cost ``n_bootstrap * (n_repeats + 1)`` metric calls per concept.
+        autocast_dtype: score the classifier under ``torch.autocast`` in ``"bfloat16"`` or ``"float16"``
+            (or the ``torch`` dtype). Default ``None``: float32, the classifier's own numbers. Scoring is
+            nearly all of a later epoch's cost; bfloat16 made it about 1.5x faster on a CPU with AVX512-BF16
+            (2083 world scenes through the TinyCNN: 0.33 -> 0.23 s) and left the quickstart model's accuracy
+            importances unchanged. Logits move by about 1e-3, so a prediction near a tie can flip; on a CPU
+            without native bfloat16 it is slower, not faster.
 
     Raises:
-        ValueError: bad ``n_repeats``, ``interval``, ``batch_size`` or ``n_bootstrap``, an unknown metric.
+        ValueError: bad ``n_repeats``, ``interval``, ``batch_size``, ``n_bootstrap`` or ``autocast_dtype``,
+            an unknown metric.
 
     Example:
         >>> from lightning_xai.world import TinyCNN, WorldGenerator
@@ -252,6 +285,7 @@ class ConceptPermutation:
         cache_dir: str | None = None,
         show_progress: bool = True,
         n_bootstrap: int = 200,
+        autocast_dtype: str | torch.dtype | None = None,
     ) -> None:
         if not isinstance(table, ConceptTable):
             raise ValueError(f"table must be a ConceptTable, got {type(table).__name__}.")
@@ -264,6 +298,7 @@ class ConceptPermutation:
         if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 0:
             raise ValueError(f"n_bootstrap must be an integer >= 0, got {n_bootstrap!r}.")
         self.metric_name, self.metric = resolve_metric(metric)
+        self.autocast_dtype = resolve_autocast_dtype(autocast_dtype)
         self.n_bootstrap = n_bootstrap
         self.table = table
         self.n_repeats = n_repeats
@@ -361,8 +396,10 @@ class ConceptPermutation:
     def _score(self, model: nn.Module, plan: _ScoringPlan, device: torch.device) -> Tensor:
         """The classifier's logits for every image of ``plan``, ``[len(plan.keys), C]`` (float32, CPU)."""
         out: list[Tensor] = []
+        dtype = self.autocast_dtype
+        amp = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         # batch norms folded into their convolutions: scoring only reads the logits
-        with explanation_mode(model), torch.no_grad(), folded_batchnorm(model):
+        with explanation_mode(model), torch.no_grad(), folded_batchnorm(model), amp:
             for start in range(0, len(plan.keys), self.batch_size):
                 x = self.cache.images(plan.keys[start : start + self.batch_size]).to(device)
                 if self.transform is not None:
