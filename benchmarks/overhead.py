@@ -36,8 +36,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("WANDB_MODE", "offline")
 
