@@ -207,6 +207,10 @@ def test_bfloat16_scoring_keeps_the_ground_truth_and_leaves_the_model_in_float32
     assert not torch.is_autocast_enabled("cpu")
     with pytest.raises(ValueError, match=r"autocast_dtype='fp8' is not supported; choose None \(float32\) or one of"):
         ConceptPermutation(WorldGenerator(), table, autocast_dtype="fp8")
+    # float16 needs a GPU, as for DiffExplainer's dtype (the shared check in lightning_xai.capture)
+    cpu_half = ConceptPermutation(WorldGenerator(), table, cache=full.cache, autocast_dtype="float16")
+    with pytest.raises(ValueError, match=r"autocast_dtype=torch.float16 needs a GPU"):
+        cpu_half.explain(trained.model, device="cpu")
 
 
 @pytest.mark.slow

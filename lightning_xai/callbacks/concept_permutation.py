@@ -72,7 +72,8 @@ class ConceptPermutationCallback(XAICallback):
         n_bootstrap: row resamples of the paired bootstrap interval (``ci_low``/``ci_high``), which also
             covers the variation from the finite number of rows (0: none). Default: 200.
         show_progress: a progress bar over generation (rank 0). Default: True.
-        autocast_dtype: score the classifier under ``torch.autocast`` in ``"bfloat16"`` or ``"float16"``.
+        autocast_dtype: score the classifier under ``torch.autocast`` in ``"bfloat16"`` or ``"float16"`` (GPU
+            only: on a CPU it is recorded as an error).
             Default ``None``: float32. bfloat16 made a later epoch about 1.5x cheaper on a CPU with
             AVX512-BF16 and left the quickstart's importances unchanged; see
             :class:`~lightning_xai.permutation.ConceptPermutation` for the trade-off.

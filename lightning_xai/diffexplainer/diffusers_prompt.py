@@ -18,7 +18,6 @@ import math
 import numbers
 import types
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..capture import autocast_context, check_autocast_device
 from ..generators.diffusers import _check_guidance, _check_int, _pipeline_digests
 from .prompt import Readout
 
@@ -256,7 +256,7 @@ class DiffusersPromptGenerator:
                 f"unet, vae and text_encoder are on different devices {sorted(map(str, devices))}; "
                 f"pass device= to move them together (CPU offloading is not supported)"
             )
-        self._check_autocast_device(next(iter(devices)))
+        check_autocast_device(self.dtype, next(iter(devices)))
         for module in (unet, vae, text_encoder):
             # Frozen components: gradients must reach the soft tokens only, and dropout must not
             # make the images depend on the global RNG.
@@ -568,19 +568,6 @@ class DiffusersPromptGenerator:
             generators.append(generator)
         return generators
 
-    def _autocast(self) -> AbstractContextManager[Any]:
-        if self.dtype is None or self.dtype is torch.float32:
-            return nullcontext()
-        device = self.device
-        self._check_autocast_device(device)
-        return torch.autocast(device_type=device.type, dtype=self.dtype)
-
-    def _check_autocast_device(self, device: torch.device) -> None:
-        if self.dtype is torch.float16 and device.type == "cpu":
-            raise ValueError(
-                "dtype=torch.float16 needs a GPU (float16 autocast on CPU is slow and unsupported "
-                "by many kernels); use torch.bfloat16 or None on CPU"
-            )
 
     def _generate(self, prompt: Tensor, seeds: Sequence[int], noise: Tensor) -> Tensor:
         """The sampler: K UNet calls from ``noise`` and a VAE decode, in the autograd graph."""
@@ -588,7 +575,7 @@ class DiffusersPromptGenerator:
         scheduler = self._scheduler
         unet_dtype = self._unet.dtype
         rows = len(seeds)
-        with self._autocast():
+        with autocast_context(self.dtype, self.device):
             context = self._conditioning(prompt).expand(rows, -1, -1)
             if self.uses_guidance:
                 context = torch.cat([self._unconditional().expand(rows, -1, -1), context])

@@ -9,7 +9,6 @@ image's output for rows whose caption did not change.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from lightning_xai.capture import explanation_mode, folded_batchnorm, run_model
+from lightning_xai.capture import autocast_context, explanation_mode, folded_batchnorm, run_model
 from lightning_xai.permutation.cache import GenerationCache
 from lightning_xai.permutation.table import ConceptTable, Permutation
 
@@ -255,7 +254,8 @@ class ConceptPermutation:
             nearly all of a later epoch's cost; bfloat16 made it about 1.5x faster on a CPU with AVX512-BF16
             (2083 world scenes through the TinyCNN: 0.33 -> 0.23 s) and left the quickstart model's accuracy
             importances unchanged. Logits move by about 1e-3, so a prediction near a tie can flip; on a CPU
-            without native bfloat16 it is slower, not faster.
+            without native bfloat16 it is slower, not faster. float16 needs a GPU: on a CPU the explanation
+            fails with a ``ValueError`` (float16 ran 3x slower than float32 there).
 
     Raises:
         ValueError: bad ``n_repeats``, ``interval``, ``batch_size``, ``n_bootstrap`` or ``autocast_dtype``,
@@ -396,8 +396,7 @@ class ConceptPermutation:
     def _score(self, model: nn.Module, plan: _ScoringPlan, device: torch.device) -> Tensor:
         """The classifier's logits for every image of ``plan``, ``[len(plan.keys), C]`` (float32, CPU)."""
         out: list[Tensor] = []
-        dtype = self.autocast_dtype
-        amp = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        amp = autocast_context(self.autocast_dtype, device, "autocast_dtype")
         # batch norms folded into their convolutions: scoring only reads the logits
         with explanation_mode(model), torch.no_grad(), folded_batchnorm(model), amp:
             for start in range(0, len(plan.keys), self.batch_size):
