@@ -85,11 +85,13 @@ class SymbolicTreeCallback(XAICallback):
             symbol per class) is added. Default ``(32, 16)``: three levels.
         every_n_epochs: explain every n-th epoch. Default: 1.
         steps_per_epoch: optimisation steps per explained epoch. Default: 100.
-        warmup_steps: extra steps of the first fit (nothing to warm-start from). Default: 100.
-        stop_at: a warm-started fit stops early once the surrogate agrees with the classifier on this share
-            of the fit rows (the held-out rows play no part, so fidelity stays held out): first before any step,
-            on all fit rows in eval mode (``min_steps=0``), then every 10 steps on the last 10 training
-            batches (no code restarted within them). ``None``: always ``steps_per_epoch``. Default: 0.99.
+        warmup_steps: extra steps of the first fit (nothing to warm-start from), always run. Default: 100.
+        stop_at: a fit stops early once the surrogate agrees with the classifier on this share of the fit
+            rows (the held-out rows play no part, so fidelity stays held out) and this share of the tokens goes
+            from each level to the next along a hard edge (so the trees carry the tokens' paths): a
+            warm-started fit checks first before any step, on all fit rows in eval mode (``min_steps=0``;
+            surrogate agreement only), then every 10 steps on the last 10 training batches (no code restarted
+            within them); the first fit checks after its warm-up. ``None``: always every step. Default: 0.99.
         min_steps: the fewest steps of a warm-started fit. Default: 0: once the classifier settles, a refit
             costs one forward pass instead of steps, and the symbols stay put while the classifier does
             (8 quickstart epochs, epochs 4-7: 0.1 s instead of 0.4-0.6 s per explanation, held-out fidelity
@@ -377,9 +379,9 @@ class SymbolicTreeCallback(XAICallback):
             class_names=names,
             prune=self.prune,
             class_share=self.class_share,
-            # the first fit places and settles the codebooks: it always runs its warm-up and steps
-            stop_at=self.stop_at if warm else None,
-            min_steps=self.min_steps,
+            # the first fit places and settles the codebooks: it runs its warm-up in full before it may stop
+            stop_at=self.stop_at,
+            min_steps=self.min_steps if warm else max(self.min_steps, self.warmup_steps),
         )
         self._fitter, self._fitter_state = fitter, None
         self.last_result = res

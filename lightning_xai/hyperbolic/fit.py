@@ -40,9 +40,11 @@ class FitReport:
         restarts: codes moved back onto the data because nobody used them.
         initialised: whether this call placed the codebooks on the data (first fit).
         stopped_early: whether the fit stopped before its ``steps`` because the surrogate already agreed
-            with the classifier (``stop_at``).
+            with the classifier and the tokens followed the hierarchy's edges (``stop_at``).
         agreement: the surrogate's agreement with the classifier on the last ``check_every`` training
             batches (NaN when fewer steps ran).
+        edge_agreement: the share of the tokens routed along a hard edge (adjacency > 0.5) from each level
+            to the next, on the same batches (NaN when fewer steps ran).
     """
 
     steps: int
@@ -53,6 +55,7 @@ class FitReport:
     initialised: bool = False
     stopped_early: bool = False
     agreement: float = math.nan
+    edge_agreement: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +67,7 @@ class FitReport:
             "initialised": self.initialised,
             "stopped_early": self.stopped_early,
             "agreement": None if math.isnan(self.agreement) else self.agreement,
+            "edge_agreement": None if math.isnan(self.edge_agreement) else self.edge_agreement,
         }
 
 
@@ -150,8 +154,10 @@ class SymbolicFitter:
             features, teacher: the classifier's feature maps and its predicted classes.
             steps: the most steps this call runs.
             stop_at: stop early, after at least ``min_steps``, at the first check (every ``check_every``
-                steps) where the surrogate agreed with ``teacher`` on at least this share of the last
-                ``check_every`` training batches, and no code was restarted within them. ``None``: run
+                steps) where, on the last ``check_every`` training batches, the surrogate agreed with
+                ``teacher`` on at least this share of the images, at least this share of the tokens went
+                from each level to the next along a hard edge (so the trees read out carry the paths),
+                and no code was restarted. ``None``: run
                 every step. A warm start on features that moved little agrees at once, so the callback
                 passes 0.99 there and a settled run pays ``min_steps`` instead of ``steps``. The
                 agreement is read off the training batches' own forward passes: checking costs nothing.
@@ -227,6 +233,7 @@ class SymbolicFitter:
         history: list[dict[str, float]] = []
         restarts = 0
         agree: list[Tensor] = []  # per step: the share of the batch on which the surrogate agrees
+        along: list[Tensor] = []  # per step: the share of the routed tokens that follow a hard edge
         last_restart = -check_every - 1
         stopped = False
         order = torch.empty(0, dtype=torch.long)
@@ -238,6 +245,7 @@ class SymbolicFitter:
                     order = torch.cat([order, torch.randperm(n, generator=self.generator)])
                 idx, order = order[:batch].to(self.device), order[batch:]
                 out = model(features[idx])
+                along.append(_edge_share(model, out.codes))
                 terms = model.losses(out, teacher[idx])
                 self.optimizer.zero_grad(set_to_none=True)
                 terms["total"].backward()
@@ -263,6 +271,7 @@ class SymbolicFitter:
                     and done % check_every == 0
                     and last_restart < done - check_every
                     and float(torch.stack(agree[-check_every:]).mean()) >= stop_at
+                    and float(torch.stack(along[-check_every:]).mean()) >= stop_at
                 ):
                     stopped = True
                     break
@@ -271,9 +280,12 @@ class SymbolicFitter:
             self.optimizer.zero_grad(set_to_none=True)
         tail = history[-max(1, len(history) // 4) :] if history else []
         losses = {k: sum(h[k] for h in tail) / len(tail) for k in tail[0]} if tail else {}
-        agreement = float(torch.stack(agree[-check_every:]).mean()) if len(agree) >= check_every else math.nan
+        enough = len(agree) >= check_every
+        agreement = float(torch.stack(agree[-check_every:]).mean()) if enough else math.nan
+        edges = float(torch.stack(along[-check_every:]).mean()) if enough else math.nan
         return FitReport(
-            len(history), self.total_steps, time.perf_counter() - start, losses, restarts, first, stopped, agreement
+            len(history), self.total_steps, time.perf_counter() - start, losses, restarts, first, stopped,
+            agreement, edges,
         )
 
     def _restart_dead(self, counts: list[Tensor], out: Any) -> int:
@@ -370,6 +382,17 @@ def _num_threads(threads: int | None) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+def _edge_share(model: SymbolicModel, codes: list[Tensor]) -> Tensor:
+    """Share of the tokens that go from each level to the next along a hard edge (logit > 0, i.e. A > 0.5),
+    pooled over the levels."""
+    with torch.no_grad():
+        along = [
+            (model.adjacency_logits[level][codes[level], codes[level + 1]] > 0).float().mean()
+            for level in range(model.num_levels - 1)
+        ]
+        return torch.stack(along).mean()
 
 
 def _to_cpu(obj: Any) -> Any:
