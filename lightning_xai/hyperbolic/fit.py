@@ -157,13 +157,14 @@ class SymbolicFitter:
                 steps) where, on the last ``check_every`` training batches, the surrogate agreed with
                 ``teacher`` on at least this share of the images, at least this share of the tokens went
                 from each level to the next along a hard edge (so the trees read out carry the paths),
-                and no code was restarted. ``None``: run
-                every step. A warm start on features that moved little agrees at once, so the callback
-                passes 0.99 there and a settled run pays ``min_steps`` instead of ``steps``. The
-                agreement is read off the training batches' own forward passes: checking costs nothing.
+                and no code was restarted. ``None``: run every step. A warm start on features that moved
+                little agrees at once, so the callback passes 0.99 there and a settled run pays
+                ``min_steps`` instead of ``steps``. Both shares are read off the training batches' own
+                forward passes: checking costs nothing.
             min_steps: steps before the first check. 0: a fitted model is checked before any step, on all
                 of ``features`` in eval mode (one forward pass without gradients, the mode its symbols are
-                read out in), and no step runs if it already agrees (``steps`` 0, ``stopped_early``).
+                read out in), and no step runs if the surrogate already agrees (``steps`` 0,
+                ``stopped_early``; the edges are not checked there).
             check_every: steps per check, and the batches the agreement is averaged over.
             predictions: the model's eval-mode predictions on ``features`` ``[N]``, when the caller already
                 has them (it encodes the images anyway): the check before any step reads them instead of
