@@ -568,7 +568,6 @@ class DiffusersPromptGenerator:
             generators.append(generator)
         return generators
 
-
     def _generate(self, prompt: Tensor, seeds: Sequence[int], noise: Tensor) -> Tensor:
         """The sampler: K UNet calls from ``noise`` and a VAE decode, in the autograd graph."""
         device = self.device

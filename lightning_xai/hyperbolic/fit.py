@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .config import SymbolicConfig, check_feature_map
 from .model import SymbolicModel
+from .tree import EDGE_THRESHOLD
 
 __all__ = ["FitReport", "SymbolicFitter"]
 
@@ -386,11 +387,11 @@ def _num_threads(threads: int | None) -> Iterator[None]:
 
 
 def _edge_share(model: SymbolicModel, codes: list[Tensor]) -> Tensor:
-    """Share of the tokens that go from each level to the next along a hard edge (logit > 0, i.e. A > 0.5),
-    pooled over the levels."""
+    """Share of the tokens that go from each level to the next along a hard edge (the read-out's
+    ``A > EDGE_THRESHOLD``), pooled over the levels."""
     with torch.no_grad():
         along = [
-            (model.adjacency_logits[level][codes[level], codes[level + 1]] > 0).float().mean()
+            (model.adjacency(level)[codes[level], codes[level + 1]] > EDGE_THRESHOLD).float().mean()
             for level in range(model.num_levels - 1)
         ]
         return torch.stack(along).mean()

@@ -33,6 +33,9 @@ from torch import Tensor
 
 from .model import Encoding, SymbolicModel
 
+#: ``A`` above which an edge is hard (read-out and the fitter's early stop)
+EDGE_THRESHOLD = 0.5
+
 __all__ = ["Hierarchy", "Rule", "TreeNode", "read_hierarchy", "symbol_name", "tree_to_dot"]
 
 
@@ -171,7 +174,7 @@ class Hierarchy:
     class_names: list[str] | None = None
     prune: float = 0.3
     class_share: float = 0.5
-    edge_threshold: float = 0.5
+    edge_threshold: float = EDGE_THRESHOLD
 
     @property
     def num_levels(self) -> int:
@@ -298,7 +301,7 @@ def read_hierarchy(
     class_names: Sequence[str] | None = None,
     prune: float = 0.3,
     class_share: float = 0.5,
-    edge_threshold: float = 0.5,
+    edge_threshold: float = EDGE_THRESHOLD,
 ) -> Hierarchy:
     """Trees and rules of ``model`` on the images behind ``encoding``.
 
