@@ -8,8 +8,10 @@ spent fitting, one training epoch (training batches only), the median of the per
 explanation / training epoch (each explanation against its own epoch, so a machine whose speed drifts, e.g.
 shared cores, affects both sides alike), the model forward passes the explanation added (none: the symbolic
 model trains on the captured activations; the one-image probe that finds the default layer runs inside the
-first validation batch, not in the explanation) and the held-out fidelity of the last explanation. The
-first explanation also fits ``warmup_steps`` extra steps and pays one-off costs (imports); "max s" shows it.
+first validation batch, not in the explanation), the held-out fidelity of the last explanation and the share
+of its tokens that go from level to level along a hard edge (the lowest of its level pairs: a path off the
+edges is missing from the trees). The first explanation also fits ``warmup_steps`` extra steps and pays
+one-off costs (imports); "max s" shows it.
 
     python benchmarks/symbolic_tree.py --epochs 3 --runs 1
 """
@@ -82,7 +84,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as root:
         for name, kwargs in CONFIGS.items():
-            explain, fit, train, forwards, fidelity = [], [], [], [], []
+            explain, fit, train, forwards, fidelity, edges = [], [], [], [], [], []
             for run in range(args.runs):
                 cb, t = one_run(dict(kwargs), args.epochs, args.n_train, args.seed + run, root)
                 explain += cb.seconds
@@ -91,6 +93,7 @@ def main() -> None:
                 forwards += cb.forwards
                 assert cb.last_result is not None
                 fidelity.append(cb.last_result.fidelity["accuracy"])
+                edges.append(min(cb.last_result.edge_agreement))
             ratios = [e / t for e, t in zip(explain, train)]
             rows.append(
                 (
@@ -102,6 +105,7 @@ def main() -> None:
                     statistics.median(ratios),
                     statistics.median(forwards),
                     statistics.median(fidelity),
+                    statistics.median(edges),
                 )
             )
             print(
@@ -118,13 +122,13 @@ def main() -> None:
     )
     print(
         f"| {'configuration':<42} | {'explain s':>9} | {'max s':>6} | {'fit s':>6} | {'train epoch s':>13} | "
-        f"{'ratio':>6} | {'extra forwards':>14} | {'fidelity':>8} |"
+        f"{'ratio':>6} | {'extra forwards':>14} | {'fidelity':>8} | {'tokens on edges':>15} |"
     )
-    print(f"|{'-' * 44}|{'-' * 11}|{'-' * 8}|{'-' * 8}|{'-' * 15}|{'-' * 8}|{'-' * 16}|{'-' * 10}|")
-    for name, med, worst, fit_s, train_s, ratio, fwd, fid in rows:
+    print(f"|{'-' * 44}|{'-' * 11}|{'-' * 8}|{'-' * 8}|{'-' * 15}|{'-' * 8}|{'-' * 16}|{'-' * 10}|{'-' * 17}|")
+    for name, med, worst, fit_s, train_s, ratio, fwd, fid, on_edges in rows:
         print(
             f"| {name:<42} | {med:>9.2f} | {worst:>6.2f} | {fit_s:>6.2f} | {train_s:>13.2f} | {ratio:>6.3f} | "
-            f"{fwd:>14.0f} | {fid:>8.3f} |"
+            f"{fwd:>14.0f} | {fid:>8.3f} | {on_edges:>15.3f} |"
         )
 
 
