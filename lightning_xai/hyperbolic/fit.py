@@ -223,7 +223,11 @@ class SymbolicFitter:
             agreement = float((predictions.to(teacher.device) == teacher).float().mean())
             if agreement >= stop_at:
                 return FitReport(
-                    0, self.total_steps, time.perf_counter() - start, {}, 0, False, True, agreement
+                    steps=0,
+                    total_steps=self.total_steps,
+                    seconds=time.perf_counter() - start,
+                    stopped_early=True,
+                    agreement=agreement,
                 )
         if first:
             sub = torch.randperm(features.shape[0], generator=self.generator)[:256].to(self.device)
@@ -286,8 +290,15 @@ class SymbolicFitter:
         agreement = float(torch.stack(agree[-check_every:]).mean()) if enough else math.nan
         edges = float(torch.stack(along[-check_every:]).mean()) if enough else math.nan
         return FitReport(
-            len(history), self.total_steps, time.perf_counter() - start, losses, restarts, first, stopped,
-            agreement, edges,
+            steps=len(history),
+            total_steps=self.total_steps,
+            seconds=time.perf_counter() - start,
+            losses=losses,
+            restarts=restarts,
+            initialised=first,
+            stopped_early=stopped,
+            agreement=agreement,
+            edge_agreement=edges,
         )
 
     def _restart_dead(self, counts: list[Tensor], out: Any) -> int:
