@@ -199,6 +199,8 @@ class Record:
         global_step: ``trainer.global_step`` when the record was made.
         time_s: wall-clock seconds the explainer spent producing this record (0.0 if unknown).
         payload: method-specific content; must be convertible by :func:`to_jsonable`.
+        schema: version of the payload's layout, set by the method's typed result
+            (:mod:`lightning_xai.results`); ``None`` for records written before records carried one.
     """
 
     method: str
@@ -207,6 +209,7 @@ class Record:
     global_step: int
     time_s: float = 0.0
     payload: dict = field(default_factory=dict)
+    schema: int | None = None
 
     def __post_init__(self) -> None:
         for attr in ("method", "name"):
@@ -229,17 +232,22 @@ class Record:
             raise TypeError(f"Record.time_s must be a number of seconds, got {self.time_s!r}") from None
         if not isinstance(self.payload, Mapping):
             raise TypeError(f"Record.payload must be a dict, got {type(self.payload).__qualname__}")
+        if self.schema is not None and (isinstance(self.schema, bool) or not isinstance(self.schema, int)):
+            raise TypeError(f"Record.schema must be an int or None, got {self.schema!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the record as a JSON-serialisable dict (the payload converted by :func:`to_jsonable`)."""
-        return {
+        out = {
             "method": self.method,
             "name": self.name,
             "epoch": self.epoch,
             "global_step": self.global_step,
             "time_s": self.time_s,
-            "payload": to_jsonable(self.payload, "payload"),
         }
+        if self.schema is not None:
+            out["schema"] = self.schema
+        out["payload"] = to_jsonable(self.payload, "payload")
+        return out
 
     def to_json(self) -> str:
         """Return the record as one JSON line (no trailing newline)."""
@@ -266,6 +274,7 @@ class Record:
             global_step=data["global_step"],
             time_s=data.get("time_s", 0.0),
             payload=dict(data.get("payload") or {}),
+            schema=data.get("schema"),
         )
 
 
@@ -805,6 +814,7 @@ class LocalStore:
                 global_step=rec.global_step,
                 time_s=rec.time_s,
                 payload=payload,
+                schema=rec.schema,
             )
             self._append_line(written.to_json())
         return written

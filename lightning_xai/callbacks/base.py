@@ -36,6 +36,7 @@ from lightning_xai.capture import (
     explanation_mode,
 )
 from lightning_xai.records import Chart, Explanation, Media, Record, Table
+from lightning_xai.results import Logged, Result
 from lightning_xai.sinks import SinkDispatcher
 
 __all__ = ["ExplainResult", "XAICallback", "agree_on_failure", "gather_objects", "result_listeners", "run_share"]
@@ -347,8 +348,14 @@ class XAICallback(Callback):
         self.load_explainer_state(state_dict.get("explainer", {}))
 
     # ------------------------------------------------------------------ the method
-    def explain(self, trainer: Trainer, pl_module: LightningModule, sample: ValidationSample) -> ExplainResult:
-        """Explain the model on this epoch's gathered validation sample (identical on every rank)."""
+    def explain(
+        self, trainer: Trainer, pl_module: LightningModule, sample: ValidationSample
+    ) -> Result | ExplainResult:
+        """Explain the model on this epoch's gathered validation sample (identical on every rank).
+
+        Returns the method's typed :class:`~lightning_xai.results.Result`: its payload is the record, its
+        :meth:`~lightning_xai.results.Result.logged` output goes to the loggers.
+        """
         raise NotImplementedError
 
     def should_explain(self, trainer: Trainer) -> bool:
@@ -464,14 +471,19 @@ class XAICallback(Callback):
             _check_finite(sample, epoch)
             with explanation_mode(pl_module):
                 result = self.explain(trainer, pl_module, sample)
-            elapsed = time.perf_counter() - start
-            record = Record(self.method, result.name, epoch, step, elapsed, result.payload)
+            if isinstance(result, Result):
+                logged = result.logged(epoch)
+                record = Record(self.method, result.name, epoch, step, 0.0, result.to_payload(), schema=result.schema)
+            else:  # an ExplainResult of a callback not yet moved to a typed result
+                logged = Logged(result.scalars, result.tables, result.charts, result.media, result.text)
+                record = Record(self.method, result.name, epoch, step, 0.0, result.payload)
+            elapsed = record.time_s = time.perf_counter() - start
         except Exception as exc:  # noqa: BLE001 - reported, then raised or survived by choice
             error = exc
             # the traceback's frames hold the failed attempt's tensors: drop them (the text survives), so an
             # out-of-memory epoch's memory is free before the error is handled and the CUDA cache emptied
             traceback.clear_frames(exc.__traceback__)
-            sample = result = None  # type: ignore[assignment]
+            sample = result = logged = None  # type: ignore[assignment]
         if self._capture is not None:
             self._capture.done(self)  # the sample is freed once every callback that wanted it has run
         # every rank takes the same branch, so failure counts and back-off stay in step and no rank waits alone
@@ -482,7 +494,7 @@ class XAICallback(Callback):
             return
         try:  # only now: a rank must not log an epoch that another rank failed (their metrics would differ)
             pl_module.log(f"xai/{self.method}/time_s", elapsed, on_step=False, on_epoch=True, sync_dist=False)
-            for key, value in result.scalars.items():
+            for key, value in logged.scalars.items():
                 pl_module.log(f"xai/{self.method}/{key}", float(value), on_step=False, on_epoch=True, sync_dist=False)
         except Exception as exc:  # noqa: BLE001 - the same values on every rank, so every rank gets here alike
             self._handle_error(trainer, exc, epoch, step)
@@ -491,7 +503,7 @@ class XAICallback(Callback):
         self.explained_epochs.append(epoch)
         if trainer.is_global_zero:
             try:
-                explanation = Explanation(record, result.tables, result.charts, result.media, result.text)
+                explanation = Explanation(record, logged.tables, logged.charts, logged.media, logged.text)
                 dispatcher_for(trainer).dispatch(explanation, step=step)
             except Exception as exc:  # noqa: BLE001 - the store of rank 0 alone: reported, not counted for back-off
                 self._handle_error(trainer, exc, epoch, step, count=False)
