@@ -37,12 +37,12 @@ significant sign.
 
 Example:
     >>> tracker = DriftTracker(thresholds={"rule_fidelity": 0.1})
-    >>> payload = {"fidelity_per_class": [0.95, 0.9], "classes": ["a", "b"], "vocabulary": {"classes": []}}
-    >>> _ = tracker.update("logic_rules", 0, observations("logic_rules", payload))
-    >>> payload["fidelity_per_class"] = [0.95, 0.6]
-    >>> rows, alerts = tracker.update("logic_rules", 1, observations("logic_rules", payload))
+    >>> def fidelity(f):
+    ...     return {("rule_fidelity", "b"): Observation("rule_fidelity", "b", "rule fidelity of class 'b'", f)}
+    >>> _ = tracker.update("logic_rules", 0, fidelity(0.9))
+    >>> rows, alerts = tracker.update("logic_rules", 1, fidelity(0.6))
     >>> [(r["kind"], r["key"], round(r["value"], 2)) for r in rows if r["against"] == "previous"]
-    [('rule_fidelity', 'a', 0.0), ('rule_fidelity', 'b', 0.3)]
+    [('rule_fidelity', 'b', 0.3)]
     >>> alerts[0]["message"]
     "logic_rules: rule fidelity of class 'b' drifted since epoch 0 (previous): 0.90 -> 0.60 (rule_fidelity 0.300 > 0.1)"
 """
@@ -51,12 +51,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from lightning_xai.drift import js_divergence
+from lightning_xai.results.base import Observation, Result
 
 __all__ = ["AGAINST", "DRIFT_KINDS", "DriftKind", "DriftTracker", "Observation", "observations"]
 
@@ -91,28 +92,6 @@ DRIFT_KINDS: dict[str, DriftKind] = {
         DriftKind("readout", "diffusion_explainer", 0.5, "share of prompt positions whose top word changed"),
     )
 }
-
-
-@dataclass
-class Observation:
-    """What one method says about one thing at one epoch.
-
-    Attributes:
-        kind: a key of :data:`DRIFT_KINDS`.
-        key: what it is about, e.g. ``"conv5/marker:present/circle/lined"``.
-        label: readable name for messages, e.g. ``"TCAV score of 'marker:present' for 'circle/lined' at conv5"``.
-        value: what is compared (a number, a vector, a set, a histogram, a mapping).
-        meta: extra facts (e.g. ``significant``).
-        given: distances the source computed itself, by ``"previous"``/``"reference"``, with the epochs
-            they refer to under ``"<against>_epoch"`` (CKA needs the activations, which only the source has).
-    """
-
-    kind: str
-    key: str
-    label: str
-    value: Any
-    meta: dict[str, Any] = field(default_factory=dict)
-    given: dict[str, Any] | None = None
 
 
 # ------------------------------------------------------------------------------------------ extractors
@@ -223,16 +202,22 @@ EXTRACTORS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], list[Obse
 }
 
 
-def observations(
-    method: str, payload: Mapping[str, Any], extras: Mapping[str, Any] | None = None
-) -> dict[tuple[str, str], Observation]:
-    """The observations in one explained epoch of ``method`` (``{}`` for a method without drift kinds).
+def observations(result: Result) -> dict[tuple[str, str], Observation]:
+    """What the drift monitor tracks of one explained epoch: ``result.observations()`` by ``(kind, key)``.
 
     Example:
-        >>> obs = observations("symbolic_tree", {"usage": [[3, 1], [2, 2]]})
-        >>> sorted(obs)
-        [('symbol_js', 'level_0'), ('symbol_js', 'level_1')]
+        >>> from lightning_xai.results.representation_drift import RepresentationDriftResult
+        >>> r = RepresentationDriftResult(0, 1, 64, {"features": 32}, {"features": 0.9}, {"features": 0.8})
+        >>> sorted(observations(r))
+        [('cka', 'features')]
     """
+    return {(o.kind, o.key): o for o in result.observations()}
+
+
+def legacy_observations(
+    method: str, payload: Mapping[str, Any], extras: Mapping[str, Any] | None = None
+) -> dict[tuple[str, str], Observation]:
+    """Observations of a callback that still returns an untyped payload (to be removed)."""
     extract = EXTRACTORS.get(method)
     if extract is None:
         return {}

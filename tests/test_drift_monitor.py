@@ -105,7 +105,11 @@ def test_repeated_epochs_are_ignored_and_state_round_trips() -> None:
 
 
 def test_unknown_methods_give_no_observations_and_every_method_has_kinds() -> None:
-    assert observations("not_a_method", {"x": 1}) == {}
+    from lightning_xai.records import Record
+    from lightning_xai.report.load import typed
+
+    unknown, _ = typed(Record("not_a_method", "epoch", 0, 0, payload={"x": 1}))
+    assert observations(unknown) == {}
     assert {k.method for k in DRIFT_KINDS.values()} == {
         "representation_drift", "concept_attribution", "logic_rules", "symbolic_tree", "concept_permutation",
         "diffusion_explainer",
@@ -173,7 +177,9 @@ def test_two_instances_of_a_callback_are_tracked_apart_and_logged(tmp_path: Path
     assert {(row["kind"], row["key"], row["against"]) for row in last.payload["rows"]} == {
         (r["kind"], r["key"], r["against"]) for r in monitor.tracker.history if r["epoch"] == 2 and r["source"] == "logic_rules"
     }
-    assert "logic_rules/series" in last.payload["tables"]
+    # one epoch per record: the report and W&B draw the series from the records of all epochs
+    assert set(last.payload["tables"]) == {"logic_rules/rows"}
+    assert {row[0] for row in last.payload["tables"]["logic_rules/rows"]["rows"]} == {2}
 
 
 def test_resume_keeps_the_series_continuous(tmp_path: Path) -> None:

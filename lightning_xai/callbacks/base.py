@@ -12,7 +12,6 @@ import gc
 import math
 import time
 import traceback
-import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,10 +45,6 @@ T = TypeVar("T")
 _ON_CHOICES = ("validation", "train_epoch_end")
 _ON_ERROR_CHOICES = ("warn", "raise")
 
-# Every rank logs the same explanation values by construction (the sample and the results are gathered), so
-# Lightning's advice to pass sync_dist=True for epoch-level metrics under DDP does not apply to xai/ keys.
-warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('xai/")
-
 # one dispatcher (local store + logger sinks) per trainer, shared by all callbacks of that trainer
 _DISPATCHERS: weakref.WeakKeyDictionary[Trainer, SinkDispatcher] = weakref.WeakKeyDictionary()
 
@@ -70,6 +65,15 @@ def check_interval(name: str, value: Any, low: float, high: float, low_open: boo
         lo, hi = "(" if low_open else "[", ")" if high_open else "]"
         raise MisconfigurationException(f"{name} must lie in {lo}{low}, {high}{hi}, but got {value!r}.")
     return float(value)
+
+
+def log_scalar(trainer: Trainer, pl_module: LightningModule, key: str, value: float) -> None:
+    """``pl_module.log`` an epoch-level explanation value (monitorable, e.g. by ``EarlyStopping``).
+
+    Every rank holds the same value (the sample and the results are gathered), so the mean over ranks that
+    ``sync_dist`` takes under DDP changes nothing; it is asked for there so Lightning has nothing to warn about.
+    """
+    pl_module.log(key, float(value), on_step=False, on_epoch=True, sync_dist=trainer.world_size > 1)
 
 
 def dispatcher_for(trainer: Trainer) -> SinkDispatcher:
@@ -262,7 +266,11 @@ class XAICallback(Callback):
     """
 
     method: ClassVar[str] = "xai"
+    #: whether the method needs the input images in its validation sample
     needs_inputs: ClassVar[bool] = False
+    #: whether the method reads the validation sample at all; without it (DEPICT, DiffExplainer generate their
+    #: own images) nothing is collected and :meth:`explain` gets ``sample=None``
+    needs_sample: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -304,6 +312,8 @@ class XAICallback(Callback):
         self.consecutive_failures = 0
         self.disabled = False
         self.layers = tuple(dict.fromkeys(layers))
+        self._given_layers = self.layers  # the state key's: layers found by default_layers() must not change it
+        self._layers_error: Exception | None = None
         self.head = head
         self.batch_to_input = batch_to_input or default_batch_to_input
         self.seed = int(seed)
@@ -320,7 +330,7 @@ class XAICallback(Callback):
         return {
             "every_n_epochs": self.every_n_epochs,
             "on": self.on,
-            "layers": list(self.layers),
+            "layers": list(self._given_layers),
             "head": self.head,
             "max_samples": self.max_samples,
             "seed": self.seed,
@@ -340,12 +350,21 @@ class XAICallback(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"explained_epochs": list(self.explained_epochs), "explainer": self.explainer_state()}
+        state = {"explained_epochs": list(self.explained_epochs), "explainer": self.explainer_state()}
+        if self.layers != self._given_layers:
+            state["default_layers"] = list(self.layers)
+        return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.explained_epochs = list(state_dict.get("explained_epochs", []))
         self.load_explainer_state(state_dict.get("explainer", {}))
+        found = state_dict.get("default_layers")
+        if found and not self._given_layers:  # a resumed run reads the layers its first run found
+            self.layers = tuple(found)
+            model = self._model_ref() if self._model_ref is not None else None
+            if model is not None and self._capture is not None:
+                self._acquire(model)
 
     # ------------------------------------------------------------------ the method
     def explain(
@@ -357,6 +376,19 @@ class XAICallback(Callback):
         :meth:`~lightning_xai.results.Result.logged` output goes to the loggers.
         """
         raise NotImplementedError
+
+    def default_layers(self, pl_module: LightningModule, example: Tensor) -> list[str]:
+        """Layers to sample when the user named none (override; default: none).
+
+        Called once, on the first explained validation batch before it runs, with one of its inputs (so an
+        override may run one probe forward pass). The layers found are kept in the callback's state, so a
+        resumed run samples the same ones. An error is raised at the end of that epoch, handled by
+        ``on_error``.
+        """
+        return []
+
+    def _finds_layers(self) -> bool:
+        return not self.layers and type(self).default_layers is not XAICallback.default_layers
 
     def should_explain(self, trainer: Trainer) -> bool:
         """Whether the current epoch is explained (never during the sanity check)."""
@@ -372,9 +404,14 @@ class XAICallback(Callback):
     # ------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self._capture is not None and self._model_ref is not None and self._model_ref() is pl_module:
+        if self._model_ref is not None and self._model_ref() is pl_module:
             return
         self._release()
+        if self.needs_sample:
+            self._acquire(pl_module)
+        self._model_ref = weakref.ref(pl_module)
+
+    def _acquire(self, pl_module: torch.nn.Module) -> None:
         self._capture = ActivationCapture.acquire(
             pl_module,
             owner=self,
@@ -384,7 +421,6 @@ class XAICallback(Callback):
             needs_inputs=self.needs_inputs,
             seed=self.seed,
         )
-        self._model_ref = weakref.ref(pl_module)
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -409,12 +445,32 @@ class XAICallback(Callback):
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         cap = self._capture
         if cap is None:
+            self._armed = not self.needs_sample and self._model_ref is not None and self.should_explain(trainer)
             return
         key = (id(trainer), trainer.state.stage, trainer.current_epoch, trainer.global_step, trainer.sanity_checking)
         cap.begin_epoch(key, rank=trainer.global_rank, world_size=trainer.world_size)
         self._armed = self.should_explain(trainer)
         if self._armed:
             cap.arm(self, inputs=self.needs_inputs and self.wants_inputs(trainer))
+
+    @override
+    def on_validation_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        # default layers are found on the first explained batch, before it runs, so the capture keeps their
+        # activations from that batch on (one probe forward of one input, once per run)
+        if not self._armed or self._capture is None or batch_idx != 0 or dataloader_idx != 0 or not self._finds_layers():
+            return
+        try:
+            inputs, _ = self.batch_to_input(batch)
+            found = tuple(dict.fromkeys(self.default_layers(pl_module, inputs[:1])))
+        except Exception as exc:  # noqa: BLE001 - raised at the end of the epoch, according to on_error
+            self._layers_error = exc
+            return
+        self._layers_error = None
+        if found:
+            self.layers = found
+            self._acquire(pl_module)
 
     @override
     def on_validation_batch_end(
@@ -461,19 +517,22 @@ class XAICallback(Callback):
         start = time.perf_counter()
         error: Exception | None = None
         try:
-            sample = self._gathered_sample(trainer, pl_module)
-            if sample is None or len(sample) < 2:
+            if self._layers_error is not None:
+                raise self._layers_error
+            sample = self._gathered_sample(trainer, pl_module) if self.needs_sample else None
+            if self.needs_sample and (sample is None or len(sample) < 2):
                 raise RuntimeError(
                     f"{type(self).__name__} collected {0 if sample is None else len(sample)} validation samples "
                     f"at epoch {epoch}; it needs at least 2. Is there a validation loop (val_dataloader, "
                     "limit_val_batches > 0)?"
                 )
-            _check_finite(sample, epoch)
+            if sample is not None:
+                _check_finite(sample, epoch)
             with explanation_mode(pl_module):
                 result = self.explain(trainer, pl_module, sample)
             if isinstance(result, Result):
                 logged = result.logged(epoch)
-                record = Record(self.method, result.name, epoch, step, 0.0, result.to_payload(), schema=result.schema)
+                record = result.record(epoch, step)
             else:  # an ExplainResult of a callback not yet moved to a typed result
                 logged = Logged(result.scalars, result.tables, result.charts, result.media, result.text)
                 record = Record(self.method, result.name, epoch, step, 0.0, result.payload)
@@ -493,9 +552,9 @@ class XAICallback(Callback):
             self._handle_error(trainer, agreed, epoch, step)
             return
         try:  # only now: a rank must not log an epoch that another rank failed (their metrics would differ)
-            pl_module.log(f"xai/{self.method}/time_s", elapsed, on_step=False, on_epoch=True, sync_dist=False)
+            log_scalar(trainer, pl_module, f"xai/{self.method}/time_s", elapsed)
             for key, value in logged.scalars.items():
-                pl_module.log(f"xai/{self.method}/{key}", float(value), on_step=False, on_epoch=True, sync_dist=False)
+                log_scalar(trainer, pl_module, f"xai/{self.method}/{key}", value)
         except Exception as exc:  # noqa: BLE001 - the same values on every rank, so every rank gets here alike
             self._handle_error(trainer, exc, epoch, step)
             return

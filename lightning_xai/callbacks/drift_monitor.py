@@ -12,9 +12,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
-from lightning_xai.callbacks.base import ExplainResult, XAICallback, check_int, dispatcher_for
-from lightning_xai.concept_drift import AGAINST, DRIFT_KINDS, DriftTracker, observations
-from lightning_xai.records import Chart, Explanation, Record, Table
+from lightning_xai.callbacks.base import ExplainResult, XAICallback, check_int, dispatcher_for, log_scalar
+from lightning_xai.concept_drift import AGAINST, DRIFT_KINDS, DriftTracker, legacy_observations, observations
+from lightning_xai.records import Record
+from lightning_xai.results import Result
+from lightning_xai.results.drift import DriftAlert, DriftResult, DriftRow
 
 __all__ = ["ConceptDriftMonitor"]
 
@@ -146,18 +148,26 @@ class ConceptDriftMonitor(Callback):
             )
 
     def on_xai_result(
-        self, trainer: Trainer, pl_module: LightningModule, source: XAICallback, record: Record, result: ExplainResult
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        source: XAICallback,
+        record: Record,
+        result: Result | ExplainResult,
     ) -> None:
         """Called by every lightning-xai callback (on every rank) after it explained an epoch."""
         if record.name != "epoch":
             return
         name = self._sources.get(id(source), source.method)
         try:
-            obs = observations(record.method, result.payload, result.extras)
+            if isinstance(result, Result):
+                obs = observations(result)
+            else:
+                obs = legacy_observations(record.method, result.payload, result.extras)
             rows, alerts = self.tracker.update(name, record.epoch, obs)
             if not rows:
                 return
-            self._log(pl_module, name, rows, alerts)
+            self._log(trainer, pl_module, name, rows, alerts)
             if trainer.is_global_zero:
                 self._write(trainer, name, record, rows, alerts)
             for alert in alerts:
@@ -177,55 +187,30 @@ class ConceptDriftMonitor(Callback):
                 )
 
     # ------------------------------------------------------------------ output
-    def _log(self, pl_module: LightningModule, source: str, rows: list[dict], alerts: list[dict]) -> None:
-        def log(key: str, value: float) -> None:
-            pl_module.log(key, float(value), on_step=False, on_epoch=True, sync_dist=False)
-
+    def _log(self, trainer: Trainer, pl_module: LightningModule, source: str, rows: list[dict], alerts: list[dict]) -> None:
         maxima: dict[tuple[str, str], float] = {}
         for r in rows:
             short = _SHORT[r["against"]]
             if self.log_keys:
-                log(f"xai/drift/{source}/{r['kind']}/{short}/{r['key']}", r["value"])
+                log_scalar(trainer, pl_module, f"xai/drift/{source}/{r['kind']}/{short}/{r['key']}", r["value"])
             k = (r["kind"], short)
             maxima[k] = max(maxima.get(k, -math.inf), r["value"])
         for (kind, short), value in maxima.items():
-            log(f"xai/drift/{source}/{kind}/max_{short}", value)
-        log(f"xai/drift/{source}/alerts", float(len(alerts)))
+            log_scalar(trainer, pl_module, f"xai/drift/{source}/{kind}/max_{short}", value)
+        log_scalar(trainer, pl_module, f"xai/drift/{source}/alerts", float(len(alerts)))
 
     def _write(self, trainer: Trainer, source: str, record: Record, rows: list[dict], alerts: list[dict]) -> None:
+        # one epoch's rows per record: the report draws each series from the records of all epochs
         state = self.tracker.sources.get(source, {})
-        reference = (state.get("reference") or {}).get("epoch")
-        columns = ["epoch", "kind", "key", "against", "base_epoch", "value", "threshold", "alert"]
-        table = Table(f"{source}/rows", columns, [[r[c] for c in columns] for r in rows])
-        # the series of this source: per kind and comparison, the largest value over keys at each epoch
-        series: dict[int, dict[str, float]] = {}
-        for r in self.tracker.history:
-            if r["source"] == source:
-                col = f"{r['kind']}/max_{_SHORT[r['against']]}"
-                cell = series.setdefault(r["epoch"], {})
-                cell[col] = max(cell.get(col, -math.inf), r["value"])
-        ys = sorted({c for cells in series.values() for c in cells})
-        summary = Table(f"{source}/series", ["epoch", *ys], [[e, *(series[e].get(c) for c in ys)] for e in sorted(series)])
-        chart = Chart(f"{source}/series_chart", "line", summary, "epoch", ys, title=f"Drift of {source} (largest per kind)")
-        payload = {
-            "source": source,
-            "method": record.method,
-            "reference_epoch": reference,
-            "rows": [{k: r[k] for k in ("source", "kind", "key", "against", "base_epoch", "value", "threshold", "alert")}
-                     for r in rows],
-            "alerts": [a["message"] for a in alerts],
-        }
-        disp = dispatcher_for(trainer)
-        text = {"alerts": "\n".join(f"- {a['message']}" for a in alerts)} if alerts else {}
-        disp.dispatch(
-            Explanation(Record("drift", "epoch", record.epoch, record.global_step, 0.0, payload), [table, summary], [chart], [], text),
-            step=record.global_step,
+        result = DriftResult(
+            source=source,
+            source_method=record.method,
+            reference_epoch=(state.get("reference") or {}).get("epoch"),
+            rows=[DriftRow.read(r) for r in rows],
+            alerts=[a["message"] for a in alerts],
         )
+        disp = dispatcher_for(trainer)
+        disp.dispatch(result.explanation(result.record(record.epoch, record.global_step)), step=record.global_step)
         for a in alerts:
-            alert_payload = {k: a[k] for k in ("source", "kind", "key", "against", "base_epoch", "value", "threshold",
-                                               "label", "before", "after", "message")}
-            disp.dispatch(
-                Explanation(Record("drift", "alert", record.epoch, record.global_step, 0.0, alert_payload),
-                            text={"alert": a["message"]}),
-                step=record.global_step,
-            )
+            alert = DriftAlert(**{k: a[k] for k in DriftAlert.FIELDS})
+            disp.dispatch(alert.explanation(alert.record(record.epoch, record.global_step)), step=record.global_step)

@@ -10,11 +10,12 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
+from typing_extensions import override
 
-from lightning_xai.callbacks.base import ExplainResult, XAICallback
+from lightning_xai.callbacks.base import XAICallback
 from lightning_xai.capture import ValidationSample
 from lightning_xai.drift import minibatch_cka
-from lightning_xai.records import Chart, Table
+from lightning_xai.results.representation_drift import RepresentationDriftResult
 
 __all__ = ["RepresentationDriftCallback"]
 
@@ -36,10 +37,9 @@ class RepresentationDriftCallback(XAICallback):
     * ``xai/representation_drift/cka_ref/<rep>``: CKA with the first explained epoch;
     * ``xai/representation_drift/time_s``.
 
-    Each explained epoch writes one record ``{"method": "representation_drift", "name": "epoch"}`` with
-    payload ``{"reference_epoch", "previous_epoch", "n_samples", "cka_prev": {rep: v}, "cka_ref": {rep: v},
-    "history": [...]}``, a table of the series and a line chart of it
-    (each logger draws the chart: W&B natively, TensorBoard as a figure, ``lightning-xai report`` from the table).
+    Each explained epoch writes one record ``{"method": "representation_drift", "name": "epoch"}`` whose payload
+    is a :class:`~lightning_xai.results.representation_drift.RepresentationDriftResult`, and a table of this
+    epoch's values; ``lightning-xai report`` draws the CKA timeline from the records of all epochs.
 
     Args:
         layers: extra layers to track by dotted name, e.g. ``["layer4"]``. Default: head input only.
@@ -90,20 +90,19 @@ class RepresentationDriftCallback(XAICallback):
             )
         self.cka_batch_size = cka_batch_size
         self._reference: dict[str, Any] | None = None
+        # CKA compares activations, which no record holds: the two epochs compared with are kept here
         self._previous: dict[str, Any] | None = None
-        self.history: list[dict[str, Any]] = []
 
     # ---------------------------------------------------------------- state
     def _state_key_fields(self) -> dict[str, Any]:
         return {**super()._state_key_fields(), "cka_batch_size": self.cka_batch_size}
 
     def explainer_state(self) -> dict[str, Any]:
-        return {"reference": self._reference, "previous": self._previous, "history": list(self.history)}
+        return {"reference": self._reference, "previous": self._previous}
 
     def load_explainer_state(self, state: dict[str, Any]) -> None:
         self._reference = state.get("reference")
         self._previous = state.get("previous")
-        self.history = list(state.get("history", []))
 
     # ---------------------------------------------------------------- method
     def _snapshot(self, epoch: int, sample: ValidationSample) -> dict[str, Any]:
@@ -124,47 +123,24 @@ class RepresentationDriftCallback(XAICallback):
             return float("nan")
         return minibatch_cka(a["reps"][rep][ia], b["reps"][rep][ib], batch_size=self.cka_batch_size)
 
-    def explain(self, trainer: Trainer, pl_module: LightningModule, sample: ValidationSample) -> ExplainResult:
-        epoch = trainer.current_epoch
-        current = self._snapshot(epoch, sample)
+    @override
+    def explain(
+        self, trainer: Trainer, pl_module: LightningModule, sample: ValidationSample
+    ) -> RepresentationDriftResult:
+        current = self._snapshot(trainer.current_epoch, sample)
         if self._reference is None:
             self._reference = current
         previous = self._previous if self._previous is not None else current
-        reps = list(current["reps"])
-        cka_prev = {rep: self._cka(previous, current, rep) for rep in reps}
-        cka_ref = {rep: self._cka(self._reference, current, rep) for rep in reps}
-        entry = {"epoch": epoch, "cka_prev": cka_prev, "cka_ref": cka_ref}
-        self.history.append(entry)
         self._previous = current
-
-        scalars = {f"cka_prev/{rep}": v for rep, v in cka_prev.items()}
-        scalars.update({f"cka_ref/{rep}": v for rep, v in cka_ref.items()})
-        columns = ["epoch"] + [f"cka_{kind}/{rep}" for kind in ("prev", "ref") for rep in reps]
-        rows = [
-            [h["epoch"]] + [h[f"cka_{kind}"].get(rep) for kind in ("prev", "ref") for rep in reps]
-            for h in self.history
-        ]
-        series = Table(key="cka_series", columns=columns, rows=rows)
-        chart = Chart(
-            key="cka",
-            kind="line",
-            table=series,
-            x="epoch",
-            y=columns[1:],
-            title="Linear CKA vs previous (prev) and first (ref) epoch",
+        reps = list(current["reps"])
+        return RepresentationDriftResult(
+            reference_epoch=self._reference["epoch"],
+            previous_epoch=previous["epoch"],
+            n_samples=len(sample),
+            representations={rep: int(current["reps"][rep].shape[1]) for rep in reps},
+            cka_prev={rep: self._cka(previous, current, rep) for rep in reps},
+            cka_ref={rep: self._cka(self._reference, current, rep) for rep in reps},
         )
-        payload = {
-            "reference_epoch": self._reference["epoch"],
-            "previous_epoch": previous["epoch"],
-            "n_samples": len(sample),
-            "representations": {rep: int(current["reps"][rep].shape[1]) for rep in reps},
-            "cka_prev": cka_prev,
-            "cka_ref": cka_ref,
-            "history": list(self.history),
-        }
-        # the chart goes to every logger as a chart (W&B line plot, TensorBoard figure, the HTML report): no PNG of
-        # it is rendered here, which was most of this callback's cost per epoch
-        return ExplainResult(payload=payload, scalars=scalars, tables=[series], charts=[chart])
 
 
 def _align(a: Tensor, b: Tensor) -> tuple[int, Tensor, Tensor]:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lightning_xai.records import MEDIA_DIR, RECORDS_FILE, Record, read_records
+from lightning_xai.results import Result, SchemaError, result_type
+from lightning_xai.results.drift import DriftAlert, DriftResult
+from lightning_xai.results.untyped import UntypedResult
 
 __all__ = ["KNOWN_METHODS", "METHOD_TITLES", "RecordsNotFoundError", "RunRecords", "load_run"]
 
@@ -35,19 +38,20 @@ METHOD_TITLES = {
 }
 
 
-def _alert_text(p) -> str:
-    from lightning_xai.report.html import _fmt, _num
+def typed(rec: Record) -> tuple[Result | None, str | None]:
+    """``(typed result, None)`` for a readable record, ``(None, why)`` for one this version cannot read.
 
-    what = " · ".join(str(p[k]) for k in ("source", "kind", "key") if p.get(k) is not None)
-    value, threshold = _num(p.get("value")), _num(p.get("threshold"))
-    cmp = f"{_fmt(value)} > {_fmt(threshold)}" if threshold is not None else _fmt(value)
-    against = f" vs {p['against']}" if p.get("against") else ""
-    return f"{what}{against}: {cmp}"
-
-
-def _drift_rows(rec):
-    rows = rec.payload.get("rows")
-    return [r for r in rows if isinstance(r, Mapping)] if isinstance(rows, list) else []
+    A record of a method (or a record name) that has no result type, e.g. another package's callback, is
+    read as an :class:`~lightning_xai.results.untyped.UntypedResult`.
+    """
+    try:
+        cls = result_type(rec.method, rec.name)
+    except SchemaError:
+        return UntypedResult.from_payload(rec.payload), None
+    try:
+        return cls.from_payload(rec.payload, rec.schema), None
+    except (SchemaError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        return None, f"{rec.method} record ({rec.name}, epoch {rec.epoch}) cannot be read: {exc}"
 
 
 class RecordsNotFoundError(FileNotFoundError):
@@ -105,21 +109,19 @@ class RunRecords:
         found: list[_Alert] = []
         seen: set[tuple] = set()
         for rec in self.records:
-            if rec.name != "alert":
-                continue
-            p = rec.payload
-            found.append(
-                _Alert(rec.method, rec.epoch, str(p.get("message") or _alert_text(p)), p.get("source"))
-            )
-            seen.add((rec.epoch, p.get("source"), p.get("kind"), p.get("key"), p.get("against")))
+            alert, _ = typed(rec) if rec.name == "alert" else (None, None)
+            if isinstance(alert, DriftAlert):
+                found.append(_Alert(rec.method, rec.epoch, alert.text(), alert.source))
+                seen.add((rec.epoch, alert.source, alert.kind, alert.key, alert.against))
         for rec in self.records:
-            if rec.method != "drift" or rec.name == "alert":
+            drift, _ = typed(rec) if rec.method == "drift" and rec.name != "alert" else (None, None)
+            if not isinstance(drift, DriftResult):
                 continue
-            for row in _drift_rows(rec):
-                tag = (rec.epoch, row.get("source"), row.get("kind"), row.get("key"), row.get("against"))
-                if row.get("alert") and tag not in seen:
+            for row in drift.rows:
+                tag = (rec.epoch, row.source, row.kind, row.key, row.against)
+                if row.alert and tag not in seen:
                     seen.add(tag)
-                    found.append(_Alert(rec.method, rec.epoch, _alert_text(row), row.get("source")))
+                    found.append(_Alert(rec.method, rec.epoch, row.text(), row.source))
         return found
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from lightning_xai.report.html import _e, _plural, _short, _slug
-from lightning_xai.report.load import METHOD_TITLES, RunRecords, _Alert, _order_methods, load_run
+from lightning_xai.report.load import METHOD_TITLES, RunRecords, _Alert, _order_methods, load_run, typed
 from lightning_xai.report.media import DEFAULT_MAX_MEDIA_BYTES, DEFAULT_MAX_TOTAL_MEDIA_BYTES, _MediaBudget
 from lightning_xai.report.render import _Renderer
+from lightning_xai.results.errors import ExplainerError
 
 _CSS = """
 :root{--fg:#1d2330;--muted:#5f6b7a;--line:#d8dde5;--bg:#f5f7fa;--card:#fff;--accent:#2f6fdd;
@@ -201,11 +202,16 @@ def _error_box(run: RunRecords, box_id: str) -> str:
     errors = run.errors
     if not errors:
         return ""
-    items = "".join(
-        f'<li><a href="#{_epoch_id(r.method, r.epoch)}">epoch {r.epoch} · {_e(r.method)}</a>: '
-        f"<b>{_e(r.payload.get('type', 'Error'))}</b>: {_e(_short(str(r.payload.get('message', '')), 300))}</li>"
-        for r in errors
-    )
+    items = []
+    for r in errors:
+        err, problem = typed(r)
+        what = (
+            f"<b>{_e(err.type)}</b>: {_e(_short(err.message, 300))}"
+            if isinstance(err, ExplainerError)
+            else _e(problem or "unreadable error record")
+        )
+        items.append(f'<li><a href="#{_epoch_id(r.method, r.epoch)}">epoch {r.epoch} · {_e(r.method)}</a>: {what}</li>')
+    items = "".join(items)
     return (
         f'<div class="error-box" id="{box_id}" role="alert"><h2>✖ {len(errors)} explainer error'
         f"{'s' if len(errors) != 1 else ''} in {_e(run.label)}</h2><ul>{items}</ul></div>"

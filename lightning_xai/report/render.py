@@ -12,16 +12,22 @@ from typing import Any
 from lightning_xai.colours import TAB10
 from lightning_xai.records import RESERVED_PAYLOAD_KEYS, Record
 from lightning_xai.report.html import _e, _fmt, _html_table, _int, _num, _pretty
-from lightning_xai.report.load import RunRecords, _alert_text
+from lightning_xai.report.load import RunRecords, typed
 from lightning_xai.report.media import _mask_overlay_png, _MediaBudget
 from lightning_xai.report.svg import LineSeries, bar_chart_svg, line_chart_svg
 from lightning_xai.report.views import view_module
+from lightning_xai.results.drift import DriftAlert
+from lightning_xai.results.errors import ExplainerError
+from lightning_xai.results.stored import StoredChart, StoredMedia, StoredOutputs, StoredTable
+from lightning_xai.results.untyped import UntypedResult
 
 MAX_TABLE_ROWS = 200
 MAX_RAW_CHARS = 20_000
 
 
 class _Renderer:
+    """Renders the record cards of one run; ``budget`` may be shared by the two runs of a comparison."""
+
     def __init__(self, run: RunRecords, budget: _MediaBudget) -> None:
         self.run = run
         self.budget = budget
@@ -42,75 +48,75 @@ class _Renderer:
             ),
             head,
         ]
-        if rec.name == "error":
-            parts.append(self.error_view(rec))
+        result, problem = typed(rec)
+        stored = StoredOutputs.from_payload(rec.payload)
+        if problem is not None:
+            parts.append(f'<div class="missing" data-view="unreadable">{_e(problem)}</div>')
+        elif isinstance(result, ExplainerError):
+            parts.append(self.error_view(result))
             parts.append("</div>")
             return "".join(parts)
         used: set[str] = set()
-        views = view_module(rec.method)
-        view = getattr(views, "view", None)
-        if rec.name == "alert":
-            parts.append(self.alert_view(rec))
-        elif view is not None:
-            parts.append(view(self, rec, None, used))
-        parts.append(self.scalars(rec.payload))
-        parts.append(self.charts(rec.payload))
-        parts.append(self.media(rec.payload, used))
-        parts.append(self.tables(rec.payload))
-        parts.append(self.texts(rec.payload))
+        if isinstance(result, DriftAlert):
+            parts.append(self.alert_view(result))
+        elif result is not None and not isinstance(result, UntypedResult):
+            view = getattr(view_module(rec.method), "view", None)
+            if view is not None:
+                parts.append(view(self, rec, result, used))
+        if result is not None:
+            parts.append(self.scalars(result.summary()))
+        parts.append(self.charts(stored))
+        parts.append(self.media(stored.media, used))
+        parts.append(self.tables(stored))
+        parts.append(self.texts(stored))
         parts.append(self.raw(rec.payload))
         parts.append("</div>")
         return "".join(parts)
 
-    def scalars(self, payload: Mapping[str, Any]) -> str:
+    def stored_media(self, rec: Record) -> list[StoredMedia]:
+        """The media stored with ``rec`` (for views that show some of them in place)."""
+        return StoredOutputs.from_payload(rec.payload).media
+
+    def scalars(self, summary: Mapping[str, Any]) -> str:
         items: list[tuple[str, Any]] = []
-        for k, v in payload.items():
-            if k in RESERVED_PAYLOAD_KEYS or k in ("history", "rows", "message", "traceback"):
-                continue
+        for k, v in summary.items():
             if v is None or isinstance(v, (bool, int, float)) or (isinstance(v, str) and len(v) <= 120):
                 items.append((k, v))
             elif isinstance(v, Mapping) and 0 < len(v) <= 12:
                 items += [
                     (f"{k}.{k2}", v2)
                     for k2, v2 in v.items()
-                    if v2 is None
-                    or isinstance(v2, (bool, int, float))
-                    or (isinstance(v2, str) and len(v2) <= 80)
+                    if v2 is None or isinstance(v2, (bool, int, float)) or (isinstance(v2, str) and len(v2) <= 80)
                 ]
         if not items:
             return ""
         cells = "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(_fmt(v))}</dd></div>" for k, v in items[:36])
         return f'<dl class="kv">{cells}</dl>'
 
-    def charts(self, payload: Mapping[str, Any]) -> str:
-        specs = payload.get("charts")
-        tables = payload.get("tables") or {}
-        if not isinstance(specs, Mapping) or not specs:
+    def charts(self, stored: StoredOutputs) -> str:
+        if not stored.charts:
             return ""
         out = ['<h4>Charts</h4><div class="charts">']
-        for key, spec in specs.items():
-            out.append(self.chart(str(key), spec, tables))
+        out += [self.chart(key, spec, stored.tables) for key, spec in stored.charts.items()]
         out.append("</div>")
         return "".join(out)
 
-    def chart(self, key: str, spec: Any, tables: Mapping[str, Any]) -> str:
-        if not isinstance(spec, Mapping):
+    def chart(self, key: str, spec: StoredChart | None, tables: Mapping[str, StoredTable | None]) -> str:
+        if spec is None:
             return f'<div class="missing">chart {_e(key)}: unreadable spec</div>'
-        table = tables.get(spec.get("table"))
-        if not isinstance(table, Mapping) or "columns" not in table:
-            return f'<div class="missing">chart {_e(key)}: its table {_e(spec.get("table"))} is not in the record</div>'
-        cols = list(table["columns"])
-        rows = [r for r in table.get("rows") or [] if isinstance(r, list) and len(r) == len(cols)]
-        x = spec.get("x")
-        ys = spec.get("y")
-        ys = [ys] if isinstance(ys, str) else list(ys or [])
+        table = tables.get(spec.table) if isinstance(spec.table, str) else None
+        if table is None:
+            return f'<div class="missing">chart {_e(key)}: its table {_e(spec.table)} is not in the record</div>'
+        cols = table.columns
+        rows = [r for r in table.rows if len(r) == len(cols)]
+        x, ys = spec.x, spec.y
         if x not in cols or not ys or any(y not in cols for y in ys):
             return f'<div class="missing">chart {_e(key)}: columns {_e(x)}/{_e(ys)} not in {_e(cols)}</div>'
         xi = cols.index(x)
         xs = [r[xi] for r in rows]
-        title = str(spec.get("title") or key)
+        title = spec.title or key
         attrs = {"data-chart": key}
-        if spec.get("kind") == "bar":
+        if spec.kind == "bar":
             return bar_chart_svg(
                 [_fmt(v) if not isinstance(v, str) else v for v in xs],
                 {y: [r[cols.index(y)] for r in rows] for y in ys},
@@ -119,32 +125,27 @@ class _Renderer:
                 attrs=attrs,
             )
         series = [LineSeries(y, xs, [r[cols.index(y)] for r in rows]) for y in ys]
-        return line_chart_svg(
-            series, title=title, x_label=str(x), y_label=ys[0] if len(ys) == 1 else "", attrs=attrs
-        )
+        return line_chart_svg(series, title=title, x_label=str(x), y_label=ys[0] if len(ys) == 1 else "", attrs=attrs)
 
-    def media(self, payload: Mapping[str, Any], used: set[str] | None = None) -> str:
-        entries = payload.get("media")
-        if not isinstance(entries, list):
-            return ""
-        entries = [m for m in entries if isinstance(m, Mapping) and m.get("path") not in (used or set())]
+    def media(self, media: list[StoredMedia], used: set[str] | None = None) -> str:
+        entries = [m for m in media if m.path not in (used or set())]
         if not entries:
             return ""
         return '<h4>Media</h4><div class="gallery">' + "".join(self.figure(m) for m in entries) + "</div>"
 
-    def figure(self, m: Mapping[str, Any]) -> str:
-        path = self.run.root / str(m.get("path", ""))
-        caption = str(m.get("caption") or "")
-        key = str(m.get("key") or "")
-        w, h = _int(m.get("width")), _int(m.get("height"))
+    def figure(self, m: StoredMedia) -> str:
+        path = self.run.root / m.path
+        caption = m.caption
+        key = m.key
+        w, h = _int(m.width), _int(m.height)
         scale = min(4, math.ceil(160 / w)) if 0 < w < 160 else 1  # tiny renders are unreadable at 1:1
         uri, reason = self.budget.file(path)
         if uri is None:
-            body = f'<div class="missing">image not embedded: {_e(reason)} ({_e(m.get("path"))})</div>'
+            body = f'<div class="missing">image not embedded: {_e(reason)} ({_e(m.path)})</div>'
         else:
             size = f' width="{w * scale}" height="{h * scale}"' if w and h else ""
             cls = ' class="small"' if scale > 1 else ""
-            boxes = self.boxes(m.get("boxes"), w, h) if w and h else ""
+            boxes = self.boxes(m.boxes, w, h) if w and h else ""
             body = (
                 f'<div class="imgwrap"><img src="{uri}" alt="{_e(caption or key)}"{size}{cls}>{boxes}</div>'
                 + self.masks(path, m, w, h, scale)
@@ -173,14 +174,12 @@ class _Renderer:
         out.append("</svg>")
         return "".join(out)
 
-    def masks(self, image_path: Path, m: Mapping[str, Any], w: int, h: int, scale: int) -> str:
-        masks = m.get("masks")
-        if not isinstance(masks, Mapping) or not masks:
+    def masks(self, image_path: Path, m: StoredMedia, w: int, h: int, scale: int) -> str:
+        if not m.masks:
             return ""
-        labels = m.get("mask_labels") if isinstance(m.get("mask_labels"), Mapping) else {}
         out = ['<div class="masks">']
-        for name, rel in masks.items():
-            data = _mask_overlay_png(image_path, self.run.root / str(rel))
+        for name, rel in m.masks.items():
+            data = _mask_overlay_png(image_path, self.run.root / rel)
             if data is None:
                 out.append(f'<div class="missing">mask {_e(name)}: unreadable ({_e(rel)})</div>')
                 continue
@@ -190,7 +189,7 @@ class _Renderer:
                 continue
             size = f' width="{w * scale}" height="{h * scale}"' if w and h else ""
             cls = ' class="small"' if scale > 1 else ""
-            named = [f"{k}: {v}" for k, v in labels.items() if str(k) != "0" and str(v) != str(k)]
+            named = [f"{k}: {v}" for k, v in m.mask_labels.items() if str(k) != "0" and str(v) != str(k)]
             legend = f" ({_e(', '.join(named))})" if named else ""
             out.append(
                 f'<figure data-mask="{_e(name)}"><div class="imgwrap"><img src="{uri}" alt="mask {_e(name)}"{size}{cls}>'
@@ -199,42 +198,29 @@ class _Renderer:
         out.append("</div>")
         return "".join(out)
 
-    def tables(self, payload: Mapping[str, Any]) -> str:
-        tables = payload.get("tables")
-        if not isinstance(tables, Mapping) or not tables:
+    def tables(self, stored: StoredOutputs) -> str:
+        if not stored.tables:
             return ""
-        return (
-            '<h4>Tables</h4><div class="tables">'
-            + "".join(self.table(str(k), t) for k, t in tables.items())
-            + "</div>"
-        )
+        return '<h4>Tables</h4><div class="tables">' + "".join(self.table(k, t) for k, t in stored.tables.items()) + "</div>"
 
-    def table(self, key: str, table: Any) -> str:
-        if not isinstance(table, Mapping) or not isinstance(table.get("columns"), list):
+    def table(self, key: str, table: StoredTable | None) -> str:
+        if table is None:
             return f'<div class="missing">table {_e(key)}: unreadable</div>'
-        cols = table["columns"]
-        rows = [r for r in table.get("rows") or [] if isinstance(r, list)]
+        rows = table.rows
         shown = rows[:MAX_TABLE_ROWS]
-        note = (
-            f'<p class="muted">showing the first {len(shown)} of {len(rows)} rows</p>'
-            if len(rows) > len(shown)
-            else ""
-        )
-        body = _html_table(cols, shown, attrs={"data-table": key, "data-rows": str(len(rows))})
+        note = f'<p class="muted">showing the first {len(shown)} of {len(rows)} rows</p>' if len(rows) > len(shown) else ""
+        body = _html_table(table.columns, shown, attrs={"data-table": key, "data-rows": str(len(rows))})
         open_ = " open" if len(rows) <= 12 else ""
         return (
             f'<details class="table-block"{open_}><summary>table <b>{_e(key)}</b> '
-            f'<span class="muted">{len(rows)} rows × {len(cols)} columns</span></summary>'
+            f'<span class="muted">{len(rows)} rows × {len(table.columns)} columns</span></summary>'
             f'<div class="scroll">{body}</div>{note}</details>'
         )
 
-    def texts(self, payload: Mapping[str, Any]) -> str:
-        texts = payload.get("text")
-        if not isinstance(texts, Mapping) or not texts:
-            return ""
+    def texts(self, stored: StoredOutputs) -> str:
         return "".join(
             f'<details class="text-block"><summary>text <b>{_e(k)}</b></summary><pre>{_e(v)}</pre></details>'
-            for k, v in texts.items()
+            for k, v in stored.text.items()
         )
 
     def raw(self, payload: Mapping[str, Any]) -> str:
@@ -243,42 +229,28 @@ class _Renderer:
             return ""
         text = json.dumps(rest, indent=1, ensure_ascii=False, allow_nan=True, default=str)
         if len(text) > MAX_RAW_CHARS:
-            text = (
-                text[:MAX_RAW_CHARS] + f"\n... ({len(text) - MAX_RAW_CHARS} more characters in records.jsonl)"
-            )
+            text = text[:MAX_RAW_CHARS] + f"\n... ({len(text) - MAX_RAW_CHARS} more characters in records.jsonl)"
         return f'<details class="raw"><summary>payload (JSON)</summary><pre>{_e(text)}</pre></details>'
 
-    def error_view(self, rec: Record) -> str:
-        p = rec.payload
-        etype = p.get("qualified_type") or p.get("type") or "error"
-        tb = str(p.get("traceback") or "")
+    def error_view(self, err: ExplainerError) -> str:
         return (
-            f'<div class="view" data-view="error"><p><b>{_e(p.get("type") or "Error")}</b>: '
-            f'{_e(p.get("message") or "")}</p><p class="muted">{_e(etype)}</p>'
-            + (f'<p class="hint">{_e(p["hint"])}</p>' if p.get("hint") else "")
-            + (f"<details open><summary>traceback</summary><pre>{_e(tb)}</pre></details>" if tb else "")
+            f'<div class="view" data-view="error"><p><b>{_e(err.type or "Error")}</b>: '
+            f'{_e(err.message or "")}</p><p class="muted">{_e(err.qualified_type or err.type or "error")}</p>'
+            + (f'<p class="hint">{_e(err.hint)}</p>' if err.hint else "")
+            + (f"<details open><summary>traceback</summary><pre>{_e(err.traceback)}</pre></details>" if err.traceback else "")
             + "</div>"
         )
 
-    def alert_view(self, rec: Record) -> str:
-        p = rec.payload
-        facts = [
-            (k, p.get(k))
-            for k in ("source", "kind", "key", "label", "against", "base_epoch", "value", "threshold")
-        ]
-        cells = "".join(
-            f"<div><dt>{_e(k)}</dt><dd>{_e(_fmt(v))}</dd></div>" for k, v in facts if v is not None
-        )
+    def alert_view(self, alert: DriftAlert) -> str:
+        facts = [(k, getattr(alert, k)) for k in ("source", "kind", "key", "label", "against", "base_epoch", "value", "threshold")]
+        cells = "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(_fmt(v))}</dd></div>" for k, v in facts if v is not None)
         change = ""
-        if "before" in p or "after" in p:
+        if alert.before is not None or alert.after is not None:
             change = (
-                f'<div class="cols"><div><h4>before</h4><pre>{_e(_pretty(p.get("before")))}</pre></div>'
-                f"<div><h4>after</h4><pre>{_e(_pretty(p.get('after')))}</pre></div></div>"
+                f'<div class="cols"><div><h4>before</h4><pre>{_e(_pretty(alert.before))}</pre></div>'
+                f"<div><h4>after</h4><pre>{_e(_pretty(alert.after))}</pre></div></div>"
             )
-        return (
-            f'<div class="view" data-view="alert"><p><b>⚠ {_e(p.get("message") or _alert_text(p))}</b></p>'
-            f'<dl class="kv">{cells}</dl>{change}</div>'
-        )
+        return f'<div class="view" data-view="alert"><p><b>⚠ {_e(alert.text())}</b></p><dl class="kv">{cells}</dl>{change}</div>'
 
     def overview(self, method: str, epochs: Mapping[int, list[Record]]) -> str:
         overview = getattr(view_module(method), "overview", None)

@@ -49,39 +49,59 @@ _MODULES = {
     "representation_drift": "lightning_xai.results.representation_drift",
     "drift": "lightning_xai.results.drift",
 }
-_REGISTRY: dict[str, type[Result]] = {}
+_REGISTRY: dict[tuple[str, str], type[Result]] = {}
+#: every method's ``"error"`` records (see :class:`~lightning_xai.results.errors.ExplainerError`)
+ERROR = "error"
 
 
 def register(cls: type[Result]) -> type[Result]:
-    """Class decorator: make ``cls`` the result of records whose method is ``cls.method``."""
+    """Class decorator: make ``cls`` the result of records with ``cls.method`` and ``cls.name``."""
     if not cls.method:
         raise ValueError(f"{cls.__qualname__} has no method name; set method: ClassVar[str] = '...'")
-    other = _REGISTRY.get(cls.method)
+    key = (cls.method, cls.name)
+    other = _REGISTRY.get(key)
     if other is not None and other.__qualname__ != cls.__qualname__:
-        raise ValueError(f"method {cls.method!r} already has the result {other.__qualname__}")
-    _REGISTRY[cls.method] = cls
+        raise ValueError(f"records {key} already have the result {other.__qualname__}")
+    _REGISTRY[key] = cls
     return cls
 
 
-def result_type(method: str) -> type[Result]:
-    """The result class of ``method``.
+def _known() -> list[str]:
+    return sorted({*_MODULES, *(m for m, _ in _REGISTRY)})
+
+
+def result_type(method: str, name: str = "epoch") -> type[Result]:
+    """The result class of ``method``'s records called ``name`` (every method's ``"error"`` records share one).
 
     Raises:
-        SchemaError: no result is known for ``method`` (the message lists the known methods).
+        SchemaError: no result is known for them (the message lists the known methods).
     """
-    if method not in _REGISTRY and method in _MODULES:
-        importlib.import_module(_MODULES[method])
+    if name == ERROR:
+        from lightning_xai.results.errors import ExplainerError
+
+        return ExplainerError
+    if (method, name) not in _REGISTRY and method in _MODULES:
+        try:
+            importlib.import_module(_MODULES[method])
+        except ModuleNotFoundError as exc:  # a module that is not there, not one that fails to import
+            if exc.name != _MODULES[method]:
+                raise
     try:
-        return _REGISTRY[method]
+        return _REGISTRY[(method, name)]
     except KeyError:
-        raise SchemaError(
-            f"no result type is known for method {method!r}; known methods: {sorted({*_MODULES, *_REGISTRY})}"
-        ) from None
+        names = sorted(n for m, n in _REGISTRY if m == method)
+        known = f"{method} records are named {names}" if names else f"known methods: {_known()}"
+        raise SchemaError(f"no result type is known for {method!r} records named {name!r}; {known}") from None
 
 
-def result_types() -> dict[str, type[Result]]:
-    """Every known method's result class, by method."""
-    return {m: result_type(m) for m in sorted({*_MODULES, *_REGISTRY})}
+def result_types() -> dict[tuple[str, str], type[Result]]:
+    """Every known result class, by ``(method, record name)``."""
+    for method in _MODULES:
+        try:
+            result_type(method)
+        except SchemaError:
+            pass
+    return dict(sorted(_REGISTRY.items()))
 
 
 def read_result(record: Record) -> Result:
@@ -90,4 +110,4 @@ def read_result(record: Record) -> Result:
     Raises:
         SchemaError: unknown method, a schema newer than this version reads, or a payload that misses a field.
     """
-    return result_type(record.method).from_payload(record.payload, record.schema)
+    return result_type(record.method, record.name).from_payload(record.payload, record.schema)

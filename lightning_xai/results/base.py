@@ -20,7 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from lightning_xai.records import Chart, Media, Table, to_jsonable
+from typing_extensions import Self
+
+from lightning_xai.records import Chart, Explanation, Media, Record, Table, to_jsonable
 
 __all__ = ["Logged", "Observation", "Result", "SchemaError", "transient"]
 
@@ -113,6 +115,10 @@ class Result:
     oldest_schema: ClassVar[int] = LEGACY_SCHEMA
     #: the record's ``name``
     name: ClassVar[str] = "epoch"
+    #: values an older schema stored about *other* epochs (e.g. ``kendall_tau_prev``): read from old records so
+    #: the report still shows them as recorded, never written again (comparisons across epochs are the drift
+    #: monitor's)
+    recorded: dict[str, Any] = field(default_factory=dict, kw_only=True, metadata={"transient": True}, repr=False)
 
     # ------------------------------------------------------------------------------------ serialised form
     def to_payload(self) -> dict[str, Any]:
@@ -124,7 +130,7 @@ class Result:
         }
 
     @classmethod
-    def from_payload(cls: type[R], payload: Mapping[str, Any], schema: int | None = None) -> R:
+    def from_payload(cls, payload: Mapping[str, Any], schema: int | None = None) -> Self:
         """Read a payload written with ``schema`` (``None``: records from before schemas, :data:`LEGACY_SCHEMA`).
 
         Raises:
@@ -132,7 +138,16 @@ class Result:
                 the payload misses a required field (the message names it).
         """
         schema = cls.check_schema(schema)
-        return cls._from_fields(cls.upgrade(dict(payload), schema))
+        payload = dict(payload)
+        recorded = {k: payload.pop(k) for k in cls.recorded_keys(schema) if k in payload}
+        result = cls._from_fields(cls.upgrade(payload, schema))
+        result.recorded = recorded
+        return result
+
+    @classmethod
+    def recorded_keys(cls, schema: int) -> tuple[str, ...]:
+        """Payload keys of ``schema`` that hold values about other epochs (read into :attr:`recorded`)."""
+        return ()
 
     @classmethod
     def check_schema(cls, schema: int | None) -> int:
@@ -158,7 +173,7 @@ class Result:
         return payload
 
     @classmethod
-    def _from_fields(cls: type[R], payload: Mapping[str, Any]) -> R:
+    def _from_fields(cls, payload: Mapping[str, Any]) -> Self:
         kwargs: dict[str, Any] = {}
         missing = []
         for f in dataclasses.fields(cls):
@@ -172,6 +187,15 @@ class Result:
             raise SchemaError(f"{cls.method} record payload lacks {missing}; its keys are {sorted(payload)}")
         return cls(**kwargs)
 
+    def record(self, epoch: int, global_step: int, time_s: float = 0.0) -> Record:
+        """This result as the record of ``epoch`` (its payload and schema)."""
+        return Record(self.method, self.name, epoch, global_step, time_s, self.to_payload(), schema=self.schema)
+
+    def explanation(self, record: Record, logged: Logged | None = None) -> Explanation:
+        """``record`` with what this result logs (:meth:`logged` of the record's epoch unless given)."""
+        out = self.logged(record.epoch) if logged is None else logged
+        return Explanation(record, out.tables, out.charts, out.media, out.text)
+
     # ------------------------------------------------------------------------------------ what it logs
     def logged(self, epoch: int) -> Logged:
         """Scalars, tables, charts and media to log for this result at ``epoch`` (default: none)."""
@@ -182,12 +206,9 @@ class Result:
         return []
 
     def summary(self) -> dict[str, Any]:
-        """Headline numbers the report shows for this result (default: its scalar fields)."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            if f.metadata.get("transient"):
-                continue
-            v = getattr(self, f.name)
-            if v is None or isinstance(v, (bool, int, float)) or (isinstance(v, str) and len(v) <= 120):
-                out[f.name] = v
-        return out
+        """Facts the report lists for this result, by name (default: its fields, then :attr:`recorded`).
+
+        The report shows the numbers and short strings among them, and mappings of up to 12 such values.
+        """
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("transient")}
+        return {**out, **self.recorded}

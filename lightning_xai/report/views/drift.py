@@ -7,29 +7,24 @@ from typing import Any
 
 from lightning_xai.records import Record
 from lightning_xai.report.html import _e, _html_table, _num
-from lightning_xai.report.load import _drift_rows
+from lightning_xai.report.load import typed
 from lightning_xai.report.svg import LineSeries, line_chart_svg
+from lightning_xai.results.drift import DriftAlert, DriftResult
 
 
-def view(ren: Any, rec: Record, result: Any, used: set[str]) -> str:
-    rows = _drift_rows(rec)
-    if not rows:
+def view(ren: Any, rec: Record, result: DriftResult, used: set[str]) -> str:
+    if not result.rows:
         return ""
-    rows = sorted(
-        rows,
-        key=lambda r: (not r.get("alert"), str(r.get("source")), str(r.get("kind")), str(r.get("key"))),
-    )
-    n_alert = sum(bool(r.get("alert")) for r in rows)
-    cols = ["source", "kind", "key", "against", "value", "threshold", "alert"]
-    extra = [c for c in ("base_epoch", "label") if any(c in r for r in rows)]
-    cols += extra
+    rows = sorted(result.rows, key=lambda r: (not r.alert, str(r.source), str(r.kind), str(r.key)))
+    n_alert = sum(r.alert for r in rows)
+    cols = ["source", "kind", "key", "against", "value", "threshold", "alert", "base_epoch"]
     body = _html_table(
         cols,
-        [[r.get(c) for c in cols] for r in rows],
+        [[getattr(r, c) for c in cols] for r in rows],
         attrs={"data-view": "drift-rows", "data-rows": str(len(rows))},
-        row_class=["alert" if r.get("alert") else "" for r in rows],
+        row_class=["alert" if r.alert else "" for r in rows],
     )
-    ref = rec.payload.get("reference_epoch")
+    ref = result.reference_epoch
     return (
         f'<div class="view" data-view="drift"><p>{len(rows)} drift values'
         + (f" (reference epoch {_e(ref)})" if ref is not None else "")
@@ -46,20 +41,20 @@ def overview(ren: Any, epochs: Mapping[int, list[Record]]) -> str:
     series: dict[tuple[str, str, str, str], dict[int, dict[str, Any]]] = {}
     for epoch, recs in epochs.items():
         for rec in recs:
-            if rec.name == "alert":
-                p = rec.payload
-                tag = tuple(str(p.get(k)) for k in ("source", "kind", "key", "against"))
+            result, _ = typed(rec)
+            if isinstance(result, DriftAlert):
+                tag = tuple(str(v) for v in (result.source, result.kind, result.key, result.against))
                 point = series.setdefault(tag, {}).setdefault(epoch, {})
-                point.setdefault("value", p.get("value"))
-                point.setdefault("threshold", p.get("threshold"))
+                point.setdefault("value", result.value)
+                point.setdefault("threshold", result.threshold)
                 point["alert"] = True
                 continue
-            for row in _drift_rows(rec):
-                tag = tuple(str(row.get(k)) for k in ("source", "kind", "key", "against"))
+            for row in result.rows if isinstance(result, DriftResult) else []:
+                tag = (str(row.source), str(row.kind), str(row.key), str(row.against))
                 point = series.setdefault(tag, {}).setdefault(epoch, {})
-                point["value"] = row.get("value")
-                point["threshold"] = row.get("threshold")
-                point["alert"] = bool(point.get("alert")) or bool(row.get("alert"))
+                point["value"] = row.value
+                point["threshold"] = row.threshold
+                point["alert"] = bool(point.get("alert")) or row.alert
     if not series:
         return ""
     by_source: dict[str, list[tuple]] = {}

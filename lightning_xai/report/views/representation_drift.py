@@ -7,24 +7,23 @@ from typing import Any
 
 from lightning_xai.records import Record
 from lightning_xai.report.html import _fmt, _html_table
+from lightning_xai.report.load import typed
 from lightning_xai.report.svg import LineSeries, line_chart_svg
+from lightning_xai.results.representation_drift import RepresentationDriftResult
 
 
-def view(ren: Any, rec: Record, result: Any, used: set[str]) -> str:
-    p = rec.payload
-    prev, ref = p.get("cka_prev"), p.get("cka_ref")
-    if not isinstance(prev, Mapping) and not isinstance(ref, Mapping):
-        return ""
-    prev, ref = prev or {}, ref or {}
-    dims = p.get("representations") if isinstance(p.get("representations"), Mapping) else {}
+def view(ren: Any, rec: Record, result: RepresentationDriftResult, used: set[str]) -> str:
+    prev, ref = result.cka_prev, result.cka_ref
     reps = list(dict.fromkeys([*prev, *ref]))
-    rows = [[r, dims.get(r), prev.get(r), ref.get(r)] for r in reps]
+    if not reps:
+        return ""
+    rows = [[r, result.representations.get(r), prev.get(r), ref.get(r)] for r in reps]
     table = _html_table(
         [
             "representation",
             "features",
-            f"CKA vs previous (epoch {_fmt(p.get('previous_epoch'))})",
-            f"CKA vs reference (epoch {_fmt(p.get('reference_epoch'))})",
+            f"CKA vs previous (epoch {_fmt(result.previous_epoch)})",
+            f"CKA vs reference (epoch {_fmt(result.reference_epoch)})",
         ],
         rows,
         attrs={"data-view": "cka"},
@@ -36,11 +35,12 @@ def overview(ren: Any, epochs: Mapping[int, list[Record]]) -> str:
     points: dict[str, dict[int, Any]] = {}
     for epoch, recs in epochs.items():
         for rec in recs:
-            for against, key in (("vs previous", "cka_prev"), ("vs reference", "cka_ref")):
-                values = rec.payload.get(key)
-                if isinstance(values, Mapping):
-                    for rep, v in values.items():
-                        points.setdefault(f"{against} · {rep}", {})[epoch] = v
+            result, _ = typed(rec)
+            if not isinstance(result, RepresentationDriftResult):
+                continue
+            for against, values in (("vs previous", result.cka_prev), ("vs reference", result.cka_ref)):
+                for rep, v in values.items():
+                    points.setdefault(f"{against} · {rep}", {})[epoch] = v
     if not points:
         return ""
     xs = sorted({e for p in points.values() for e in p})
