@@ -23,6 +23,8 @@ demo: $(VENV)/.installed-test
 	WANDB_MODE=offline WANDB_SILENT=true $(PY) examples/quickstart.py $(DEMO_ARGS)
 
 test: $(VENV)/.installed-test
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	WANDB_MODE=offline WANDB_SILENT=true $(PY) -m pytest $(PYTEST_ARGS)
 
 benchmark: $(VENV)/.installed-test

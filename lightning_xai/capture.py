@@ -1,8 +1,11 @@
-"""Layer lookup, head discovery, shared activation taps and the explanation context.
+"""Shared activation taps: the bounded, seeded validation sample every callback reads.
 
 Everything here is plain PyTorch (no Lightning import), so explainers can use it in a notebook.
 
 The pieces:
+
+Layer lookup lives in :mod:`lightning_xai.layers`, running a model for an explanation in
+:mod:`lightning_xai.running`; both are re-exported here.
 
 * :func:`resolve_layer` finds a sub-module by dotted name (``"layer4.1.conv2"``, ``"fc"``) and,
   for a wrong name, raises an error listing the closest valid names.
@@ -21,126 +24,53 @@ The pieces:
 
 from __future__ import annotations
 
-import contextlib
-import difflib
-import itertools
 import math
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from lightning_xai.layers import (
+    HEAD_FEATURES,
+    HEAD_LOGITS,
+    HeadNotFoundError,
+    LayerNotFoundError,
+    _linear_names,
+    find_head,
+    first_tensor,
+    resolve_layer,
+)
+from lightning_xai.running import (  # TODO(lead): drop _CONTIGUOUS_ONLY once tests import it from running
+    _CONTIGUOUS_ONLY,  # noqa: F401
+    autocast_context,
+    check_autocast_device,
+    explanation_mode,
+    folded_batchnorm,
+    forward_from_layer,
+    run_model,
+)
+
 __all__ = [
+    "HEAD_FEATURES",
+    "HEAD_LOGITS",
     "ActivationCapture",
-    "autocast_context",
-    "check_autocast_device",
     "HeadNotFoundError",
     "LayerNotFoundError",
     "ValidationSample",
+    "autocast_context",
+    "check_autocast_device",
     "default_batch_to_input",
     "explanation_mode",
     "find_head",
+    "first_tensor",
     "folded_batchnorm",
     "forward_from_layer",
     "resolve_layer",
+    "run_model",
 ]
-
-HEAD_FEATURES = "features"
-HEAD_LOGITS = "logits"
-
-
-class LayerNotFoundError(ValueError):
-    """A layer name that is not a sub-module of the model."""
-
-
-class HeadNotFoundError(ValueError):
-    """The model has no usable ``nn.Linear`` classifier head."""
-
-
-# --------------------------------------------------------------------------------------------- layers
-
-
-def resolve_layer(model: nn.Module, name: str) -> nn.Module:
-    """Return the sub-module of ``model`` called ``name`` (dotted path, as in ``named_modules``).
-
-    Args:
-        model: the network.
-        name: dotted path such as ``"layer4.1.conv2"`` or ``"fc"``.
-
-    Raises:
-        LayerNotFoundError: ``name`` is not a sub-module; the message lists the closest valid names.
-
-    Example:
-        >>> import torch.nn as nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
-        >>> resolve_layer(net, "0")
-        Conv2d(3, 4, kernel_size=(3, 3), stride=(1, 1))
-    """
-    if not isinstance(name, str) or not name:
-        raise LayerNotFoundError(f"Expected a layer name as a non-empty string, but got {name!r}.")
-    modules = dict(model.named_modules())
-    if name in modules and name != "":
-        return modules[name]
-    valid = [n for n in modules if n]
-    close = difflib.get_close_matches(name, valid, n=5, cutoff=0.4)
-    hint = f" Closest valid names: {close}." if close else ""
-    shown = valid if len(valid) <= 30 else valid[:15] + ["..."] + valid[-10:]
-    raise LayerNotFoundError(
-        f"Layer {name!r} is not a sub-module of {type(model).__name__}.{hint} "
-        f"Valid names ({len(valid)}): {shown}"
-    )
-
-
-def find_head(model: nn.Module, name: str | None = None) -> tuple[str, nn.Linear]:
-    """Find the classifier head: the ``nn.Linear`` called ``name``, else the last ``nn.Linear``.
-
-    Without a name, the head is the last ``nn.Linear`` in registration order, which is the last one on
-    the forward path for ordinary classifiers (ResNet ``fc``, MobileNet ``classifier.3``). The shared
-    capture checks on the first batch that this module really ran; if it did not, it asks for
-    ``head=``.
-
-    Raises:
-        HeadNotFoundError: no ``nn.Linear`` exists, or ``name`` is not one.
-        LayerNotFoundError: ``name`` is not a sub-module.
-
-    Example:
-        >>> import torch.nn as nn
-        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
-        >>> find_head(net)[0]
-        '3'
-    """
-    if name is not None:
-        module = resolve_layer(model, name)
-        if not isinstance(module, nn.Linear):
-            raise HeadNotFoundError(
-                f"head={name!r} is a {type(module).__name__}, not an nn.Linear. Name the linear layer "
-                f"that produces the logits; linear layers of this model: {_linear_names(model)}"
-            )
-        return name, module
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise HeadNotFoundError(
-            f"{type(model).__name__} has no nn.Linear layer, so no classifier head can be found. "
-            "lightning-xai explains the input of a linear head (the 'features') and its logits; add an "
-            "nn.Linear head, or pass head='<name of the linear layer>' if it is wrapped."
-        )
-    return linears[-1]
-
-
-def _linear_names(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-
-
-def _first_tensor(value: Any, where: str) -> Tensor:
-    if isinstance(value, Tensor):
-        return value
-    if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
-        return value[0]
-    raise TypeError(f"{where} produced {type(value).__name__}, expected a Tensor (or a tuple starting with one).")
-
 
 # ------------------------------------------------------------------------------------------- batches
 
@@ -322,9 +252,9 @@ class _Tap:
             if cap is None or not cap.armed:
                 return
             self.calls += 1
-            self.latest_output = _first_tensor(output, f"Layer {name!r}").detach()
+            self.latest_output = first_tensor(output, f"Layer {name!r}").detach()
             if self.keep_input:
-                self.latest_input = _first_tensor(args, f"Input of layer {name!r}").detach()
+                self.latest_input = first_tensor(args, f"Input of layer {name!r}").detach()
 
         self.handle = module.register_forward_hook(hook)
 
@@ -356,7 +286,7 @@ class ActivationCapture:
         >>> ActivationCapture.release(net, owner="me")
     """
 
-    _registry: weakref.WeakKeyDictionary[nn.Module, ActivationCapture] = weakref.WeakKeyDictionary()
+    _registry: ClassVar[weakref.WeakKeyDictionary[nn.Module, ActivationCapture]] = weakref.WeakKeyDictionary()
 
     def __init__(self, model: nn.Module, seed: int = 0) -> None:
         self._model_ref = weakref.ref(model)
@@ -568,247 +498,3 @@ class ActivationCapture:
         return ValidationSample.from_tensors(data)
 
 
-# ---------------------------------------------------------------------------------- running the model
-# models that cannot take channels-last images (e.g. ``.view()`` on a convolution's output)
-_CONTIGUOUS_ONLY: weakref.WeakSet[nn.Module] = weakref.WeakSet()
-
-
-def run_model(model: nn.Module, x: Tensor, retry_contiguous: bool = True) -> Any:
-    """``model(x)`` the way explanation work should call it: on the CPU, a batch of images goes in
-    channels-last.
-
-    Convolutions and pooling run faster in that layout on a CPU (a batch of 64 images of 64x64, 2 cores: the
-    world's TinyCNN 28 -> 12 ms, MobileNetV3-Small 12.9 -> 10.1 ms, ResNet-18 82 -> 75 ms) and the values,
-    read through logical indexing, agree to rounding (1e-6 or less there). A model that fails on
-    channels-last images but runs on contiguous ones (e.g. ``.view()`` on a feature map) is remembered and
-    gets contiguous images from then on; input that fits neither way raises the model's own error and leaves
-    the model eligible. With ``retry_contiguous=False`` a failure in channels-last raises at once (for a pass
-    that is allowed to fail, so a failing model is not run twice).
-
-    Example:
-        >>> net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(8, 2))
-        >>> run_model(net, torch.rand(4, 3, 4, 4)).shape
-        torch.Size([4, 2])
-    """
-    if x.dim() != 4 or x.device.type != "cpu" or model in _CONTIGUOUS_ONLY:
-        return model(x)
-    try:
-        return model(x.contiguous(memory_format=torch.channels_last))
-    except RuntimeError:
-        if not retry_contiguous:
-            raise
-        out = model(x)  # a real error recurs here, and propagates
-        _CONTIGUOUS_ONLY.add(model)
-        return out
-
-
-def _has_hooks(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks)
-
-
-def check_autocast_device(dtype: torch.dtype | None, device: torch.device, name: str = "dtype") -> None:
-    """Refuse float16 autocast on a CPU: the world's TinyCNN ran 3x slower in it than in float32 (bfloat16: 3.5x
-    faster), and many CPU kernels have no float16 version. ``name`` is the argument the message names.
-
-    Raises:
-        ValueError: ``dtype`` is ``torch.float16`` and ``device`` a CPU.
-    """
-    if dtype is torch.float16 and device.type == "cpu":
-        raise ValueError(
-            f"{name}=torch.float16 needs a GPU (float16 autocast on CPU is slow and unsupported "
-            "by many kernels); use torch.bfloat16 or None on CPU"
-        )
-
-
-def autocast_context(
-    dtype: torch.dtype | None, device: torch.device, name: str = "dtype"
-) -> contextlib.AbstractContextManager[Any]:
-    """``torch.autocast`` in ``dtype`` on ``device``'s type for an explanation pass; a null context for
-    ``None`` or float32 (the model's own precision).
-
-    Raises:
-        ValueError: float16 on a CPU (:func:`check_autocast_device`).
-
-    Example:
-        >>> with autocast_context(torch.bfloat16, torch.device("cpu")):
-        ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
-        torch.bfloat16
-    """
-    if dtype is None or dtype is torch.float32:
-        return contextlib.nullcontext()
-    check_autocast_device(dtype, device, name)
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-@contextlib.contextmanager
-def folded_batchnorm(model: nn.Module) -> Iterator[int]:
-    """Within the block, every eval-mode ``BatchNorm2d`` that directly follows a ``Conv2d`` in an
-    ``nn.Sequential`` is folded into that convolution; yields how many were folded, and puts the original
-    modules back afterwards (the model's parameters are never touched).
-
-    In eval mode a batch norm is a fixed affine map per channel, so the pair is one convolution with
-    rescaled weights and a bias (``torch.nn.utils.fusion.fuse_conv_bn_eval``): the same outputs to float
-    rounding, one pass over the activations fewer. For passes that only read outputs, many times (DEPICT
-    scores thousands of scenes per epoch): the world's TinyCNN scores a batch of 64 scenes in 15.1 instead of
-    16.4 ms (channels-last, medians of 40 interleaved passes).
-
-    Nothing is folded while autograd records (a folded copy must not be trained through or differentiated),
-    while global module hooks exist, or for a pair whose convolution or batch norm carries hooks (their
-    outputs would change or never come); a batch norm in training mode or without running statistics stays.
-
-    Example:
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
-        >>> x = torch.rand(2, 3, 8, 8)
-        >>> with torch.no_grad(), folded_batchnorm(net) as n:
-        ...     folded = net(x)
-        >>> n, torch.allclose(folded, net(x), atol=1e-5), isinstance(net[1], nn.BatchNorm2d)
-        (1, True, True)
-    """
-    from torch.nn.modules import module as _module
-
-    swaps: list[tuple[nn.Module, str, str, nn.Module, nn.Module]] = []
-    if not (torch.is_grad_enabled() or _module._global_forward_hooks or _module._global_forward_pre_hooks):
-        from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-        for seq in model.modules():
-            if not isinstance(seq, nn.Sequential):
-                continue
-            names = list(seq._modules)
-            for a, b in itertools.pairwise(names):
-                conv, bn = seq._modules[a], seq._modules[b]
-                if (
-                    type(conv) is nn.Conv2d
-                    and type(bn) is nn.BatchNorm2d
-                    and not conv.training
-                    and not bn.training
-                    and bn.running_mean is not None
-                    and bn.running_var is not None
-                    and conv.out_channels == bn.num_features
-                    and not _has_hooks(conv)
-                    and not _has_hooks(bn)
-                ):
-                    swaps.append((seq, a, b, conv, bn))
-        for seq, a, b, conv, bn in swaps:
-            seq._modules[a] = fuse_conv_bn_eval(conv, bn)
-            seq._modules[b] = nn.Identity()
-    try:
-        yield len(swaps)
-    finally:
-        for seq, a, b, conv, bn in swaps:
-            seq._modules[a] = conv
-            seq._modules[b] = bn
-
-
-# ---------------------------------------------------------------------------------- layer re-entry
-
-
-def forward_from_layer(
-    model: nn.Module,
-    layer: str | nn.Module,
-    activation: Tensor,
-    inputs: Tensor,
-    output_fn: Callable[[Any], Tensor] | None = None,
-) -> Tensor:
-    """Run ``model`` with ``layer``'s output replaced by ``activation`` and return the logits.
-
-    The forward pass runs on ``inputs``, and a temporary forward hook swaps the layer's output for
-    ``activation``, so everything downstream (and so the gradient) depends on ``activation`` only.
-    If ``activation`` has ``k`` times as many rows as ``inputs``, row ``i`` of ``activation`` pairs with
-    ``inputs[i % len(inputs)]``; this lets integrated-gradient steps be batched.
-
-    With ``k > 1`` the layers upstream of ``layer`` run once on ``inputs`` (not ``k`` times on tiled
-    copies, whose results the hook would throw away): only the downstream part sees ``k * len(inputs)``
-    rows. That is exact where nothing downstream reads an upstream tensor of the original batch; a model
-    where something does (a skip connection around ``layer``, a ``view(batch, -1)`` with the input's batch
-    size) fails that pass or gives different logits for the rows paired with the inputs, which is checked
-    against a plain pass, and then the inputs are tiled instead.
-
-    Example:
-        >>> import torch, torch.nn as nn
-        >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-        >>> x = torch.randn(5, 4); a = net[1](net[0](x)).requires_grad_(True)
-        >>> torch.allclose(forward_from_layer(net, "1", a, x), net(x))
-        True
-    """
-    module = resolve_layer(model, layer) if isinstance(layer, str) else layer
-    n, m = inputs.shape[0], activation.shape[0]
-    if m == n:
-        return _forward_replaced(model, module, activation, inputs, output_fn)
-    if m % n:
-        raise ValueError(f"activation has {m} rows, which is not a multiple of the {n} input rows.")
-    try:
-        out = _forward_replaced(model, module, activation, inputs, output_fn, speculative=True)
-    except Exception:  # noqa: BLE001 - downstream met the upstream batch (a real error recurs in the tiled pass)
-        out = None
-    if out is not None and out.shape[0] == m:
-        # the last n rows pair with the inputs in order: a plain pass must give the same logits
-        with torch.no_grad():
-            check = _forward_replaced(model, module, activation[m - n :].detach(), inputs, output_fn)
-        if torch.allclose(out[m - n :].detach(), check, rtol=1e-4, atol=1e-5 * (1.0 + float(check.abs().max()))):
-            return out
-    tiled = inputs.repeat(m // n, *([1] * (inputs.dim() - 1)))
-    return _forward_replaced(model, module, activation, tiled, output_fn)
-
-
-def _forward_replaced(
-    model: nn.Module,
-    module: nn.Module,
-    activation: Tensor,
-    inputs: Tensor,
-    output_fn: Callable[[Any], Tensor] | None,
-    speculative: bool = False,
-) -> Tensor:
-    def replace(mod: nn.Module, args: tuple, output: Any) -> Any:
-        out = _first_tensor(output, "layer")
-        if out.shape[1:] != activation.shape[1:]:
-            raise ValueError(f"activation shape {tuple(activation.shape[1:])} != layer output shape {tuple(out.shape[1:])}")
-        if isinstance(output, Tensor):
-            return activation
-        return (activation, *output[1:])
-
-    handle = module.register_forward_hook(replace)
-    try:
-        out = run_model(model, inputs, retry_contiguous=not speculative)
-    finally:
-        handle.remove()
-    return output_fn(out) if output_fn is not None else _first_tensor(out, "model")
-
-
-# ----------------------------------------------------------------------------- explanation context
-
-
-@contextlib.contextmanager
-def explanation_mode(model: nn.Module, freeze_parameters: bool = True) -> Iterator[nn.Module]:
-    """Context for explanation work on a live model, safe inside ``fit``, ``validate`` and hooks.
-
-    Inside: autograd is on even under ``torch.no_grad`` or ``torch.inference_mode`` (Lightning
-    validates under the latter in ``trainer.validate``), every module is in eval mode and, with
-    ``freeze_parameters``, no parameter requires grad (gradients are taken with respect to inputs or
-    activations via ``torch.autograd.grad``, never ``.backward()`` into the live model). On exit each
-    module's ``training`` flag and each parameter's ``requires_grad`` are restored exactly.
-
-    Tensors captured under inference mode must be cloned inside the block before they enter autograd.
-
-    Example:
-        >>> import torch, torch.nn as nn
-        >>> net = nn.Sequential(nn.Linear(4, 2), nn.Dropout()).train()
-        >>> with torch.inference_mode(), explanation_mode(net):
-        ...     x = torch.randn(3, 4, requires_grad=True)
-        ...     (g,) = torch.autograd.grad(net(x).sum(), x)
-        >>> net.training, all(p.requires_grad for p in net.parameters()), g.shape
-        (True, True, torch.Size([3, 4]))
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        with torch.inference_mode(False), torch.enable_grad():
-            model.eval()
-            if freeze_parameters:
-                for p, _ in flags:
-                    p.requires_grad_(False)
-            yield model
-    finally:
-        for m, was_training in modes:
-            m.training = was_training
-        for p, req in flags:
-            p.requires_grad_(req)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import json
-import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -51,6 +50,7 @@ from lightning_xai.records import (
     sanitize_key,
     to_jsonable,
 )
+from lightning_xai.results.errors import ExplainerError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -560,35 +560,20 @@ class SinkDispatcher:
     ) -> Record:
         """Record that ``method`` failed: an ``"error"`` record to the local store and to every sink.
 
-        The payload holds ``type`` (class name), ``qualified_type``, ``message``, ``traceback`` (text) and
-        ``hint`` (what to do about it, e.g. after running out of memory; ``None`` if there is none).
+        The payload is an :class:`~lightning_xai.results.errors.ExplainerError` (the exception's type, message,
+        traceback and a hint of what to do about it, e.g. after running out of memory).
         Never raises: if even the local store fails, a warning says so and the record is returned anyway.
         """
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        etype = type(exc)
-        record = Record(
-            method=method,
-            name="error",
-            epoch=epoch,
-            global_step=global_step,
-            time_s=0.0,
-            payload={
-                "type": etype.__name__,
-                "qualified_type": f"{etype.__module__}.{etype.__qualname__}",
-                "message": str(exc),
-                "traceback": tb,
-                "hint": hint,
-            },
-        )
-        advice = f"\n\n{hint}" if hint else ""
-        explanation = Explanation(record, text={"error": f"**{etype.__name__}**: {exc}{advice}\n\n```\n{tb}```"})
+        error = ExplainerError.from_exception(exc, hint=hint)
+        record = Record(method, "error", epoch, global_step, 0.0, error.to_payload(), schema=error.schema)
+        explanation = error.explanation(record)
         written = record
         try:
             written = self.store.write(explanation)
         except Exception as store_exc:  # noqa: BLE001 - reporting an error must not raise another
             _warn(
                 f"lightning-xai could not store the error record of {method!r} in {self.store.root} "
-                f"({type(store_exc).__name__}: {store_exc}); the original error was {etype.__name__}: {exc}"
+                f"({type(store_exc).__name__}: {store_exc}); the original error was {error.type}: {exc}"
             )
         self._to_sinks(explanation, global_step if step is None else step)
         return written

@@ -239,7 +239,7 @@ class _ViewNet(nn.Module):
 
 
 def test_run_model_feeds_cpu_images_channels_last_and_falls_back_for_models_that_cannot_take_them() -> None:
-    from lightning_xai.capture import _CONTIGUOUS_ONLY, run_model
+    from lightning_xai.running import _CONTIGUOUS_ONLY, run_model
 
     torch.manual_seed(0)
     x = torch.randn(4, 3, 6, 6)

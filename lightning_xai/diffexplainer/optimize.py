@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_xai.capture import _first_tensor as first_tensor
+from lightning_xai.layers import first_tensor
 from lightning_xai.capture import explanation_mode, find_head, resolve_layer, run_model
 
 from .prompt import PromptGenerator, Readout

@@ -5,14 +5,13 @@
 
 Example:
     >>> from lightning_xai.records import Record
-    >>> rec = Record("concept_permutation", "epoch", 2, 40, payload={"metric": "accuracy", "base": 0.9,
-    ...              "importance": [{"concept": "shape", "importance": 0.4}]}, schema=2)
-    >>> read_result(rec).base
-    0.9
-    >>> read_result(Record("concept_permutation", "epoch", 2, 40, payload={}, schema=99))
+    >>> payload = {"reference_epoch": 0, "previous_epoch": 1, "n_samples": 64, "cka_prev": {"features": 0.97}}
+    >>> read_result(Record("representation_drift", "epoch", 2, 40, payload=payload, schema=2)).cka_prev
+    {'features': 0.97}
+    >>> read_result(Record("representation_drift", "epoch", 2, 40, payload=payload, schema=99))
     Traceback (most recent call last):
     ...
-    lightning_xai.results.base.SchemaError: concept_permutation record has schema 99, newer than this lightning-xai reads (schemas 1 to 2); upgrade lightning-xai to read it
+    lightning_xai.results.base.SchemaError: representation_drift record has schema 99, newer than this lightning-xai reads (schemas 1 to 2); upgrade lightning-xai to read it
 """
 
 from __future__ import annotations

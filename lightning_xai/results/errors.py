@@ -6,7 +6,7 @@ import traceback as _traceback
 from dataclasses import dataclass
 from typing import ClassVar
 
-from lightning_xai.results.base import Result
+from lightning_xai.results.base import Logged, Result
 
 __all__ = ["ExplainerError"]
 
@@ -47,6 +47,10 @@ class ExplainerError(Result):
             traceback="".join(_traceback.format_exception(etype, exc, exc.__traceback__)),
             hint=hint,
         )
+
+    def logged(self, epoch: int) -> Logged:
+        advice = f"\n\n{self.hint}" if self.hint else ""
+        return Logged(text={"error": f"**{self.type}**: {self.message}{advice}\n\n```\n{self.traceback}```"})
 
     def summary(self) -> dict:
         return {}
