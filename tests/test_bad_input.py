@@ -181,7 +181,8 @@ def _range_checked(cls: type) -> set[str]:
                 }
     names: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in {"check_int", "check_interval"}:
+        called = getattr(node.func, "id", None) or getattr(node.func, "attr", None) if isinstance(node, ast.Call) else None
+        if called in {"check_int", "check_interval"}:
             arg = node.args[0]
             if isinstance(arg, ast.Constant):
                 names.add(arg.value)

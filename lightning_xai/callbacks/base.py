@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import math
 import time
 import traceback
 import weakref
@@ -27,6 +26,7 @@ from lightning.pytorch.utilities.rank_zero import WarningCache
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_xai import checks
 from lightning_xai.capture import (
     ActivationCapture,
     ValidationSample,
@@ -49,22 +49,26 @@ _ON_ERROR_CHOICES = ("warn", "raise")
 _DISPATCHERS: weakref.WeakKeyDictionary[Trainer, SinkDispatcher] = weakref.WeakKeyDictionary()
 
 
+@contextlib.contextmanager
+def misconfigured() -> Iterator[None]:
+    """Turn the ``ValueError`` of an argument check (:mod:`lightning_xai.checks`, a core's constructor) into the
+    ``MisconfigurationException`` Lightning users expect from a callback's ``__init__``, with the same message."""
+    try:
+        yield
+    except ValueError as exc:
+        raise MisconfigurationException(str(exc)) from exc
+
+
 def check_int(name: str, value: Any, low: int) -> int:
-    """``value`` if it is an integer (not a bool) >= ``low``; else a MisconfigurationException naming both."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise MisconfigurationException(f"{name} must be an integer >= {low}, but got {value!r}.")
-    return value
+    """:func:`lightning_xai.checks.check_int`, raising ``MisconfigurationException``."""
+    with misconfigured():
+        return checks.check_int(name, value, low)
 
 
 def check_interval(name: str, value: Any, low: float, high: float, low_open: bool, high_open: bool) -> float:
-    """``float(value)`` if it is a finite number in the interval; else a MisconfigurationException naming it."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise MisconfigurationException(f"{name} must lie in {lo}{low}, {high}{hi}, but got {value!r}.")
-    return float(value)
+    """:func:`lightning_xai.checks.check_interval`, raising ``MisconfigurationException``."""
+    with misconfigured():
+        return checks.check_interval(name, value, low, high, low_open, high_open)
 
 
 def log_scalar(trainer: Trainer, pl_module: LightningModule, key: str, value: float) -> None:
@@ -286,16 +290,13 @@ class XAICallback(Callback):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        check_int("every_n_epochs", every_n_epochs, 1)
-        if on not in _ON_CHOICES:
-            raise MisconfigurationException(f"on={on!r} is not supported; choose one of {list(_ON_CHOICES)}.")
-        check_int("max_samples", max_samples, 2)
-        if on_error not in _ON_ERROR_CHOICES:
-            raise MisconfigurationException(
-                f"on_error={on_error!r} is not supported; choose one of {list(_ON_ERROR_CHOICES)}."
-            )
-        if max_failures is not None:
-            check_int("max_failures", max_failures, 1)
+        with misconfigured():
+            checks.check_int("every_n_epochs", every_n_epochs, 1)
+            checks.check_choice("on", on, _ON_CHOICES)
+            checks.check_int("max_samples", max_samples, 2)
+            checks.check_choice("on_error", on_error, _ON_ERROR_CHOICES)
+            if max_failures is not None:
+                checks.check_int("max_failures", max_failures, 1)
         if isinstance(layers, str):
             layers = [layers]
         if not all(isinstance(n, str) and n for n in layers):
