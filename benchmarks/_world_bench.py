@@ -78,7 +78,9 @@ class ForwardCounter(Callback):
             self._handle.remove()
 
 
-def fit_world(callbacks: Sequence[Callback], epochs: int, n_train: int, seed: int, root: str, classes: bool = True) -> float:
+def fit_world(
+    callbacks: Sequence[Callback], epochs: int, n_train: int, seed: int, root: str, classes: bool = True
+) -> float:
     """Fit a fresh TinyCNN on ``n_train`` world scenes (600 validation) with ``callbacks``; returns fit seconds.
 
     Rendering the world happens before the clock starts; no logger, checkpoint, progress bar or sanity check.

@@ -51,9 +51,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="permutations per concept")
     parser.add_argument("--steps", type=int, default=2, help="diffusion steps of the tiny pipeline")
     parser.add_argument("--later", type=int, default=3, help="later epochs timed (median reported)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on a busy 2-core machine more threads made the tiny "
-                             "pipeline up to 20x slower)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a busy 2-core machine more threads made the tiny "
+        "pipeline up to 20x slower)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -70,11 +74,17 @@ def main() -> None:
         print(f"(tiny diffusers skipped: {exc})")
 
     print()
-    print(f"DEPICT epochs: {args.rows} rows, 4 concepts x {args.repeats} repeats, TinyCNN classifier, "
-          f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"{'generator':<26} {'images':>7} {'first epoch s':>14} {'later epoch s':>14} {'first / later':>14}")
+    print(
+        f"DEPICT epochs: {args.rows} rows, 4 concepts x {args.repeats} repeats, TinyCNN classifier, "
+        f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    print(
+        f"{'generator':<26} {'images':>7} {'first epoch s':>14} {'later epoch s':>14} {'first / later':>14}"
+    )
     for r in results:
-        print(f"{r['name']:<26} {r['images']:>7} {r['first']:>14.2f} {r['later']:>14.2f} {r['first'] / r['later']:>13.1f}x")
+        print(
+            f"{r['name']:<26} {r['images']:>7} {r['first']:>14.2f} {r['later']:>14.2f} {r['first'] / r['later']:>13.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ def main() -> None:
     classes = explained.classes
     seeds = list(range(1000, 1000 + args.images))
     print(f"explained model val acc {explained.val_acc:.3f}, second model val acc {other.val_acc:.3f}")
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    print(
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n"
+    )
 
     header = (
         f"{'budget':>6} {'class':<16} | {'own: prompt':>11} {'pixel':>7} {'fourier':>7} | "
@@ -87,7 +89,9 @@ def main() -> None:
         summary.append((budget, mean))
         print()
     print("Means over classes (-log p; lower is better):")
-    print(f"{'budget':>6} | {'own: prompt':>11} {'pixel':>7} {'fourier':>7} | {'other: prompt':>13} {'pixel':>7} {'fourier':>7}")
+    print(
+        f"{'budget':>6} | {'own: prompt':>11} {'pixel':>7} {'fourier':>7} | {'other: prompt':>13} {'pixel':>7} {'fourier':>7}"
+    )
     for budget, m in summary:
         print(
             f"{budget:>6} | {m['own_prompt']:>11.3f} {m['own_pixel']:>7.4f} {m['own_fourier']:>7.4f} | "

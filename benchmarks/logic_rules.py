@@ -34,7 +34,11 @@ from lightning_xai.callbacks.logic_rules import LogicRulesCallback
 CONFIGS: dict[str, dict[str, Any]] = {
     "rules only": {"max_grounding_images": 0, "max_perturbation_images": 0},
     "defaults (grounding + perturbation every 5th explained epoch)": {},
-    "rules + grounding (8 images), every epoch": {"max_grounding_images": 8, "max_perturbation_images": 0, "grounding_every": 1},
+    "rules + grounding (8 images), every epoch": {
+        "max_grounding_images": 8,
+        "max_perturbation_images": 0,
+        "grounding_every": 1,
+    },
     "grounding 8 + perturbation 16, every epoch": {"grounding_every": 1},
     "grounding 32 images, no Score-CAM, every epoch": {
         "max_grounding_images": 32,
@@ -70,7 +74,9 @@ class TimedLogicRules(LogicRulesCallback):
         self.forwards.append(calls[0])
 
 
-def one_run(kwargs: dict[str, Any], epochs: int, n_train: int, seed: int, root: str) -> tuple[list, list, list]:
+def one_run(
+    kwargs: dict[str, Any], epochs: int, n_train: int, seed: int, root: str
+) -> tuple[list, list, list]:
     cb, timer = TimedLogicRules(**kwargs), EpochTimer(training_only=True)
     fit_world([cb, timer], epochs, n_train, seed, root)
     return cb.seconds, timer.seconds, cb.forwards

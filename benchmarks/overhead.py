@@ -73,17 +73,27 @@ def _configs() -> dict[str, Callable[[], list]]:
     return {
         "none": list,
         "representation_drift": lambda: [RepresentationDriftCallback()],
-        "drift_monitor + representation_drift": lambda: [RepresentationDriftCallback(), ConceptDriftMonitor()],
+        "drift_monitor + representation_drift": lambda: [
+            RepresentationDriftCallback(),
+            ConceptDriftMonitor(),
+        ],
         "logic_rules": lambda: [LogicRulesCallback()],
-        "logic_rules (rules only)": lambda: [LogicRulesCallback(max_grounding_images=0, max_perturbation_images=0)],
+        "logic_rules (rules only)": lambda: [
+            LogicRulesCallback(max_grounding_images=0, max_perturbation_images=0)
+        ],
         "symbolic_tree": lambda: [SymbolicTreeCallback()],
         "concept_attribution (2 concepts, R=10)": lambda: [tcav()],
         "concept_permutation": lambda: [permutation()],
         "concept_permutation (bfloat16 scoring)": lambda: [permutation(autocast_dtype="bfloat16")],
         "diffusion_explainer": lambda: [diffexplainer()],
         "all": lambda: [
-            RepresentationDriftCallback(), LogicRulesCallback(), SymbolicTreeCallback(), tcav(), permutation(),
-            diffexplainer(), ConceptDriftMonitor(),
+            RepresentationDriftCallback(),
+            LogicRulesCallback(),
+            SymbolicTreeCallback(),
+            tcav(),
+            permutation(),
+            diffexplainer(),
+            ConceptDriftMonitor(),
         ],
     }
 
@@ -100,9 +110,17 @@ GOALS: dict[str, tuple[str, float]] = {
     "concept_permutation (bfloat16 scoring)": ("after", 1.10),
 }
 CONFIG_NAMES = [
-    "none", "representation_drift", "drift_monitor + representation_drift", "logic_rules", "logic_rules (rules only)",
-    "symbolic_tree", "concept_attribution (2 concepts, R=10)", "concept_permutation",
-    "concept_permutation (bfloat16 scoring)", "diffusion_explainer", "all",
+    "none",
+    "representation_drift",
+    "drift_monitor + representation_drift",
+    "logic_rules",
+    "logic_rules (rules only)",
+    "symbolic_tree",
+    "concept_attribution (2 concepts, R=10)",
+    "concept_permutation",
+    "concept_permutation (bfloat16 scoring)",
+    "diffusion_explainer",
+    "all",
 ]
 
 
@@ -147,7 +165,9 @@ def child(name: str, epochs: int, n_train: int, seed: int, root: str) -> dict:
     counter, clock, snapshot, faults = ForwardCounter(), EpochTimer(), Snapshot(), TrainingFaults()
     callbacks, spent = _configs()[name](), [0.0]
     _time_hooks(callbacks, spent)
-    seconds = fit_world([*callbacks, counter, clock, snapshot, faults], epochs, n_train, seed, root, classes=False)
+    seconds = fit_world(
+        [*callbacks, counter, clock, snapshot, faults], epochs, n_train, seed, root, classes=False
+    )
     return {
         "seconds": seconds,
         "callback_seconds": spent[0],
@@ -160,8 +180,20 @@ def child(name: str, epochs: int, n_train: int, seed: int, root: str) -> dict:
 
 
 def one_run(name: str, args: argparse.Namespace, seed: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", name, "--epochs", str(args.epochs), "--n-train", str(args.n_train),
-           "--seed", str(seed), "--root", args.root]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        name,
+        "--epochs",
+        str(args.epochs),
+        "--n-train",
+        str(args.n_train),
+        "--seed",
+        str(seed),
+        "--root",
+        args.root,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
@@ -175,8 +207,13 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=2400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", default="benchmarks/results")
-    parser.add_argument("--configs", nargs="+", default=CONFIG_NAMES, choices=CONFIG_NAMES,
-                        help="configurations to run ('none' always runs)")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=CONFIG_NAMES,
+        choices=CONFIG_NAMES,
+        help="configurations to run ('none' always runs)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -210,17 +247,23 @@ def main() -> None:
     def after_first(name: str) -> float:
         return statistics.median(sum(run["epoch_seconds"][1:]) for run in runs[name])
 
-    base, base_after, base_fw, base_rss = med("none", "seconds"), after_first("none"), med("none", "forwards"), med(
-        "none", "peak_rss_mib")
+    base, base_after, base_fw, base_rss = (
+        med("none", "seconds"),
+        after_first("none"),
+        med("none", "forwards"),
+        med("none", "peak_rss_mib"),
+    )
     print()
     print(
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python "
         f"{platform.python_version()}; {args.epochs} epochs x {args.n_train} scenes (600 validation), every callback "
         f"at its defaults (every_n_epochs=1), median of {args.runs} interleaved runs, one process per run"
     )
-    print("| callbacks | fit s | ratio | ratio after epoch 1 | in callbacks s / epoch | ratio within runs (after epoch 1) "
-          "| extra forwards / explained epoch | peak RSS MiB (+ vs none) | goal | met between / within runs "
-          "| goal met from epochs of | page faults k / training epoch after epoch 1 |")
+    print(
+        "| callbacks | fit s | ratio | ratio after epoch 1 | in callbacks s / epoch | ratio within runs (after epoch 1) "
+        "| extra forwards / explained epoch | peak RSS MiB (+ vs none) | goal | met between / within runs "
+        "| goal met from epochs of | page faults k / training epoch after epoch 1 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     epoch_s = base / args.epochs
 
@@ -239,7 +282,9 @@ def main() -> None:
         extra = (med(name, "forwards") - base_fw) / args.epochs
         rss = med(name, "peak_rss_mib")
         in_ratio = statistics.median(within(run, False)[0] for run in runs[name])
-        in_after = statistics.median(within(run, True)[0] for run in runs[name]) if args.epochs > 1 else float("nan")
+        in_after = (
+            statistics.median(within(run, True)[0] for run in runs[name]) if args.epochs > 1 else float("nan")
+        )
         in_epoch = statistics.median(within(run, False)[1] for run in runs[name])
         goal, met, break_even = "", "", ""
         if name in GOALS:
@@ -255,8 +300,11 @@ def main() -> None:
             statistics.mean(run["training_faults_by_epoch"][1:] or run["training_faults_by_epoch"] or [0])
             for run in runs[name]
         )
-        print(f"| {name} | {seconds:.2f} | {ratio:.3f} | {ratio_after:.3f} | {in_epoch:.2f} | {in_ratio:.3f} ({in_after:.3f}) "
-              f"| {extra:.0f} | {rss:.0f} (+{rss - base_rss:.0f}) | {goal} | {met} | {break_even} | {faults / 1000:.0f} |")
+        print(
+            f"| {name} | {seconds:.2f} | {ratio:.3f} | {ratio_after:.3f} | {in_epoch:.2f} | {in_ratio:.3f} ({in_after:.3f}) "
+            f"| {extra:.0f} | {rss:.0f} (+{rss - base_rss:.0f}) | {goal} | {met} | {break_even} | {faults / 1000:.0f} |"
+        )
+
 
 if __name__ == "__main__":
     main()

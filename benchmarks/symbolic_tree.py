@@ -67,7 +67,9 @@ class TimedSymbolicTree(SymbolicTreeCallback):
         self.fit_seconds.append(self.last_result.report.seconds)
 
 
-def one_run(kwargs: dict[str, Any], epochs: int, n_train: int, seed: int, root: str) -> tuple[TimedSymbolicTree, list[float]]:
+def one_run(
+    kwargs: dict[str, Any], epochs: int, n_train: int, seed: int, root: str
+) -> tuple[TimedSymbolicTree, list[float]]:
     cb, timer = TimedSymbolicTree(**kwargs), EpochTimer(training_only=True)
     fit_world([cb, timer], epochs, n_train, seed, root)
     return cb, timer.seconds
@@ -124,7 +126,9 @@ def main() -> None:
         f"| {'configuration':<42} | {'explain s':>9} | {'max s':>6} | {'fit s':>6} | {'train epoch s':>13} | "
         f"{'ratio':>6} | {'extra forwards':>14} | {'fidelity':>8} | {'tokens on edges':>15} |"
     )
-    print(f"|{'-' * 44}|{'-' * 11}|{'-' * 8}|{'-' * 8}|{'-' * 15}|{'-' * 8}|{'-' * 16}|{'-' * 10}|{'-' * 17}|")
+    print(
+        f"|{'-' * 44}|{'-' * 11}|{'-' * 8}|{'-' * 8}|{'-' * 15}|{'-' * 8}|{'-' * 16}|{'-' * 10}|{'-' * 17}|"
+    )
     for name, med, worst, fit_s, train_s, ratio, fwd, fid, on_edges in rows:
         print(
             f"| {name:<42} | {med:>9.2f} | {worst:>6.2f} | {fit_s:>6.2f} | {train_s:>13.2f} | {ratio:>6.3f} | "

@@ -88,16 +88,36 @@ class PeakMemory:
         self.peak = max(self._max, self._rss()) - self._base
 
 
-def ours(model: torch.nn.Module, layers: list[str], concepts: dict[str, torch.Tensor], pool: torch.Tensor,
-         set_size: int, runs: int, inputs: torch.Tensor, targets: torch.Tensor, cav: str, seed: int) -> dict[str, Any]:
+def ours(
+    model: torch.nn.Module,
+    layers: list[str],
+    concepts: dict[str, torch.Tensor],
+    pool: torch.Tensor,
+    set_size: int,
+    runs: int,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    cav: str,
+    seed: int,
+) -> dict[str, Any]:
     """One epoch of ours: CAVs for all runs at once, one gradient pass for every class."""
-    explainer = ConceptAttribution(model, layers, concepts, pool, cav=cav, n_random=runs, random_set_size=set_size, seed=seed)
+    explainer = ConceptAttribution(
+        model, layers, concepts, pool, cav=cav, n_random=runs, random_set_size=set_size, seed=seed
+    )
     result = explainer.tcav(inputs, targets)
     return {"sign": result.sign_runs, "null": result.null_sign_runs, "classes": result.classes}
 
 
-def captum(model: torch.nn.Module, layers: list[str], concepts: dict[str, torch.Tensor], pool: torch.Tensor,
-           idx: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, save_path: str) -> dict[str, Any]:
+def captum(
+    model: torch.nn.Module,
+    layers: list[str],
+    concepts: dict[str, torch.Tensor],
+    pool: torch.Tensor,
+    idx: torch.Tensor,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    save_path: str,
+) -> dict[str, Any]:
     """One epoch of Captum's TCAV: the same sets as Concepts, [concept, random_r] and [random_{r-1}, random_r]."""
     from captum.concept import TCAV, Concept
 
@@ -141,10 +161,14 @@ def timed(fn: Callable[[], dict[str, Any]], device: torch.device) -> tuple[float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10, help="random runs R (default: 10)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per tool, interleaved (median reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed epochs per tool, interleaved (median reported)"
+    )
     parser.add_argument("--concepts", nargs="+", default=["texture:striped", "shape:circle"])
     parser.add_argument("--layers", nargs="+", default=["conv4", "conv5"])
-    parser.add_argument("--pool", type=int, default=100, help="random pool = size of each matched concept set")
+    parser.add_argument(
+        "--pool", type=int, default=100, help="random pool = size of each matched concept set"
+    )
     parser.add_argument("--set-size", type=int, default=50, help="images per random set")
     parser.add_argument("--per-class", type=int, default=50, help="validation images per class")
     parser.add_argument("--device", default="cpu")
@@ -163,7 +187,9 @@ def main() -> None:
     concepts = {c: concept_set(c, args.pool, seed=pool_seed).to(device) for c in args.concepts}
     idx = random_set_indices(args.pool, args.runs + 1, args.set_size, args.seed)
     val = world.datamodule.val_set
-    rows = torch.cat([torch.nonzero(val.labels == k).flatten()[: args.per_class] for k in range(len(world.classes))])
+    rows = torch.cat(
+        [torch.nonzero(val.labels == k).flatten()[: args.per_class] for k in range(len(world.classes))]
+    )
     inputs, targets = val.images[rows].to(device), val.labels[rows]
 
     # ours twice: "linear" (logistic regression, like Captum's classifier) and "mean" (the default, FastCAV)
@@ -174,31 +200,51 @@ def main() -> None:
     for rep in range(args.repeats):  # interleaved, so drifts of the machine hit every tool alike
         for tool in tools:
             if tool == "captum":
-                with tempfile.TemporaryDirectory() as save_path:  # a fresh cache: CAVs are retrained every epoch
+                with (
+                    tempfile.TemporaryDirectory() as save_path
+                ):  # a fresh cache: CAVs are retrained every epoch
                     t, m, results[tool] = timed(
-                        lambda: captum(model, args.layers, concepts, pool, idx, inputs, targets, save_path), device
+                        lambda: captum(model, args.layers, concepts, pool, idx, inputs, targets, save_path),
+                        device,
                     )
             else:
                 kind = tool.split("-")[1]
                 t, m, results[tool] = timed(
-                    lambda kind=kind: ours(model, args.layers, concepts, pool, args.set_size, args.runs, inputs, targets,
-                                           kind, args.seed),
+                    lambda kind=kind: ours(
+                        model,
+                        args.layers,
+                        concepts,
+                        pool,
+                        args.set_size,
+                        args.runs,
+                        inputs,
+                        targets,
+                        kind,
+                        args.seed,
+                    ),
                     device,
                 )
             times[tool].append(t)
             peaks[tool].append(m)
-        print("  repeat " + str(rep + 1) + ": " + ", ".join(f"{t} {times[t][-1]:.2f} s" for t in tools), flush=True)
+        print(
+            "  repeat " + str(rep + 1) + ": " + ", ".join(f"{t} {times[t][-1]:.2f} s" for t in tools),
+            flush=True,
+        )
 
     print()
-    print(f"TCAV, one epoch: R={args.runs} random runs, {len(args.concepts)} concepts, {len(args.layers)} layers "
-          f"({', '.join(args.layers)}), {inputs.shape[0]} inputs in {len(world.classes)} classes, device {device}")
+    print(
+        f"TCAV, one epoch: R={args.runs} random runs, {len(args.concepts)} concepts, {len(args.layers)} layers "
+        f"({', '.join(args.layers)}), {inputs.shape[0]} inputs in {len(world.classes)} classes, device {device}"
+    )
     print(f"{'tool':<12} {'median s':>9} {'peak MiB':>9} {'captum / tool':>14}")
     t_captum = statistics.median(times["captum"])
     for tool in tools:
         t = statistics.median(times[tool])
         print(f"{tool:<12} {t:>9.3f} {max(peaks[tool]) / 2**20:>9.1f} {t_captum / t:>13.1f}x")
 
-    effects = interventional_effects(model, task=world.rule, n_scenes=128, seed=0)  # every concept: "large" is
+    effects = interventional_effects(
+        model, task=world.rule, n_scenes=128, seed=0
+    )  # every concept: "large" is
     # relative to the class's largest effect over all concepts
     stats = {}
     for tool, res in results.items():
@@ -206,8 +252,12 @@ def main() -> None:
         adjusted, significant, m = bonferroni(p)
         stats[tool] = (res["sign"].mean(-1), adjusted, significant)
     print()
-    print(f"Per cell: TCAV score (mean over {args.runs} runs), Bonferroni-adjusted p (m={m}), interventional effect")
-    header = f"{'layer':<6} {'concept':<16} {'class':<17} {'effect':>7}" + "".join(f" | {t:>11} {'p':>7} {'ok':>3}" for t in tools)
+    print(
+        f"Per cell: TCAV score (mean over {args.runs} runs), Bonferroni-adjusted p (m={m}), interventional effect"
+    )
+    header = f"{'layer':<6} {'concept':<16} {'class':<17} {'effect':>7}" + "".join(
+        f" | {t:>11} {'p':>7} {'ok':>3}" for t in tools
+    )
     print(header)
     print("-" * len(header))
     correct = {t: 0 for t in tools}
@@ -228,8 +278,10 @@ def main() -> None:
                 cells += 1
                 print(line)
     print()
-    print("cells agreeing with the interventional ground truth (large effect: significant and the same way; "
-          "small effect: not significant): " + ", ".join(f"{t} {correct[t]}/{cells}" for t in tools))
+    print(
+        "cells agreeing with the interventional ground truth (large effect: significant and the same way; "
+        "small effect: not significant): " + ", ".join(f"{t} {correct[t]}/{cells}" for t in tools)
+    )
 
 
 if __name__ == "__main__":

@@ -71,7 +71,9 @@ def _generative_callbacks(generator: str) -> list:
     if generator == "renderer":
         return [
             # DEPICT: 200 world scenes rendered from their captions (once), re-scored every second epoch
-            ConceptPermutationCallback(WorldGenerator(), world_concept_table(200, seed=0), n_repeats=5, every_n_epochs=2),
+            ConceptPermutationCallback(
+                WorldGenerator(), world_concept_table(200, seed=0), n_repeats=5, every_n_epochs=2
+            ),
             # DiffExplainer: per class, a world prompt (logits over each caption slot's words) optimised so its
             # scenes maximise the class, warm-started every second epoch; concepts the class's scenes show far
             # more often than an unoptimised prompt's, and that are not the class's own (shape, texture), are
@@ -115,7 +117,11 @@ def build_callbacks(generator: str = "renderer") -> list:
         RepresentationDriftCallback(layers=["conv3"]),
         LogicRulesCallback(),
         ConceptAttributionCallback(
-            concepts, random=random_set(100, seed=11, size=size), every_n_epochs=2, images_per_class=10, probe_images=2
+            concepts,
+            random=random_set(100, seed=11, size=size),
+            every_n_epochs=2,
+            images_per_class=10,
+            probe_images=2,
         ),
         depict,
         # hyperbolic symbol trees on conv5, warm-started each epoch (0.1 to 1.3 s per explained epoch on a 2-core CPU)
@@ -129,9 +135,13 @@ def build_callbacks(generator: str = "renderer") -> list:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="where the run writes everything")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/quickstart"), help="where the run writes everything"
+    )
     parser.add_argument("--epochs", type=int, default=6, help="training epochs (default: 6)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data, weights and explainers (default: 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of data, weights and explainers (default: 0)"
+    )
     parser.add_argument("--n-train", type=int, default=2400, help="training scenes (default: 2400)")
     parser.add_argument(
         "--generator",
@@ -200,7 +210,9 @@ def main(argv: list[str] | None = None) -> dict:
             )
     logic = [r for r in records if r.method == "logic_rules" and r.name == "epoch"]
     if logic:
-        print("\nLogic rules (held-out fidelity of the rules to the model; grounding: guided vs random success):")
+        print(
+            "\nLogic rules (held-out fidelity of the rules to the model; grounding: guided vs random success):"
+        )
         for rec in logic:
             p = rec.payload
             ev = p["evaluation"][p["scoring"]]
@@ -214,24 +226,40 @@ def main(argv: list[str] | None = None) -> dict:
     tcav = [r for r in records if r.method == "concept_attribution" and r.name == "epoch"]
     if tcav:
         p = tcav[-1].payload
-        print(f"\nTCAV at epoch {tcav[-1].epoch} (sign fraction, * = significant after Bonferroni; layer {p['layers'][0]}):")
+        print(
+            f"\nTCAV at epoch {tcav[-1].epoch} (sign fraction, * = significant after Bonferroni; layer {p['layers'][0]}):"
+        )
         print(f"  {'class':<18}" + "".join(f"{c:>17}" for c in p["concepts"]))
         for cname in p["classes"]:
-            cells = {r["concept"]: r for r in p["scores"] if r["class"] == cname and r["layer"] == p["layers"][0]}
-            print(f"  {cname:<18}" + "".join(
-                f"{cells[c]['tcav']:>16.2f}{'*' if cells[c]['significant'] else ' '}" for c in p["concepts"]))
+            cells = {
+                r["concept"]: r for r in p["scores"] if r["class"] == cname and r["layer"] == p["layers"][0]
+            }
+            print(
+                f"  {cname:<18}"
+                + "".join(
+                    f"{cells[c]['tcav']:>16.2f}{'*' if cells[c]['significant'] else ' '}"
+                    for c in p["concepts"]
+                )
+            )
     depict = [r for r in records if r.method == "concept_permutation" and r.name == "epoch"]
     if depict:
         print("\nConcept permutation importance (accuracy drop when a concept is shuffled across captions):")
         for rec in depict:
             p = rec.payload
-            cells = ", ".join(f"{r['concept']} {r['importance']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
-                              for r in sorted(p["importance"], key=lambda r: r["rank"]))
+            cells = ", ".join(
+                f"{r['concept']} {r['importance']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+                for r in sorted(p["importance"], key=lambda r: r["rank"])
+            )
             tau = p["kendall_tau_prev"]
-            print(f"  epoch {rec.epoch}: {cells}" + (f"; Kendall tau vs epoch {p['previous_epoch']}: {tau:.2f}" if tau is not None else ""))
+            print(
+                f"  epoch {rec.epoch}: {cells}"
+                + (f"; Kendall tau vs epoch {p['previous_epoch']}: {tau:.2f}" if tau is not None else "")
+            )
     trees = [r for r in records if r.method == "symbolic_tree" and r.name == "epoch"]
     if trees:
-        print("\nSymbolic trees (held-out fidelity of the symbolic surrogate; mean code norm per level, fine to coarse):")
+        print(
+            "\nSymbolic trees (held-out fidelity of the symbolic surrogate; mean code norm per level, fine to coarse):"
+        )
         for rec in trees:
             p = rec.payload
             norms = " > ".join(f"{n:.2f}" for n in p["norms"])
@@ -240,18 +268,26 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"    {rule}")
     prompts = [r for r in records if r.method == "diffusion_explainer" and r.name == "epoch"]
     if prompts:
-        print(f"\nDiffExplainer at epoch {prompts[-1].epoch} (optimised prompt read out; p = mean class probability of its scenes):")
+        print(
+            f"\nDiffExplainer at epoch {prompts[-1].epoch} (optimised prompt read out; p = mean class probability of its scenes):"
+        )
         classes = datamodule.classes
         for t in prompts[-1].payload["targets"]:
             flagged = (t["bias"] or {}).get("flagged", [])
             name = classes[t["target"]["index"]]
-            print(f"  {name:<18} p={t['mean_probability']:.2f}  \"{t['readout']['caption']}\""
-                  + (f"  flagged: {', '.join(flagged)}" if flagged else ""))
+            print(
+                f'  {name:<18} p={t["mean_probability"]:.2f}  "{t["readout"]["caption"]}"'
+                + (f"  flagged: {', '.join(flagged)}" if flagged else "")
+            )
     drift = [r for r in records if r.method == "drift" and r.name == "epoch"]
     if drift:
         last = max(r.epoch for r in drift)
-        rows = [row for r in drift if r.epoch == last for row in r.payload["rows"] if row["against"] == "previous"]
-        print(f"\nConcept drift at epoch {last} (largest change since the previous explained epoch, per kind):")
+        rows = [
+            row for r in drift if r.epoch == last for row in r.payload["rows"] if row["against"] == "previous"
+        ]
+        print(
+            f"\nConcept drift at epoch {last} (largest change since the previous explained epoch, per kind):"
+        )
         largest: dict[tuple[str, str], dict] = {}
         for row in rows:
             k = (row["source"], row["kind"])

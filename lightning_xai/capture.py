@@ -187,7 +187,9 @@ class _Reservoir:
         self._chunks: list[tuple[Tensor, dict[str, Tensor]]] = []
         self._rows = 0
         self._sorted = False  # whether a merge has already cut the rows to the bottom ``capacity``
-        self._bound = math.inf  # no key at or above this can enter any more (largest key kept by the last cut)
+        self._bound = (
+            math.inf
+        )  # no key at or above this can enter any more (largest key kept by the last cut)
 
     def offer(self, ids: Tensor, fetch: Callable[[Tensor], dict[str, Tensor]]) -> None:
         """Offer a batch; ``fetch(rows)`` returns the batch's fields at ``rows`` as new tensors (indexed, not views)."""
@@ -202,7 +204,9 @@ class _Reservoir:
         # ``fetch`` indexes with ``rows``, which makes new tensors: moving them to the CPU needs no second copy
         new = {k: v.detach().to("cpu") for k, v in fetch(rows).items()}
         if self._chunks and set(new) != set(self._chunks[0][1]):
-            raise RuntimeError(f"Captured fields changed within an epoch: {sorted(self._chunks[0][1])} -> {sorted(new)}")
+            raise RuntimeError(
+                f"Captured fields changed within an epoch: {sorted(self._chunks[0][1])} -> {sorted(new)}"
+            )
         self._chunks.append((keys[rows], new))
         self._rows += int(rows.numel())
         if self._rows >= 2 * self.capacity:
@@ -468,7 +472,9 @@ class ActivationCapture:
             fields["inputs"] = inputs.detach()
         for name, tap in self._taps.items():
             if tap.latest_output is None:
-                raise RuntimeError(f"Layer {name!r} did not run during the forward pass; choose a layer on the forward path.")
+                raise RuntimeError(
+                    f"Layer {name!r} did not run during the forward pass; choose a layer on the forward path."
+                )
             fields[f"layer:{name}"] = tap.latest_output
         for f, v in fields.items():
             if v.shape[0] != n:
@@ -496,5 +502,3 @@ class ActivationCapture:
             keep = torch.topk(keys, max_samples, largest=False).indices
             data = {k: v[keep] for k, v in data.items()}
         return ValidationSample.from_tensors(data)
-
-

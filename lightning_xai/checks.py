@@ -28,7 +28,12 @@ __all__ = ["check_choice", "check_int", "check_interval"]
 
 def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
     """``value`` if it is an integer (not a bool) in ``[low, high]``; else a ValueError naming both."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise ValueError(f"{name} must be an integer {bound}, but got {value!r}.")
     return value

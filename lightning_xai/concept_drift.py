@@ -81,7 +81,10 @@ DRIFT_KINDS: dict[str, DriftKind] = {
         DriftKind("cav_cosine", "concept_attribution", 0.5, "1 - cosine of a concept's run-averaged CAV"),
         DriftKind("tcav_score", "concept_attribution", 0.3, "|change| of a TCAV score (sign fraction)"),
         DriftKind(
-            "tcav_magnitude", "concept_attribution", 0.5, "relative change of a TCAV magnitude's share of the layer's"
+            "tcav_magnitude",
+            "concept_attribution",
+            0.5,
+            "relative change of a TCAV magnitude's share of the layer's",
         ),
         # tracked but silent by default: on the world, a stable model's vocabularies swap neurons and its
         # per-class fidelities swing by up to 0.6 between epochs (README, "Concept drift")
@@ -143,7 +146,11 @@ def _concept_attribution(payload: Mapping[str, Any], extras: Mapping[str, Any]) 
         for concept, v in vectors.items():
             label = f"CAV of {concept!r} at {layer}"
             meta = {"relevant": concept in relevant_concepts.get(layer, set())}
-            out.append(Observation("cav_cosine", f"{layer}/{concept}", label, torch.as_tensor(v).detach().cpu(), meta))
+            out.append(
+                Observation(
+                    "cav_cosine", f"{layer}/{concept}", label, torch.as_tensor(v).detach().cpu(), meta
+                )
+            )
     return out
 
 
@@ -156,7 +163,11 @@ def _logic_rules(payload: Mapping[str, Any], extras: Mapping[str, Any]) -> list[
         texts = {p["signed_id"]: p["text"] for p in cv.get("predicates", [])}
         out.append(
             Observation(
-                "rule_jaccard", name, f"rule vocabulary of class {name!r}", frozenset(texts), meta={"texts": texts}
+                "rule_jaccard",
+                name,
+                f"rule vocabulary of class {name!r}",
+                frozenset(texts),
+                meta={"texts": texts},
             )
         )
     for k, f in enumerate(payload.get("fidelity_per_class") or []):
@@ -168,7 +179,9 @@ def _logic_rules(payload: Mapping[str, Any], extras: Mapping[str, Any]) -> list[
 
 def _symbolic_tree(payload: Mapping[str, Any], extras: Mapping[str, Any]) -> list[Observation]:
     return [
-        Observation("symbol_js", f"level_{level}", f"symbol usage at level {level}", [float(n) for n in usage])
+        Observation(
+            "symbol_js", f"level_{level}", f"symbol usage at level {level}", [float(n) for n in usage]
+        )
         for level, usage in enumerate(payload.get("usage") or [])
     ]
 
@@ -188,7 +201,9 @@ def _diffusion_explainer(payload: Mapping[str, Any], extras: Mapping[str, Any]) 
             continue
         words = dict(zip(readout["positions"], readout["words"]))
         label = f"readout of target {entry['label']!r}"
-        out.append(Observation("readout", str(entry["label"]), label, words, meta={"caption": readout["caption"]}))
+        out.append(
+            Observation("readout", str(entry["label"]), label, words, meta={"caption": readout["caption"]})
+        )
     return out
 
 
@@ -449,7 +464,9 @@ class DriftTracker:
             obs = [_from_plain(o) for o in snap["obs"]]
             return {"epoch": snap["epoch"], "obs": {(o.kind, o.key): o for o in obs}}
 
-        self.sources = {s: {k: snapshot(v) for k, v in st.items()} for s, st in state.get("sources", {}).items()}
+        self.sources = {
+            s: {k: snapshot(v) for k, v in st.items()} for s, st in state.get("sources", {}).items()
+        }
         self.history = list(state.get("history", []))
         self.alerts = list(state.get("alerts", []))
         self._alerting = {tuple(t) for t in state.get("alerting", [])}

@@ -30,14 +30,18 @@ __all__ = ["MinibatchCKA", "js_divergence", "linear_cka", "minibatch_cka", "unbi
 
 def _flat(x: Tensor) -> Tensor:
     if x.dim() < 2:
-        raise ValueError(f"Expected features of shape [n, ...] with at least 2 dims, but got {tuple(x.shape)}.")
+        raise ValueError(
+            f"Expected features of shape [n, ...] with at least 2 dims, but got {tuple(x.shape)}."
+        )
     return x.reshape(x.shape[0], -1).to(torch.float64)
 
 
 def _check_pair(x: Tensor, y: Tensor, min_n: int) -> tuple[Tensor, Tensor]:
     x, y = _flat(x), _flat(y)
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"Expected the same number of samples on both sides, but got {x.shape[0]} and {y.shape[0]}.")
+        raise ValueError(
+            f"Expected the same number of samples on both sides, but got {x.shape[0]} and {y.shape[0]}."
+        )
     if x.shape[0] < min_n:
         raise ValueError(f"Expected at least {min_n} samples, but got {x.shape[0]}.")
     return x, y

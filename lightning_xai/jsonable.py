@@ -136,5 +136,3 @@ def _json_key(key: Any, path: str) -> str:
         f"{_fmt_path(path)} has a key {key!r} of type {type(key).__qualname__}; record payload keys must be "
         "str (or int/float/bool, which become strings)"
     )
-
-

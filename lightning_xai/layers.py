@@ -121,4 +121,6 @@ def first_tensor(value: Any, where: str = "the module") -> Tensor:
         return value
     if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
         return value[0]
-    raise TypeError(f"{where} produced {type(value).__name__}, expected a Tensor (or a tuple starting with one).")
+    raise TypeError(
+        f"{where} produced {type(value).__name__}, expected a Tensor (or a tuple starting with one)."
+    )

@@ -199,7 +199,9 @@ def forward_from_layer(
         # the last n rows pair with the inputs in order: a plain pass must give the same logits
         with torch.no_grad():
             check = _forward_replaced(model, module, activation[m - n :].detach(), inputs, output_fn)
-        if torch.allclose(out[m - n :].detach(), check, rtol=1e-4, atol=1e-5 * (1.0 + float(check.abs().max()))):
+        if torch.allclose(
+            out[m - n :].detach(), check, rtol=1e-4, atol=1e-5 * (1.0 + float(check.abs().max()))
+        ):
             return out
     tiled = inputs.repeat(m // n, *([1] * (inputs.dim() - 1)))
     return _forward_replaced(model, module, activation, tiled, output_fn)
@@ -216,7 +218,9 @@ def _forward_replaced(
     def replace(mod: nn.Module, args: tuple, output: Any) -> Any:
         out = first_tensor(output, "layer")
         if out.shape[1:] != activation.shape[1:]:
-            raise ValueError(f"activation shape {tuple(activation.shape[1:])} != layer output shape {tuple(out.shape[1:])}")
+            raise ValueError(
+                f"activation shape {tuple(activation.shape[1:])} != layer output shape {tuple(out.shape[1:])}"
+            )
         if isinstance(output, Tensor):
             return activation
         return (activation, *output[1:])

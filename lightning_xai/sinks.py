@@ -116,7 +116,12 @@ def chart_image(chart: Chart) -> np.ndarray:
     ys = chart.ys
     values = [[_as_number(v) for v in table.column(col)] for col in ys]
     n = len(xs)
-    common = {"series": ys, "title": chart.title, "xlabel": chart.x, "ylabel": ys[0] if len(ys) == 1 else "value"}
+    common = {
+        "series": ys,
+        "title": chart.title,
+        "xlabel": chart.x,
+        "ylabel": ys[0] if len(ys) == 1 else "value",
+    }
     if chart.kind == "bar":
         width = round(100 * min(16.0, max(4.5, 0.35 * n * len(ys) + 2.0)))
         return bar_chart([str(x) for x in xs], values, hline=0.0, size=(width, 360), **common)
@@ -533,7 +538,9 @@ class SinkDispatcher:
                 self.failures[repr(sink)] = self.failures.get(repr(sink), 0) + 1
                 if i not in self._warned:
                     self._warned.add(i)
-                    _warn(f"lightning-xai: {sink!r} failed at the end of epoch {epoch} ({type(exc).__name__}: {exc}).")
+                    _warn(
+                        f"lightning-xai: {sink!r} failed at the end of epoch {epoch} ({type(exc).__name__}: {exc})."
+                    )
 
     def _to_sinks(self, explanation: Explanation, step: int) -> None:
         for i, sink in enumerate(self.sinks):

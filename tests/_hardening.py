@@ -62,7 +62,9 @@ def all_callbacks(
     concepts = {c: concept_set(c, 24, seed=11) for c in ("shape:circle", "texture:striped")}
     return [
         RepresentationDriftCallback(layers=[layer_of["drift"]], max_samples=N_VAL, every_n_epochs=every),
-        LogicRulesCallback(max_samples=N_VAL, max_grounding_images=2, max_perturbation_images=2, every_n_epochs=every),
+        LogicRulesCallback(
+            max_samples=N_VAL, max_grounding_images=2, max_perturbation_images=2, every_n_epochs=every
+        ),
         ConceptAttributionCallback(
             concepts,
             layers=[layer_of["tcav"]],
@@ -76,12 +78,24 @@ def all_callbacks(
             every_n_epochs=every,
         ),
         ConceptPermutationCallback(
-            WorldGenerator(), world_concept_table(36, seed=0), n_repeats=2, n_bootstrap=20, show_progress=False,
-            every_n_epochs=every, cache_dir=cache_dir,
+            WorldGenerator(),
+            world_concept_table(36, seed=0),
+            n_repeats=2,
+            n_bootstrap=20,
+            show_progress=False,
+            every_n_epochs=every,
+            cache_dir=cache_dir,
         ),
         SymbolicTreeCallback(
-            layer=layer_of["tree"], levels=(12, 8), steps_per_epoch=4, warmup_steps=4, semantic_symbols=1,
-            semantic_images=2, image_trees=1, max_samples=N_VAL, every_n_epochs=every,
+            layer=layer_of["tree"],
+            levels=(12, 8),
+            steps_per_epoch=4,
+            warmup_steps=4,
+            semantic_symbols=1,
+            semantic_images=2,
+            image_trees=1,
+            max_samples=N_VAL,
+            every_n_epochs=every,
         ),
         DiffusionExplainerCallback(
             WorldPromptGenerator(),
@@ -135,7 +149,9 @@ class MemoryProbe(Callback):
 
     def __init__(self, tensor_epochs: tuple[int, ...] | None = None) -> None:
         self.rows: list[dict[str, float]] = []
-        self.tensor_epochs = tensor_epochs  # scanning every object is slow: only after these epochs (None: all)
+        self.tensor_epochs = (
+            tensor_epochs  # scanning every object is slow: only after these epochs (None: all)
+        )
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         import gc
@@ -147,24 +163,31 @@ class MemoryProbe(Callback):
             gc.collect()
             tensors = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
         hooks = sum(
-            len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+            len(m._forward_hooks)
+            + len(m._forward_pre_hooks)
+            + len(m._backward_hooks)
             + len(getattr(m, "_backward_pre_hooks", {}))
             for m in pl_module.modules()
         )
         plt = sys.modules.get("matplotlib.pyplot")
-        self.rows.append({
-            "epoch": trainer.current_epoch,
-            "rss_mib": _rss_mib(),
-            "hooks": hooks,
-            "figures": len(plt.get_fignums()) if plt is not None else 0,
-            "metric_keys": len(trainer.callback_metrics),
-        })
+        self.rows.append(
+            {
+                "epoch": trainer.current_epoch,
+                "rss_mib": _rss_mib(),
+                "hooks": hooks,
+                "figures": len(plt.get_fignums()) if plt is not None else 0,
+                "metric_keys": len(trainer.callback_metrics),
+            }
+        )
         if scan:
-            self.rows[-1].update({
-                "tensors": len(tensors),
-                "array_tensors": sum(t.dim() > 0 for t in tensors),
-                "tensor_mib": sum(t.nelement() * t.element_size() for t in tensors if not t.is_meta) / 2**20,
-            })
+            self.rows[-1].update(
+                {
+                    "tensors": len(tensors),
+                    "array_tensors": sum(t.dim() > 0 for t in tensors),
+                    "tensor_mib": sum(t.nelement() * t.element_size() for t in tensors if not t.is_meta)
+                    / 2**20,
+                }
+            )
 
 
 def _rss_mib() -> float:
@@ -205,16 +228,33 @@ def pretrained_state(path: Path) -> dict[str, torch.Tensor]:
     dm = WorldDataModule(n_train=600, n_val=N_VAL, n_test=8, batch_size=32, seed=0)
     model = TinyCNN(num_classes=dm.num_classes, width=8, classes=dm.classes)
     Trainer(
-        max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     ).fit(model, datamodule=dm)
     torch.save(model.state_dict(), path)
     return model.state_dict()
 
 
-def run(out: Path, strategy: str = "auto", devices: int = 1, epochs: int = 2, init: Path | None = None,
-        loggers: list[Any] | None = None, extra: list[Callback] | None = None, ckpt_path: str | None = None,
-        checkpoint: bool = False, frozen: bool = True, every: int = 1, cache_dir: str | None = None) -> Trainer:
+def run(
+    out: Path,
+    strategy: str = "auto",
+    devices: int = 1,
+    epochs: int = 2,
+    init: Path | None = None,
+    loggers: list[Any] | None = None,
+    extra: list[Callback] | None = None,
+    ckpt_path: str | None = None,
+    checkpoint: bool = False,
+    frozen: bool = True,
+    every: int = 1,
+    cache_dir: str | None = None,
+) -> Trainer:
     """Fit the (frozen) world model with :func:`all_callbacks` (plus ``extra``) and a CSV logger below ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(0, verbose=False)
@@ -285,9 +325,16 @@ def fit_torchvision(arch: str, out: Path, epochs: int = 2) -> Trainer:
     dm = world_data()
     model = TorchvisionClassifier(arch, dm.classes)
     trainer = Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, default_root_dir=out,
-        logger=CSVLogger(out, name="csv", version=0), callbacks=all_callbacks(TORCHVISION_LAYERS[arch]),
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=out,
+        logger=CSVLogger(out, name="csv", version=0),
+        callbacks=all_callbacks(TORCHVISION_LAYERS[arch]),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     trainer.fit(model, datamodule=dm)
     return trainer

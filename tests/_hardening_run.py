@@ -31,7 +31,14 @@ def main() -> None:
     extra = [] if args.fails_on_rank is None else [FailsOnRank(args.fails_on_rank, max_failures=1)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run(args.out, strategy=args.strategy, devices=args.devices, epochs=args.epochs, init=args.init, extra=extra)
+        run(
+            args.out,
+            strategy=args.strategy,
+            devices=args.devices,
+            epochs=args.epochs,
+            init=args.init,
+            extra=extra,
+        )
 
 
 if __name__ == "__main__":

@@ -75,9 +75,7 @@ class DictBatchNet(SmallNet):
 
 class DictBatchData(BlobData):
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(
-            [{"pixels": x, "cls": y} for x, y in self.val_set], batch_size=self.batch_size
-        )
+        return DataLoader([{"pixels": x, "cls": y} for x, y in self.val_set], batch_size=self.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader([{"pixels": x, "cls": y} for x, y in self.train_set], batch_size=self.batch_size)

@@ -76,7 +76,9 @@ def spurious_world():
     """A TinyCNN trained with the marker present exactly in class 0's training scenes."""
     from lightning_xai.world import train_tiny_cnn
 
-    return train_tiny_cnn(epochs=6, n_train=2000, n_val=300, width=16, seed=0, spurious_class=0, spurious_p=1.0)
+    return train_tiny_cnn(
+        epochs=6, n_train=2000, n_val=300, width=16, seed=0, spurious_class=0, spurious_p=1.0
+    )
 
 
 @pytest.fixture(scope="session")
@@ -110,4 +112,3 @@ def quickstart_run(tmp_path_factory):
     spec.loader.exec_module(module)
     summary = module.main(["--out", str(out), "--epochs", "2", "--n-train", "600", "--seed", "0"])
     return out, summary
-

@@ -22,7 +22,7 @@ import pytest
 import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-import lightning_xai.callbacks as callbacks
+from lightning_xai import callbacks
 from lightning_xai.callbacks.base import XAICallback
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -181,7 +181,11 @@ def _range_checked(cls: type) -> set[str]:
                 }
     names: set[str] = set()
     for node in ast.walk(tree):
-        called = getattr(node.func, "id", None) or getattr(node.func, "attr", None) if isinstance(node, ast.Call) else None
+        called = (
+            getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            if isinstance(node, ast.Call)
+            else None
+        )
         if called in {"check_int", "check_interval"}:
             arg = node.args[0]
             if isinstance(arg, ast.Constant):

@@ -9,7 +9,9 @@ from pathlib import Path
 from lightning.pytorch import Callback
 
 # loaded from its file: the benchmarks folder is not a package, and it stays off sys.path
-_spec = importlib.util.spec_from_file_location("overhead", Path(__file__).resolve().parents[1] / "benchmarks" / "overhead.py")
+_spec = importlib.util.spec_from_file_location(
+    "overhead", Path(__file__).resolve().parents[1] / "benchmarks" / "overhead.py"
+)
 overhead = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(overhead)
 

@@ -20,18 +20,18 @@ from lightning_xai.records import read_records
 
 
 def make_trainer(root: Path, callbacks: list[Callback], max_epochs: int = 2, **kwargs: Any) -> Trainer:
-    defaults: dict[str, Any] = dict(
-        default_root_dir=root,
-        max_epochs=max_epochs,
-        logger=CSVLogger(root, name="logs"),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-        limit_train_batches=4,
-        num_sanity_val_steps=1,
-    )
+    defaults: dict[str, Any] = {
+        "default_root_dir": root,
+        "max_epochs": max_epochs,
+        "logger": CSVLogger(root, name="logs"),
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "accelerator": "cpu",
+        "devices": 1,
+        "limit_train_batches": 4,
+        "num_sanity_val_steps": 1,
+    }
     defaults.update(kwargs)
     return Trainer(callbacks=callbacks, **defaults)
 
@@ -172,7 +172,10 @@ def test_cadence_skips_sanity_check_and_follows_every_n_epochs(tmp_path: Path) -
     trainer.fit(SmallNet(), BlobData())
     assert cb.explained_epochs == [1, 3]
     records = read_records(tmp_path / "logs" / "version_0")
-    assert [(r.method, r.epoch) for r in records] == [("representation_drift", 1), ("representation_drift", 3)]
+    assert [(r.method, r.epoch) for r in records] == [
+        ("representation_drift", 1),
+        ("representation_drift", 3),
+    ]
     assert "xai/representation_drift/time_s" in trainer.callback_metrics
 
 
@@ -182,12 +185,17 @@ def test_cadence_skips_sanity_check_and_follows_every_n_epochs(tmp_path: Path) -
 def test_failing_explainer_warns_backs_off_and_training_continues(tmp_path: Path) -> None:
     cb = FailingExplainer(on_error="warn")  # max_failures=3
     trainer = make_trainer(tmp_path, [cb], max_epochs=5)
-    with pytest.warns(UserWarning, match="failed at epoch 0 and training goes on: ValueError: explainer exploded") as rec:
+    with pytest.warns(
+        UserWarning, match="failed at epoch 0 and training goes on: ValueError: explainer exploded"
+    ) as rec:
         trainer.fit(SmallNet(), BlobData())
     assert trainer.current_epoch == 5
     messages = [str(w.message) for w in rec if "explainer exploded" in str(w.message)]
     assert len(messages) == 2  # the first failure, then the back-off
-    assert "failed 3 explained epochs in a row (last at epoch 2: ValueError: explainer exploded) and is disabled" in messages[1]
+    assert (
+        "failed 3 explained epochs in a row (last at epoch 2: ValueError: explainer exploded) and is disabled"
+        in messages[1]
+    )
     errors = read_records(tmp_path / "logs" / "version_0", name="error")
     assert [e.epoch for e in errors] == [0, 1, 2]  # nothing tried after the back-off
     assert errors[0].method == "failing" and "explainer exploded" in str(errors[0].payload)
@@ -273,8 +281,12 @@ def test_state_dict_round_trips_through_checkpoint_and_resume(tmp_path: Path) ->
 
     resumed = RepresentationDriftCallback(on_error="raise")
     resumed_other = RepresentationDriftCallback(every_n_epochs=2, on_error="raise")
-    trainer2 = make_trainer(tmp_path, [resumed, resumed_other, ModelCheckpoint(dirpath=tmp_path / "ckpt2")],
-                            max_epochs=4, enable_checkpointing=True)
+    trainer2 = make_trainer(
+        tmp_path,
+        [resumed, resumed_other, ModelCheckpoint(dirpath=tmp_path / "ckpt2")],
+        max_epochs=4,
+        enable_checkpointing=True,
+    )
     trainer2.fit(SmallNet(), BlobData(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert resumed.explained_epochs == [0, 1, 2, 3]
     assert resumed_other.explained_epochs == [1, 3]
@@ -328,21 +340,33 @@ class NaNAfterFirstEpoch(SmallNet):
 def test_nan_activations_are_reported_not_explained(tmp_path: Path) -> None:
     from lightning_xai.callbacks import LogicRulesCallback
 
-    callbacks = [RepresentationDriftCallback(max_failures=None),
-                 LogicRulesCallback(max_grounding_images=0, max_perturbation_images=0, max_failures=None)]
+    callbacks = [
+        RepresentationDriftCallback(max_failures=None),
+        LogicRulesCallback(max_grounding_images=0, max_perturbation_images=0, max_failures=None),
+    ]
     trainer = make_trainer(tmp_path, callbacks, max_epochs=3)
     with pytest.warns(UserWarning, match="holds NaN or infinite values in features"):
         trainer.fit(NaNAfterFirstEpoch(), BlobData())
     assert trainer.state.finished
     records = read_records(tmp_path / "logs" / "version_0")
     assert sorted((r.method, r.name, r.epoch) for r in records) == [
-        ("logic_rules", "epoch", 0), ("logic_rules", "error", 1), ("logic_rules", "error", 2),
-        ("representation_drift", "epoch", 0), ("representation_drift", "error", 1), ("representation_drift", "error", 2),
+        ("logic_rules", "epoch", 0),
+        ("logic_rules", "error", 1),
+        ("logic_rules", "error", 2),
+        ("representation_drift", "epoch", 0),
+        ("representation_drift", "error", 1),
+        ("representation_drift", "error", 2),
     ]
     error = next(r for r in records if r.name == "error")
     assert error.payload["type"] == "FloatingPointError"
-    assert "the validation sample of epoch 1 holds NaN or infinite values in features (64 of 64 samples)" in error.payload["message"]
-    with pytest.raises(RuntimeError, match=r"RepresentationDriftCallback \(representation_drift\) failed at epoch 1: the validation sample"):
+    assert (
+        "the validation sample of epoch 1 holds NaN or infinite values in features (64 of 64 samples)"
+        in error.payload["message"]
+    )
+    with pytest.raises(
+        RuntimeError,
+        match=r"RepresentationDriftCallback \(representation_drift\) failed at epoch 1: the validation sample",
+    ):
         make_trainer(tmp_path / "raise", [RepresentationDriftCallback(on_error="raise")], max_epochs=2).fit(
             NaNAfterFirstEpoch(), BlobData()
         )
@@ -388,7 +412,9 @@ def test_explaining_pauses_the_collector_and_frees_its_cycles_after(tmp_path: Pa
     gc.disable()  # a collector the user turned off stays off
     try:
         cb2 = CycleExplainer()
-        make_trainer(tmp_path / "off", [cb2], max_epochs=1, num_sanity_val_steps=0).fit(SmallNet(), BlobData())
+        make_trainer(tmp_path / "off", [cb2], max_epochs=1, num_sanity_val_steps=0).fit(
+            SmallNet(), BlobData()
+        )
         assert not gc.isenabled() and cb2.collector_on == [False]
     finally:
         gc.enable()

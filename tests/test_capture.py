@@ -105,7 +105,7 @@ def test_reservoir_is_bounded_uniform_and_the_same_samples_every_epoch() -> None
             cap.arm("o")
             with torch.no_grad():
                 for i, batch in enumerate(data.split(16)):
-                    logits = net(batch)
+                    net(batch)
                     cap.collect(batch, torch.full((len(batch),), i), ("b", i))
                     cap.collect(batch, None, ("b", i))  # a second caller of the same batch adds nothing
             cap.disarm()
@@ -144,8 +144,12 @@ def test_reservoir_spreads_over_the_whole_epoch() -> None:
         ActivationCapture.release(net, owner="o")
 
 
-@pytest.mark.parametrize(("capacity", "batches"), [(20, [16] * 7), (20, [50, 3, 1]), (64, [16] * 4), (64, [16] * 3), (7, [7])])
-def test_sample_is_the_bottom_k_of_the_hashed_ids_whatever_the_batching(capacity: int, batches: list[int]) -> None:
+@pytest.mark.parametrize(
+    ("capacity", "batches"), [(20, [16] * 7), (20, [50, 3, 1]), (64, [16] * 4), (64, [16] * 3), (7, [7])]
+)
+def test_sample_is_the_bottom_k_of_the_hashed_ids_whatever_the_batching(
+    capacity: int, batches: list[int]
+) -> None:
     from lightning_xai.capture import _sample_keys
 
     net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
@@ -207,7 +211,11 @@ class _SkipNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem, self.body, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(4, 3)
+        self.stem, self.body, self.head = (
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.Linear(4, 3),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.stem(x)
@@ -247,7 +255,9 @@ def test_run_model_feeds_cpu_images_channels_last_and_falls_back_for_models_that
         layouts: list[bool] = []
         first = net[0] if isinstance(net, nn.Sequential) else net.stem
         first.register_forward_pre_hook(
-            lambda mod, args, seen=layouts: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+            lambda mod, args, seen=layouts: seen.append(
+                args[0].is_contiguous(memory_format=torch.channels_last)
+            )
         )
         with torch.no_grad():
             assert torch.allclose(run_model(net, x), net(x), atol=1e-6)  # the same logits either way
@@ -266,11 +276,14 @@ def test_run_model_feeds_cpu_images_channels_last_and_falls_back_for_models_that
     assert run_model(nn.Linear(3, 2), torch.randn(5, 3)).shape == (5, 2)  # not images: called as it is
 
 
-@pytest.mark.parametrize(("kind", "layer", "upstream_batches"), [
-    ("sequential", "2", [5, 5]),  # upstream once for the k tiles, once for the check
-    ("skip", "body", [5, 15]),  # the untiled pass fails on the skip connection: tiled
-    ("batch_view", "act", [5, 15]),  # reshape(batch, -1) breaks the untiled pass: tiled
-])
+@pytest.mark.parametrize(
+    ("kind", "layer", "upstream_batches"),
+    [
+        ("sequential", "2", [5, 5]),  # upstream once for the k tiles, once for the check
+        ("skip", "body", [5, 15]),  # the untiled pass fails on the skip connection: tiled
+        ("batch_view", "act", [5, 15]),  # reshape(batch, -1) breaks the untiled pass: tiled
+    ],
+)
 def test_forward_from_layer_runs_upstream_once_where_that_is_exact(
     kind: str, layer: str, upstream_batches: list[int]
 ) -> None:

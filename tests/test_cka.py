@@ -76,7 +76,9 @@ def test_cka_errors_name_the_problem() -> None:
 
 
 @pytest.mark.slow
-def test_cka_of_trained_world_model_drops_against_a_reinitialised_copy(trained_world, trained_model_copy) -> None:
+def test_cka_of_trained_world_model_drops_against_a_reinitialised_copy(
+    trained_world, trained_model_copy
+) -> None:
     from lightning_xai.world import random_set
 
     images = random_set(256, seed=3)

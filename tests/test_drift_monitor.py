@@ -48,7 +48,12 @@ def _obs(kind: str, key: str, value, **meta) -> dict:
         ("rule_fidelity", 0.70, 0.95, -0.25),  # a rise is negative drift
         ("symbol_js", [1.0, 0.0], [0.0, 1.0], 1.0),
         ("permutation_tau", {"a": 3.0, "b": 2.0, "c": 1.0}, {"a": 1.0, "b": 2.0, "c": 3.0}, 1.0),  # reversed
-        ("permutation_tau", {"a": 3.0, "b": 2.0, "c": 1.0}, {"a": 3.0, "b": 1.0, "c": 2.0}, 1 / 3),  # 1 of 3 pairs swapped
+        (
+            "permutation_tau",
+            {"a": 3.0, "b": 2.0, "c": 1.0},
+            {"a": 3.0, "b": 1.0, "c": 2.0},
+            1 / 3,
+        ),  # 1 of 3 pairs swapped
         ("readout", {"shape": "circle", "marker": "a marker"}, {"shape": "circle", "marker": ""}, 0.5),
     ],
 )
@@ -69,7 +74,10 @@ def test_alerts_name_what_drifted_and_reference_alerts_fire_once_per_crossing() 
         meta = {"significant": significant, "relevant": significant, "magnitude": 2.0 * score - 1.0}
         return {("tcav_score", key): Observation("tcav_score", key, label, score, meta=meta)}
 
-    assert tracker.update("concept_attribution", 0, tcav(0.95, True)) == ([], [])  # nothing to compare with yet
+    assert tracker.update("concept_attribution", 0, tcav(0.95, True)) == (
+        [],
+        [],
+    )  # nothing to compare with yet
     _, alerts = tracker.update("concept_attribution", 1, tcav(0.90, True))
     assert alerts == []
     _, alerts = tracker.update("concept_attribution", 2, tcav(0.40, False))
@@ -94,12 +102,16 @@ def test_repeated_epochs_are_ignored_and_state_round_trips() -> None:
     tracker.update("s", 0, _obs("rule_fidelity", "a", 0.9))
     assert tracker.sources["s"]["reference"] is None  # the pinned reference is epoch 1
     tracker.update("s", 1, _obs("rule_fidelity", "a", 0.8))
-    assert tracker.update("s", 1, _obs("rule_fidelity", "a", 0.1)) == ([], [])  # e.g. trainer.validate after fit
+    assert tracker.update("s", 1, _obs("rule_fidelity", "a", 0.1)) == (
+        [],
+        [],
+    )  # e.g. trainer.validate after fit
     restored = DriftTracker(reference=1)
     restored.load_state_dict(tracker.state_dict())
     rows, _ = restored.update("s", 2, _obs("rule_fidelity", "a", 0.7))
     assert {r["against"]: (r["base_epoch"], round(r["value"], 6)) for r in rows} == {
-        "previous": (1, 0.1), "reference": (1, 0.1)
+        "previous": (1, 0.1),
+        "reference": (1, 0.1),
     }
     assert [r["epoch"] for r in restored.history] == [1, 2, 2]
 
@@ -111,7 +123,11 @@ def test_unknown_methods_give_no_observations_and_every_method_has_kinds() -> No
     unknown, _ = typed(Record("not_a_method", "epoch", 0, 0, payload={"x": 1}))
     assert observations(unknown) == {}
     assert {k.method for k in DRIFT_KINDS.values()} == {
-        "representation_drift", "concept_attribution", "logic_rules", "symbolic_tree", "concept_permutation",
+        "representation_drift",
+        "concept_attribution",
+        "logic_rules",
+        "symbolic_tree",
+        "concept_permutation",
         "diffusion_explainer",
     }
 
@@ -120,12 +136,18 @@ def test_unknown_methods_give_no_observations_and_every_method_has_kinds() -> No
     ("kwargs", "match"),
     [
         ({"thresholds": {"tcav": 0.3}}, r"Unknown drift kind\(s\) \['tcav'\].*valid kinds: \['cav_cosine'"),
-        ({"thresholds": {"tcav_score": 0}}, r"thresholds\['tcav_score'\] must be a positive number \(or None: no alerts\), but got 0"),
+        (
+            {"thresholds": {"tcav_score": 0}},
+            r"thresholds\['tcav_score'\] must be a positive number \(or None: no alerts\), but got 0",
+        ),
         ({"thresholds": {"tcav_score": float("nan")}}, "must be a positive number"),
         ({"reference": "last"}, r"reference='last' is not supported; choose 'first' or an epoch number"),
         ({"reference": -1}, "choose 'first' or an epoch number >= 0"),
         ({"start_epoch": -2}, "start_epoch must be an integer >= 0, but got -2"),
-        ({"alert_on": ["next"]}, r"alert_on=\['next'\] is not supported; choose one or both of \['previous', 'reference'\]"),
+        (
+            {"alert_on": ["next"]},
+            r"alert_on=\['next'\] is not supported; choose one or both of \['previous', 'reference'\]",
+        ),
         ({"alert_on": []}, "choose one or both of"),
         ({"on_error": "ignore"}, r"on_error='ignore' is not supported; choose one of \['warn', 'raise'\]"),
     ],
@@ -143,7 +165,12 @@ def _rules(**kwargs) -> LogicRulesCallback:
 def test_two_instances_of_a_callback_are_tracked_apart_and_logged(tmp_path: Path) -> None:
     seed_everything(0)
     monitor = ConceptDriftMonitor(on_error="raise")
-    callbacks = [_rules(), _rules(max_samples=256, crossfit_folds=0), RepresentationDriftCallback(on_error="raise"), monitor]
+    callbacks = [
+        _rules(),
+        _rules(max_samples=256, crossfit_folds=0),
+        RepresentationDriftCallback(on_error="raise"),
+        monitor,
+    ]
     trainer = make_trainer(tmp_path, callbacks, max_epochs=3)
     trainer.fit(SmallNet(), BlobData())
     sources = {r["source"] for r in monitor.tracker.history}
@@ -152,8 +179,10 @@ def test_two_instances_of_a_callback_are_tracked_apart_and_logged(tmp_path: Path
     keys = [(r["epoch"], r["source"], r["kind"], r["key"], r["against"]) for r in monitor.tracker.history]
     assert len(keys) == len(set(keys))
     assert {(r["source"], r["kind"]) for r in monitor.tracker.history} == {
-        ("logic_rules", "rule_jaccard"), ("logic_rules", "rule_fidelity"),
-        ("logic_rules#2", "rule_jaccard"), ("logic_rules#2", "rule_fidelity"),
+        ("logic_rules", "rule_jaccard"),
+        ("logic_rules", "rule_fidelity"),
+        ("logic_rules#2", "rule_jaccard"),
+        ("logic_rules#2", "rule_fidelity"),
         ("representation_drift", "cka"),
     }
     assert {r["epoch"] for r in monitor.tracker.history} == {1, 2}
@@ -164,18 +193,32 @@ def test_two_instances_of_a_callback_are_tracked_apart_and_logged(tmp_path: Path
     assert {(r["epoch"], r["key"]): r["value"] for r in cka_rows} == pytest.approx(expected)
     # every value is monitorable, and records say the same as the scalars
     metrics = trainer.callback_metrics
-    jac = [r for r in monitor.tracker.history if r["epoch"] == 2 and r["source"] == "logic_rules#2"
-           and r["kind"] == "rule_jaccard" and r["against"] == "previous"]
+    jac = [
+        r
+        for r in monitor.tracker.history
+        if r["epoch"] == 2
+        and r["source"] == "logic_rules#2"
+        and r["kind"] == "rule_jaccard"
+        and r["against"] == "previous"
+    ]
     for r in jac:
-        assert float(metrics[f"xai/drift/logic_rules#2/rule_jaccard/prev/{r['key']}"]) == pytest.approx(r["value"])
-    assert float(metrics["xai/drift/logic_rules#2/rule_jaccard/max_prev"]) == pytest.approx(max(r["value"] for r in jac))
+        assert float(metrics[f"xai/drift/logic_rules#2/rule_jaccard/prev/{r['key']}"]) == pytest.approx(
+            r["value"]
+        )
+    assert float(metrics["xai/drift/logic_rules#2/rule_jaccard/max_prev"]) == pytest.approx(
+        max(r["value"] for r in jac)
+    )
     records = read_records(tmp_path / "logs" / "version_0", method="drift")
     assert sorted((r.epoch, r.payload["source"]) for r in records if r.name == "epoch") == sorted(
         (e, s) for e in (1, 2) for s in sources
     )
-    last = next(r for r in records if r.name == "epoch" and r.epoch == 2 and r.payload["source"] == "logic_rules")
+    last = next(
+        r for r in records if r.name == "epoch" and r.epoch == 2 and r.payload["source"] == "logic_rules"
+    )
     assert {(row["kind"], row["key"], row["against"]) for row in last.payload["rows"]} == {
-        (r["kind"], r["key"], r["against"]) for r in monitor.tracker.history if r["epoch"] == 2 and r["source"] == "logic_rules"
+        (r["kind"], r["key"], r["against"])
+        for r in monitor.tracker.history
+        if r["epoch"] == 2 and r["source"] == "logic_rules"
     }
     # one epoch per record: the report and W&B draw the series from the records of all epochs
     assert set(last.payload["tables"]) == {"logic_rules/rows"}
@@ -186,9 +229,13 @@ def test_resume_keeps_the_series_continuous(tmp_path: Path) -> None:
     seed_everything(0)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     first = ConceptDriftMonitor(on_error="raise")
-    make_trainer(tmp_path, [_rules(), first, ckpt], max_epochs=3, enable_checkpointing=True).fit(SmallNet(), BlobData())
+    make_trainer(tmp_path, [_rules(), first, ckpt], max_epochs=3, enable_checkpointing=True).fit(
+        SmallNet(), BlobData()
+    )
     resumed = ConceptDriftMonitor(on_error="raise")
-    trainer = make_trainer(tmp_path, [_rules(), resumed], max_epochs=6, logger=CSVLogger(tmp_path, name="resumed"))
+    trainer = make_trainer(
+        tmp_path, [_rules(), resumed], max_epochs=6, logger=CSVLogger(tmp_path, name="resumed")
+    )
     trainer.fit(SmallNet(), BlobData(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     history = resumed.tracker.history
     per_epoch = {}
@@ -198,7 +245,9 @@ def test_resume_keeps_the_series_continuous(tmp_path: Path) -> None:
     # no gap, no duplicate, across the resume (a class without correct samples at first joins later)
     assert prev and all([e for e, _ in v] == list(range(v[0][0], 6)) and v[0][0] <= 2 for v in prev)
     assert sum(v[0][0] == 1 for v in prev) >= len(prev) - 2
-    assert all(base == e - 1 for v in prev for e, base in v)  # epoch 3 compares with epoch 2 from the checkpoint
+    assert all(
+        base == e - 1 for v in prev for e, base in v
+    )  # epoch 3 compares with epoch 2 from the checkpoint
     ref = [v for (kind, key, against), v in per_epoch.items() if against == "reference"]
     assert ref and all(base == 0 for v in ref for _, base in v)  # the reference epoch survives the resume too
     # the resumed run's records continue the series: epochs 3..5 only
@@ -215,13 +264,17 @@ def test_a_failing_monitor_does_not_stop_training(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(dm, "observations", broken)
     monitor = ConceptDriftMonitor()
     trainer = make_trainer(tmp_path, [_rules(), monitor], max_epochs=2)
-    with pytest.warns(UserWarning, match="ConceptDriftMonitor failed on logic_rules at epoch 0 and training goes on"):
+    with pytest.warns(
+        UserWarning, match="ConceptDriftMonitor failed on logic_rules at epoch 0 and training goes on"
+    ):
         trainer.fit(SmallNet(), BlobData())
     assert trainer.state.finished
     errors = [r for r in read_records(tmp_path / "logs" / "version_0") if r.name == "error"]
     assert [(r.method, r.epoch) for r in errors] == [("drift", 0), ("drift", 1)]
     assert "extractor exploded" in errors[0].payload["message"]
-    with pytest.raises(RuntimeError, match="ConceptDriftMonitor failed on logic_rules at epoch 0: extractor exploded"):
+    with pytest.raises(
+        RuntimeError, match="ConceptDriftMonitor failed on logic_rules at epoch 0: extractor exploded"
+    ):
         make_trainer(tmp_path / "raise", [_rules(), ConceptDriftMonitor(on_error="raise")], max_epochs=1).fit(
             SmallNet(), BlobData()
         )
@@ -234,8 +287,9 @@ class _ShiftingWorld(WorldDataModule):
     def __init__(self, shift_epoch: int, **kwargs) -> None:
         super().__init__(spurious_class=0, spurious_p=1.0, **kwargs)
         self.shift_epoch = shift_epoch
-        self.after = WorldDataModule(n_train=self.n_train, n_val=self.n_val, batch_size=self.batch_size,
-                                     seed=self.seed + 1000)
+        self.after = WorldDataModule(
+            n_train=self.n_train, n_val=self.n_val, batch_size=self.batch_size, seed=self.seed + 1000
+        )
 
     def train_dataloader(self):
         if self.trainer is not None and self.trainer.current_epoch >= self.shift_epoch:
@@ -258,20 +312,36 @@ def test_a_concept_shift_alerts_on_the_marker_and_stable_epochs_do_not(tmp_path:
     magnitude for class 0 is about -0.1 logit), so it has no concept to lose and is not used here. Two seeds
     (about 25 s each on 2 CPU cores) keep the suite within its time; seed 3 passes too.
     """
-    world = train_tiny_cnn(epochs=6, n_train=1200, n_val=300, width=8, seed=seed, spurious_class=0, spurious_p=1.0)
+    world = train_tiny_cnn(
+        epochs=6, n_train=1200, n_val=300, width=8, seed=seed, spurious_class=0, spurious_p=1.0
+    )
     model = world.model
     before = interventional_effects(model, ["marker:present"], task=world.rule, n_scenes=64, seed=0)
     assert before.effect("marker:present", 0) > 1.0  # the model uses the shortcut
     # training goes on at a constant rate (a fresh one-cycle schedule would restart its warm-up)
     model.configure_optimizers = lambda: torch.optim.Adam(model.parameters(), lr=3e-4)
-    concepts = {c: concept_set(c, 60, seed=seed + 7) for c in ("marker:present", "shape:circle", "texture:striped",
-                                                               "colour:red")}
-    attribution = ConceptAttributionCallback(concepts, random=random_set(60, seed=seed + 7), probe_images=0,
-                                             images_per_class=5, m_steps=8, seed=seed, on_error="raise")
+    concepts = {
+        c: concept_set(c, 60, seed=seed + 7)
+        for c in ("marker:present", "shape:circle", "texture:striped", "colour:red")
+    }
+    attribution = ConceptAttributionCallback(
+        concepts,
+        random=random_set(60, seed=seed + 7),
+        probe_images=0,
+        images_per_class=5,
+        m_steps=8,
+        seed=seed,
+        on_error="raise",
+    )
     monitor = ConceptDriftMonitor(on_error="raise")
     callbacks = [attribution, RepresentationDriftCallback(on_error="raise"), monitor]
-    trainer = make_trainer(tmp_path, callbacks, max_epochs=STABLE + AFTER, limit_train_batches=None,
-                           reload_dataloaders_every_n_epochs=1)
+    trainer = make_trainer(
+        tmp_path,
+        callbacks,
+        max_epochs=STABLE + AFTER,
+        limit_train_batches=None,
+        reload_dataloaders_every_n_epochs=1,
+    )
     trainer.fit(model, _ShiftingWorld(STABLE, n_train=1200, n_val=300, seed=seed + 1))
     # ground truth: the shift really took the marker away from class 0
     after = interventional_effects(model, ["marker:present"], task=world.rule, n_scenes=64, seed=0)
@@ -283,7 +353,9 @@ def test_a_concept_shift_alerts_on_the_marker_and_stable_epochs_do_not(tmp_path:
         a["message"] for a in late
     ]
     # silence is not for lack of comparisons: every stable epoch after the first was compared
-    tcav_prev = [r for r in monitor.tracker.history if r["kind"] == "tcav_magnitude" and r["against"] == "previous"]
+    tcav_prev = [
+        r for r in monitor.tracker.history if r["kind"] == "tcav_magnitude" and r["against"] == "previous"
+    ]
     assert {r["epoch"] for r in tcav_prev} == set(range(1, STABLE + AFTER))
     alerts = [r for r in read_records(tmp_path / "logs" / "version_0", method="drift") if r.name == "alert"]
     assert [r.payload["message"] for r in alerts] == [a["message"] for a in monitor.alerts]
@@ -293,7 +365,9 @@ def test_stop_on_alert_stops_training_at_the_alerting_epoch(tmp_path: Path) -> N
     seed_everything(0)
     monitor = ConceptDriftMonitor(thresholds={"cka": 1e-9}, stop_on_alert=True, on_error="raise")
     trainer = make_trainer(tmp_path, [RepresentationDriftCallback(on_error="raise"), monitor], max_epochs=5)
-    with pytest.warns(UserWarning, match=r"ConceptDriftMonitor alert at epoch 1: representation_drift: representation"):
+    with pytest.warns(
+        UserWarning, match=r"ConceptDriftMonitor alert at epoch 1: representation_drift: representation"
+    ):
         trainer.fit(SmallNet(), BlobData())
     assert monitor.alerts and {a["epoch"] for a in monitor.alerts} == {1}  # any change of CKA alerts
     assert trainer.current_epoch == 2 and trainer.should_stop  # epochs 0 and 1 ran, not 5

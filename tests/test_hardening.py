@@ -83,6 +83,7 @@ class _ReadOnlyWriter:
 
     def __getattr__(self, name: str) -> Any:
         if name in ("add_text", "add_image", "add_images", "add_figure", "add_image_with_boxes"):
+
             def fail(*args: Any, **kwargs: Any) -> None:
                 raise OSError(28, "No space left on device")
 
@@ -116,8 +117,14 @@ def single_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, li
     ]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer = run(out, init=init, loggers=loggers, extra=[FailsOnRank(1, max_failures=1)], checkpoint=True,
-                      cache_dir=str(root / "generation_cache"))
+        trainer = run(
+            out,
+            init=init,
+            loggers=loggers,
+            extra=[FailsOnRank(1, max_failures=1)],
+            checkpoint=True,
+            cache_dir=str(root / "generation_cache"),
+        )
         loggers[1].experiment.finish()
     assert trainer.current_epoch == 2
     return init, out, [str(w.message) for w in caught]
@@ -150,19 +157,34 @@ def test_resume_restores_every_callback_and_neither_loses_nor_repeats_a_record(
     shutil.copytree(single_out, out)  # the stopped run: epochs 0 and 1, and its last checkpoint
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = run(out, epochs=3, init=init, extra=[FailsOnRank(1, max_failures=1)], checkpoint=True,
-                      cache_dir=str(single_out.parent / "generation_cache"), ckpt_path=str(out / "ckpt" / "last.ckpt"))
+        trainer = run(
+            out,
+            epochs=3,
+            init=init,
+            extra=[FailsOnRank(1, max_failures=1)],
+            checkpoint=True,
+            cache_dir=str(single_out.parent / "generation_cache"),
+            ckpt_path=str(out / "ckpt" / "last.ckpt"),
+        )
     explainers = [c for c in trainer.callbacks if isinstance(c, XAICallback)]
     assert len(explainers) == len(METHODS) + 1
-    assert all(c.explained_epochs == [0, 1, 2] for c in explainers), [(c.method, c.explained_epochs) for c in explainers]
+    assert all(c.explained_epochs == [0, 1, 2] for c in explainers), [
+        (c.method, c.explained_epochs) for c in explainers
+    ]
     keys = _by_key(read_records(out / "csv" / "version_0"))
     for method in METHODS:  # one record per epoch: the stopped run's two, then the resumed run's one
         assert [len(keys.get((method, "epoch", e), [])) for e in (0, 1, 2)] == [1, 1, 1], method
     # each picked up where it stopped: previous results and warm starts came back from the checkpoint
     at2 = {m: keys[(m, "epoch", 2)][0].payload for m in METHODS}
-    assert at2["representation_drift"]["previous_epoch"] == 1 and at2["representation_drift"]["reference_epoch"] == 0
+    assert (
+        at2["representation_drift"]["previous_epoch"] == 1
+        and at2["representation_drift"]["reference_epoch"] == 0
+    )
     assert at2["concept_attribution"]["previous_epoch"] == 1
-    assert at2["concept_permutation"]["previous_epoch"] == 1 and at2["concept_permutation"]["kendall_tau_prev"] is not None
+    assert (
+        at2["concept_permutation"]["previous_epoch"] == 1
+        and at2["concept_permutation"]["kendall_tau_prev"] is not None
+    )
     assert at2["symbolic_tree"]["warm_start_epoch"] == 1
     assert at2["diffusion_explainer"]["previous_epoch"] == 1
     # the drift series continue: epoch 2 is compared with epoch 1 (from the checkpoint), the reference stays epoch 0
@@ -183,8 +205,19 @@ def test_every_callback_under_ddp_matches_the_single_process_run(
     init, single_out, _ = single_run
     out = tmp_path / strategy
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, str(HERE / "_hardening_run.py"), str(out), "--strategy", strategy, "--devices", "2",
-           "--init", str(init), "--fails-on-rank", "1"]
+    cmd = [
+        sys.executable,
+        str(HERE / "_hardening_run.py"),
+        str(out),
+        "--strategy",
+        strategy,
+        "--devices",
+        "2",
+        "--init",
+        str(init),
+        "--fails-on-rank",
+        "1",
+    ]
     # a hang (a rank waiting alone in a collective) becomes a failure instead of a stuck test session
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -217,8 +250,10 @@ def test_every_callback_under_ddp_matches_the_single_process_run(
     assert not problems, problems[:20]
     permutation = ddp[("concept_permutation", "epoch", 0)][0].payload
     assert sorted(r["concept"] for r in permutation["importance"]) == ["colour", "marker", "shape", "texture"]
-    assert permutation["generation"]["generated_now"] >= single[("concept_permutation", "epoch", 0)][0].payload[
-        "generation"]["generated_now"]
+    assert (
+        permutation["generation"]["generated_now"]
+        >= single[("concept_permutation", "epoch", 0)][0].payload["generation"]["generated_now"]
+    )
     attribution = ddp[("concept_attribution", "epoch", 0)][0].payload
     assert len(attribution["scores"]) == 6 * 2  # every class x concept at the one layer
     assert len(ddp[("diffusion_explainer", "epoch", 0)][0].payload["targets"]) == 6
@@ -260,8 +295,11 @@ def test_out_of_memory_is_recorded_with_a_hint_and_backs_off(tmp_path: Path) -> 
 
 def test_out_of_memory_under_raise_propagates_with_method_epoch_and_hint(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, [OutOfMemoryExplainer(fail=1, on_error="raise")], max_epochs=2)
-    with pytest.raises(RuntimeError, match=r"OutOfMemoryExplainer \(oom\) failed at epoch 0: CUDA out of memory.*"
-                       r"lower max_samples") as err:
+    with pytest.raises(
+        RuntimeError,
+        match=r"OutOfMemoryExplainer \(oom\) failed at epoch 0: CUDA out of memory.*"
+        r"lower max_samples",
+    ) as err:
         trainer.fit(SmallNet(), BlobData())
     assert isinstance(err.value.__cause__, torch.cuda.OutOfMemoryError)
 
@@ -270,7 +308,9 @@ def test_out_of_memory_under_raise_propagates_with_method_epoch_and_hint(tmp_pat
 
 
 @pytest.mark.slow
-def test_thirty_epochs_with_every_callback_hold_memory_hooks_figures_and_tensors_steady(tmp_path: Path) -> None:
+def test_thirty_epochs_with_every_callback_hold_memory_hooks_figures_and_tensors_steady(
+    tmp_path: Path,
+) -> None:
     # every callback explains after epochs 10, 20 and 30 (0-based 9, 19, 29); live tensors are counted after
     # epochs 5, 10, 20, 21 and 30
     probe = MemoryProbe(tensor_epochs=(4, 9, 19, 20, 29))
@@ -301,10 +341,14 @@ def test_thirty_epochs_with_every_callback_hold_memory_hooks_figures_and_tensors
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small"])
-def test_every_callback_explains_torchvision_models_at_layers_chosen_by_name(arch: str, tmp_path: Path) -> None:
+def test_every_callback_explains_torchvision_models_at_layers_chosen_by_name(
+    arch: str, tmp_path: Path
+) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit_torchvision(arch, tmp_path, epochs=1)  # the drift monitor reads results only: covered by the runs above
+        fit_torchvision(
+            arch, tmp_path, epochs=1
+        )  # the drift monitor reads results only: covered by the runs above
     records = read_records(tmp_path / "csv" / "version_0")
     errors = [(r.method, r.epoch, r.payload["message"][:200]) for r in records if r.name == "error"]
     assert not errors

@@ -21,7 +21,9 @@ def _instantiate(spec: dict):
     assert not unknown, f"{spec['class_path']} has no arguments {unknown}"
     for key, value in args.items():  # presets show the defaults: keep them true
         default = params[key].default
-        if default is not inspect.Parameter.empty and not (isinstance(default, tuple) and value == list(default)):
+        if default is not inspect.Parameter.empty and not (
+            isinstance(default, tuple) and value == list(default)
+        ):
             assert value == default, f"{spec['class_path']}.{key}: preset {value!r} != default {default!r}"
     return cls(**args)
 
@@ -38,6 +40,9 @@ def test_every_callback_has_a_preset_and_is_in_all() -> None:
 
     public = {n for n in cbs.__all__ if (n.endswith(("Callback", "Monitor"))) and n != "XAICallback"}
     assert "ConceptDriftMonitor" in public
-    in_all = {s["class_path"].rsplit(".", 1)[1] for s in yaml.safe_load((PRESETS[0].parent / "all.yaml").read_text())["trainer"]["callbacks"]}
+    in_all = {
+        s["class_path"].rsplit(".", 1)[1]
+        for s in yaml.safe_load((PRESETS[0].parent / "all.yaml").read_text())["trainer"]["callbacks"]
+    }
     assert public == in_all
     assert len(PRESETS) - 1 == len(public)

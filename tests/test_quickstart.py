@@ -27,10 +27,18 @@ def test_quickstart_writes_one_record_per_explained_epoch(quickstart_run: tuple[
     alerts = [r for r in records if r.method == "drift" and r.name == "alert"]
     assert len(lines) == 12 + len(alerts) == summary["records"]
     assert sorted((r.method, r.epoch) for r in records if r.name == "epoch") == [
-        ("concept_attribution", 1), ("concept_permutation", 1), ("diffusion_explainer", 1),
-        ("drift", 1), ("drift", 1), ("drift", 1),
-        ("logic_rules", 0), ("logic_rules", 1), ("representation_drift", 0), ("representation_drift", 1),
-        ("symbolic_tree", 0), ("symbolic_tree", 1),
+        ("concept_attribution", 1),
+        ("concept_permutation", 1),
+        ("diffusion_explainer", 1),
+        ("drift", 1),
+        ("drift", 1),
+        ("drift", 1),
+        ("logic_rules", 0),
+        ("logic_rules", 1),
+        ("representation_drift", 0),
+        ("representation_drift", 1),
+        ("symbolic_tree", 0),
+        ("symbolic_tree", 1),
     ]
     drift = {r.payload["source"]: r.payload for r in records if r.method == "drift" and r.name == "epoch"}
     assert set(drift) == {"representation_drift", "logic_rules", "symbolic_tree"}
@@ -38,8 +46,11 @@ def test_quickstart_writes_one_record_per_explained_epoch(quickstart_run: tuple[
     assert {row["kind"] for row in drift["logic_rules"]["rows"]} == {"rule_jaccard", "rule_fidelity"}
     # the CKA drift is the source's own CKA with the previous epoch, as a distance
     cka = next(r for r in records if r.method == "representation_drift" and r.epoch == 1).payload["cka_prev"]
-    assert {row["key"]: row["value"] for row in drift["representation_drift"]["rows"] if row["against"] == "previous"} \
-        == pytest.approx({rep: 1 - v for rep, v in cka.items()})
+    assert {
+        row["key"]: row["value"]
+        for row in drift["representation_drift"]["rows"]
+        if row["against"] == "previous"
+    } == pytest.approx({rep: 1 - v for rep, v in cka.items()})
     records = read_records(out, method="representation_drift")
     assert [(r.method, r.name, r.epoch) for r in records] == [
         ("representation_drift", "epoch", 0),
@@ -86,7 +97,11 @@ def test_scalars_reach_the_csv_logger(quickstart_run: tuple[Path, dict]) -> None
     out, summary = quickstart_run
     metrics = next((out / "csv").glob("version_*/metrics.csv"))
     rows = list(csv.DictReader(metrics.open()))
-    logged = [float(r["xai/representation_drift/cka_ref/features"]) for r in rows if r.get("xai/representation_drift/cka_ref/features")]
+    logged = [
+        float(r["xai/representation_drift/cka_ref/features"])
+        for r in rows
+        if r.get("xai/representation_drift/cka_ref/features")
+    ]
     expected = [r.payload["cka_ref"]["features"] for r in read_records(out, method="representation_drift")]
     assert logged == pytest.approx(expected)
     assert 0.0 <= summary["val_acc"] <= 1.0

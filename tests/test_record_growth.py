@@ -49,7 +49,9 @@ def _epochs_named(value: Any, key: str = "") -> Iterator[int]:
     elif isinstance(value, list):
         for v in value:
             yield from _epochs_named(v, key)
-    elif isinstance(value, int) and not isinstance(value, bool) and (key == "epoch" or key.endswith("_epoch")):
+    elif (
+        isinstance(value, int) and not isinstance(value, bool) and (key == "epoch" or key.endswith("_epoch"))
+    ):
         yield value
 
 

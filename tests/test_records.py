@@ -195,14 +195,26 @@ def test_figure_to_array_draws_what_a_saved_png_shows_and_fills_transparency_wit
     from lightning_xai.records import figure_to_array
 
     fig = Figure(figsize=(2, 1), dpi=40, facecolor="none")  # a bare Figure: no canvas of its own, see-through
-    fig.add_artist(Rectangle((0.25, 0.25), 0.5, 0.5, transform=fig.transFigure, facecolor=(1.0, 0.0, 0.0, 0.5),
-                             edgecolor="none"))  # half-transparent red
+    fig.add_artist(
+        Rectangle(
+            (0.25, 0.25),
+            0.5,
+            0.5,
+            transform=fig.transFigure,
+            facecolor=(1.0, 0.0, 0.0, 0.5),
+            edgecolor="none",
+        )
+    )  # half-transparent red
     expected = np.asarray(_saved_png(fig))
     image = figure_to_array(fig)
     assert image.shape == (40, 80, 3) and image.dtype == np.uint8
     assert (image[0, 0] == 255).all()  # the see-through page comes out white
-    assert abs(int(image[20, 40, 0]) - 255) <= 1 and abs(int(image[20, 40, 1]) - 128) <= 1  # red at 50% on white
-    assert np.abs(image.astype(int) - expected.astype(int)).max() <= 1  # as savefig(facecolor="white") shows it
+    assert (
+        abs(int(image[20, 40, 0]) - 255) <= 1 and abs(int(image[20, 40, 1]) - 128) <= 1
+    )  # red at 50% on white
+    assert (
+        np.abs(image.astype(int) - expected.astype(int)).max() <= 1
+    )  # as savefig(facecolor="white") shows it
 
 
 def _saved_png(fig):

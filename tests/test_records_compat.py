@@ -14,8 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from _report_content import report_content
+
 from lightning_xai.concept_drift import DriftTracker, observations
 from lightning_xai.records import LocalStore, Record, read_records
 from lightning_xai.report import compare, render_report
@@ -23,7 +23,13 @@ from lightning_xai.results import SchemaError, read_result, result_type
 
 FIXTURE = Path(__file__).parent / "fixtures" / "quickstart_schema1"
 BEFORE = json.loads((FIXTURE / "report_content.json").read_text())
-EXPLAINED = ("logic_rules", "concept_attribution", "symbolic_tree", "concept_permutation", "diffusion_explainer")
+EXPLAINED = (
+    "logic_rules",
+    "concept_attribution",
+    "symbolic_tree",
+    "concept_permutation",
+    "diffusion_explainer",
+)
 
 
 @pytest.fixture(scope="module")

@@ -398,7 +398,9 @@ def test_chart_to_figure_bar_and_line():
     b_cols = np.nonzero(mask(img, TAB10[1]).any(0))[0]
     # series a: two bars (x, y) and a legend patch; series b: one bar (its y cell is empty) and a legend patch
     assert (np.diff(a_cols) > 1).sum() == 2 and (np.diff(b_cols) > 1).sum() == 1
-    heights = [int(mask(img, TAB10[0])[:, c].sum()) for c in (a_cols[0], a_cols[np.argmax(np.diff(a_cols) > 1) + 1])]
+    heights = [
+        int(mask(img, TAB10[0])[:, c].sum()) for c in (a_cols[0], a_cols[np.argmax(np.diff(a_cols) > 1) + 1])
+    ]
     assert abs(heights[1] / heights[0] - 3.0) < 0.1  # a's bars are 1 and 3
     line = chart_image(Chart("k", "line", Table("u", ["s", "v"], [[0, 1.0], [5, 2.0]]), "s", "v"))
     m = mask(line, TAB10[0])
@@ -433,8 +435,15 @@ class _FakeRun:
         self.id, self.offline, self.logged = "run123", offline, []
 
     def log_artifact(self, artifact, aliases):
-        self.logged.append((artifact.name, artifact.type, dict(artifact.metadata), list(aliases),
-                            sorted(artifact.manifest.entries)))
+        self.logged.append(
+            (
+                artifact.name,
+                artifact.type,
+                dict(artifact.metadata),
+                list(aliases),
+                sorted(artifact.manifest.entries),
+            )
+        )
 
 
 class _FakeWandbLogger:

@@ -38,7 +38,14 @@ from lightning_xai.records import Chart, Explanation, Media, Record, Table
 from lightning_xai.results import Logged, Result
 from lightning_xai.sinks import SinkDispatcher
 
-__all__ = ["ExplainResult", "XAICallback", "agree_on_failure", "gather_objects", "result_listeners", "run_share"]
+__all__ = [
+    "ExplainResult",
+    "XAICallback",
+    "agree_on_failure",
+    "gather_objects",
+    "result_listeners",
+    "run_share",
+]
 
 T = TypeVar("T")
 
@@ -215,8 +222,10 @@ def _check_finite(sample: ValidationSample, epoch: int) -> None:
             lo, hi = torch.aminmax(value)  # both propagate NaN: one reduction, no mask, when all is finite
             if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
                 continue
-            n = int((~torch.isfinite(value)).any(dim=tuple(range(1, value.dim()))).sum()) if value.dim() > 1 else int(
-                (~torch.isfinite(value)).sum()
+            n = (
+                int((~torch.isfinite(value)).any(dim=tuple(range(1, value.dim()))).sum())
+                if value.dim() > 1
+                else int((~torch.isfinite(value)).sum())
             )
             if n:
                 bad.append(f"{name} ({n} of {value.shape[0]} samples)")
@@ -300,7 +309,9 @@ class XAICallback(Callback):
         if isinstance(layers, str):
             layers = [layers]
         if not all(isinstance(n, str) and n for n in layers):
-            raise MisconfigurationException(f"layers must be a list of dotted layer names, but got {layers!r}.")
+            raise MisconfigurationException(
+                f"layers must be a list of dotted layer names, but got {layers!r}."
+            )
         if batch_to_input is not None and not callable(batch_to_input):
             raise MisconfigurationException(
                 f"batch_to_input must be a callable batch -> (inputs, labels), but got {type(batch_to_input).__name__}."
@@ -313,7 +324,9 @@ class XAICallback(Callback):
         self.consecutive_failures = 0
         self.disabled = False
         self.layers = tuple(dict.fromkeys(layers))
-        self._given_layers = self.layers  # the state key's: layers found by default_layers() must not change it
+        self._given_layers = (
+            self.layers
+        )  # the state key's: layers found by default_layers() must not change it
         self._layers_error: Exception | None = None
         self.head = head
         self.batch_to_input = batch_to_input or default_batch_to_input
@@ -446,9 +459,17 @@ class XAICallback(Callback):
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         cap = self._capture
         if cap is None:
-            self._armed = not self.needs_sample and self._model_ref is not None and self.should_explain(trainer)
+            self._armed = (
+                not self.needs_sample and self._model_ref is not None and self.should_explain(trainer)
+            )
             return
-        key = (id(trainer), trainer.state.stage, trainer.current_epoch, trainer.global_step, trainer.sanity_checking)
+        key = (
+            id(trainer),
+            trainer.state.stage,
+            trainer.current_epoch,
+            trainer.global_step,
+            trainer.sanity_checking,
+        )
         cap.begin_epoch(key, rank=trainer.global_rank, world_size=trainer.world_size)
         self._armed = self.should_explain(trainer)
         if self._armed:
@@ -456,11 +477,22 @@ class XAICallback(Callback):
 
     @override
     def on_validation_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         # default layers are found on the first explained batch, before it runs, so the capture keeps their
         # activations from that batch on (one probe forward of one input, once per run)
-        if not self._armed or self._capture is None or batch_idx != 0 or dataloader_idx != 0 or not self._finds_layers():
+        if (
+            not self._armed
+            or self._capture is None
+            or batch_idx != 0
+            or dataloader_idx != 0
+            or not self._finds_layers()
+        ):
             return
         try:
             inputs, _ = self.batch_to_input(batch)
@@ -571,7 +603,9 @@ class XAICallback(Callback):
         for listener in result_listeners(trainer):
             listener.on_xai_result(trainer, pl_module, self, record, result)
 
-    def _handle_error(self, trainer: Trainer, exc: BaseException, epoch: int, step: int, count: bool = True) -> None:
+    def _handle_error(
+        self, trainer: Trainer, exc: BaseException, epoch: int, step: int, count: bool = True
+    ) -> None:
         hint = None
         if is_out_of_memory(exc):
             hint = (
@@ -623,5 +657,9 @@ class XAICallback(Callback):
             padded[: value.shape[0]] = value
             all_ranks = pl_module.all_gather(padded.to(pl_module.device)).cpu()
             gathered[name] = torch.cat([all_ranks[r, : counts[r]] for r in range(len(counts))])
-        keep = torch.topk(_sample_keys(gathered["ids"], self._capture.seed), min(self.max_samples, len(gathered["ids"])), largest=False)
+        keep = torch.topk(
+            _sample_keys(gathered["ids"], self._capture.seed),
+            min(self.max_samples, len(gathered["ids"])),
+            largest=False,
+        )
         return ValidationSample.from_tensors({k: v[keep.indices] for k, v in gathered.items()})

@@ -88,11 +88,19 @@ class ConceptDriftMonitor(Callback):
         for kind, value in thresholds.items():
             if value is None:  # tracked and logged, never alerts
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
                 raise MisconfigurationException(
                     f"thresholds[{kind!r}] must be a positive number (or None: no alerts), but got {value!r}."
                 )
-        if not (reference == "first" or (isinstance(reference, int) and not isinstance(reference, bool) and reference >= 0)):
+        if not (
+            reference == "first"
+            or (isinstance(reference, int) and not isinstance(reference, bool) and reference >= 0)
+        ):
             raise MisconfigurationException(
                 f"reference={reference!r} is not supported; choose 'first' or an epoch number >= 0."
             )
@@ -104,7 +112,9 @@ class ConceptDriftMonitor(Callback):
                 f"alert_on={alert_on!r} is not supported; choose one or both of {list(AGAINST)}."
             )
         if on_error not in ("warn", "raise"):
-            raise MisconfigurationException(f"on_error={on_error!r} is not supported; choose one of ['warn', 'raise'].")
+            raise MisconfigurationException(
+                f"on_error={on_error!r} is not supported; choose one of ['warn', 'raise']."
+            )
         self.thresholds = thresholds
         self.reference = reference
         self.start_epoch = start_epoch
@@ -112,7 +122,9 @@ class ConceptDriftMonitor(Callback):
         self.stop_on_alert = bool(stop_on_alert)
         self.log_keys = bool(log_keys)
         self.on_error = on_error
-        self.tracker = DriftTracker(thresholds, reference=reference, start_epoch=start_epoch, alert_on=self.alert_on)
+        self.tracker = DriftTracker(
+            thresholds, reference=reference, start_epoch=start_epoch, alert_on=self.alert_on
+        )
         self._sources: dict[int, str] = {}
         self._warned_error = False
 
@@ -176,7 +188,9 @@ class ConceptDriftMonitor(Callback):
                 trainer.should_stop = True
         except Exception as exc:
             if self.on_error == "raise":
-                raise RuntimeError(f"ConceptDriftMonitor failed on {name} at epoch {record.epoch}: {exc}") from exc
+                raise RuntimeError(
+                    f"ConceptDriftMonitor failed on {name} at epoch {record.epoch}: {exc}"
+                ) from exc
             if trainer.is_global_zero:
                 dispatcher_for(trainer).write_error("drift", record.epoch, record.global_step, exc)
             if not self._warned_error:
@@ -187,19 +201,25 @@ class ConceptDriftMonitor(Callback):
                 )
 
     # ------------------------------------------------------------------ output
-    def _log(self, trainer: Trainer, pl_module: LightningModule, source: str, rows: list[dict], alerts: list[dict]) -> None:
+    def _log(
+        self, trainer: Trainer, pl_module: LightningModule, source: str, rows: list[dict], alerts: list[dict]
+    ) -> None:
         maxima: dict[tuple[str, str], float] = {}
         for r in rows:
             short = _SHORT[r["against"]]
             if self.log_keys:
-                log_scalar(trainer, pl_module, f"xai/drift/{source}/{r['kind']}/{short}/{r['key']}", r["value"])
+                log_scalar(
+                    trainer, pl_module, f"xai/drift/{source}/{r['kind']}/{short}/{r['key']}", r["value"]
+                )
             k = (r["kind"], short)
             maxima[k] = max(maxima.get(k, -math.inf), r["value"])
         for (kind, short), value in maxima.items():
             log_scalar(trainer, pl_module, f"xai/drift/{source}/{kind}/max_{short}", value)
         log_scalar(trainer, pl_module, f"xai/drift/{source}/alerts", float(len(alerts)))
 
-    def _write(self, trainer: Trainer, source: str, record: Record, rows: list[dict], alerts: list[dict]) -> None:
+    def _write(
+        self, trainer: Trainer, source: str, record: Record, rows: list[dict], alerts: list[dict]
+    ) -> None:
         # one epoch's rows per record: the report draws each series from the records of all epochs
         state = self.tracker.sources.get(source, {})
         result = DriftResult(
@@ -210,7 +230,11 @@ class ConceptDriftMonitor(Callback):
             alerts=[a["message"] for a in alerts],
         )
         disp = dispatcher_for(trainer)
-        disp.dispatch(result.explanation(result.record(record.epoch, record.global_step)), step=record.global_step)
+        disp.dispatch(
+            result.explanation(result.record(record.epoch, record.global_step)), step=record.global_step
+        )
         for a in alerts:
             alert = DriftAlert(**{k: a[k] for k in DriftAlert.FIELDS})
-            disp.dispatch(alert.explanation(alert.record(record.epoch, record.global_step)), step=record.global_step)
+            disp.dispatch(
+                alert.explanation(alert.record(record.epoch, record.global_step)), step=record.global_step
+            )

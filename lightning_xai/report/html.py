@@ -116,5 +116,14 @@ def _html_table(
 
 # the names the views use
 e, slug, num, fmt, plural, short, pretty, tree_html, html_table, is_number = (
-    _e, _slug, _num, _fmt, _plural, _short, _pretty, _tree_html, _html_table, _is_number
+    _e,
+    _slug,
+    _num,
+    _fmt,
+    _plural,
+    _short,
+    _pretty,
+    _tree_html,
+    _html_table,
+    _is_number,
 )

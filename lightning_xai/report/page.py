@@ -210,7 +210,9 @@ def _error_box(run: RunRecords, box_id: str) -> str:
             if isinstance(err, ExplainerError)
             else _e(problem or "unreadable error record")
         )
-        items.append(f'<li><a href="#{_epoch_id(r.method, r.epoch)}">epoch {r.epoch} · {_e(r.method)}</a>: {what}</li>')
+        items.append(
+            f'<li><a href="#{_epoch_id(r.method, r.epoch)}">epoch {r.epoch} · {_e(r.method)}</a>: {what}</li>'
+        )
     items = "".join(items)
     return (
         f'<div class="error-box" id="{box_id}" role="alert"><h2>✖ {len(errors)} explainer error'

@@ -86,7 +86,9 @@ class _Renderer:
                 items += [
                     (f"{k}.{k2}", v2)
                     for k2, v2 in v.items()
-                    if v2 is None or isinstance(v2, (bool, int, float)) or (isinstance(v2, str) and len(v2) <= 80)
+                    if v2 is None
+                    or isinstance(v2, (bool, int, float))
+                    or (isinstance(v2, str) and len(v2) <= 80)
                 ]
         if not items:
             return ""
@@ -106,7 +108,9 @@ class _Renderer:
             return f'<div class="missing">chart {_e(key)}: unreadable spec</div>'
         table = tables.get(spec.table) if isinstance(spec.table, str) else None
         if table is None:
-            return f'<div class="missing">chart {_e(key)}: its table {_e(spec.table)} is not in the record</div>'
+            return (
+                f'<div class="missing">chart {_e(key)}: its table {_e(spec.table)} is not in the record</div>'
+            )
         cols = table.columns
         rows = [r for r in table.rows if len(r) == len(cols)]
         x, ys = spec.x, spec.y
@@ -125,7 +129,9 @@ class _Renderer:
                 attrs=attrs,
             )
         series = [LineSeries(y, xs, [r[cols.index(y)] for r in rows]) for y in ys]
-        return line_chart_svg(series, title=title, x_label=str(x), y_label=ys[0] if len(ys) == 1 else "", attrs=attrs)
+        return line_chart_svg(
+            series, title=title, x_label=str(x), y_label=ys[0] if len(ys) == 1 else "", attrs=attrs
+        )
 
     def media(self, media: list[StoredMedia], used: set[str] | None = None) -> str:
         entries = [m for m in media if m.path not in (used or set())]
@@ -201,14 +207,22 @@ class _Renderer:
     def tables(self, stored: StoredOutputs) -> str:
         if not stored.tables:
             return ""
-        return '<h4>Tables</h4><div class="tables">' + "".join(self.table(k, t) for k, t in stored.tables.items()) + "</div>"
+        return (
+            '<h4>Tables</h4><div class="tables">'
+            + "".join(self.table(k, t) for k, t in stored.tables.items())
+            + "</div>"
+        )
 
     def table(self, key: str, table: StoredTable | None) -> str:
         if table is None:
             return f'<div class="missing">table {_e(key)}: unreadable</div>'
         rows = table.rows
         shown = rows[:MAX_TABLE_ROWS]
-        note = f'<p class="muted">showing the first {len(shown)} of {len(rows)} rows</p>' if len(rows) > len(shown) else ""
+        note = (
+            f'<p class="muted">showing the first {len(shown)} of {len(rows)} rows</p>'
+            if len(rows) > len(shown)
+            else ""
+        )
         body = _html_table(table.columns, shown, attrs={"data-table": key, "data-rows": str(len(rows))})
         open_ = " open" if len(rows) <= 12 else ""
         return (
@@ -229,7 +243,9 @@ class _Renderer:
             return ""
         text = json.dumps(rest, indent=1, ensure_ascii=False, allow_nan=True, default=str)
         if len(text) > MAX_RAW_CHARS:
-            text = text[:MAX_RAW_CHARS] + f"\n... ({len(text) - MAX_RAW_CHARS} more characters in records.jsonl)"
+            text = (
+                text[:MAX_RAW_CHARS] + f"\n... ({len(text) - MAX_RAW_CHARS} more characters in records.jsonl)"
+            )
         return f'<details class="raw"><summary>payload (JSON)</summary><pre>{_e(text)}</pre></details>'
 
     def error_view(self, err: ExplainerError) -> str:
@@ -237,13 +253,22 @@ class _Renderer:
             f'<div class="view" data-view="error"><p><b>{_e(err.type or "Error")}</b>: '
             f'{_e(err.message or "")}</p><p class="muted">{_e(err.qualified_type or err.type or "error")}</p>'
             + (f'<p class="hint">{_e(err.hint)}</p>' if err.hint else "")
-            + (f"<details open><summary>traceback</summary><pre>{_e(err.traceback)}</pre></details>" if err.traceback else "")
+            + (
+                f"<details open><summary>traceback</summary><pre>{_e(err.traceback)}</pre></details>"
+                if err.traceback
+                else ""
+            )
             + "</div>"
         )
 
     def alert_view(self, alert: DriftAlert) -> str:
-        facts = [(k, getattr(alert, k)) for k in ("source", "kind", "key", "label", "against", "base_epoch", "value", "threshold")]
-        cells = "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(_fmt(v))}</dd></div>" for k, v in facts if v is not None)
+        facts = [
+            (k, getattr(alert, k))
+            for k in ("source", "kind", "key", "label", "against", "base_epoch", "value", "threshold")
+        ]
+        cells = "".join(
+            f"<div><dt>{_e(k)}</dt><dd>{_e(_fmt(v))}</dd></div>" for k, v in facts if v is not None
+        )
         change = ""
         if alert.before is not None or alert.after is not None:
             change = (
@@ -255,4 +280,3 @@ class _Renderer:
     def overview(self, method: str, epochs: Mapping[int, list[Record]]) -> str:
         overview = getattr(view_module(method), "overview", None)
         return overview(self, epochs) if overview is not None else ""
-

@@ -82,7 +82,7 @@ def transient(default: Any = None, *, default_factory: Any = None) -> Any:
         ... class R(Result):
         ...     method: ClassVar[str] = "doc_example"
         ...     score: float = 0.0
-        ...     vectors: dict = transient(default_factory=dict)
+        ...     vectors: dict = transient(default_factory=dict)  # noqa: RUF009
         >>> R(score=0.5, vectors={"a": [1.0]}).to_payload()
         {'score': 0.5}
     """
@@ -118,7 +118,9 @@ class Result:
     #: values an older schema stored about *other* epochs (e.g. ``kendall_tau_prev``): read from old records so
     #: the report still shows them as recorded, never written again (comparisons across epochs are the drift
     #: monitor's)
-    recorded: dict[str, Any] = field(default_factory=dict, kw_only=True, metadata={"transient": True}, repr=False)
+    recorded: dict[str, Any] = field(
+        default_factory=dict, kw_only=True, metadata={"transient": True}, repr=False
+    )
 
     # ------------------------------------------------------------------------------------ serialised form
     def to_payload(self) -> dict[str, Any]:
@@ -189,7 +191,9 @@ class Result:
 
     def record(self, epoch: int, global_step: int, time_s: float = 0.0) -> Record:
         """This result as the record of ``epoch`` (its payload and schema)."""
-        return Record(self.method, self.name, epoch, global_step, time_s, self.to_payload(), schema=self.schema)
+        return Record(
+            self.method, self.name, epoch, global_step, time_s, self.to_payload(), schema=self.schema
+        )
 
     def explanation(self, record: Record, logged: Logged | None = None) -> Explanation:
         """``record`` with what this result logs (:meth:`logged` of the record's epoch unless given)."""
@@ -210,5 +214,7 @@ class Result:
 
         The report shows the numbers and short strings among them, and mappings of up to 12 such values.
         """
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("transient")}
+        out = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("transient")
+        }
         return {**out, **self.recorded}

@@ -52,7 +52,9 @@ class DriftRow:
     def text(self) -> str:
         """``"source · kind · key vs against: value > threshold"``."""
         what = " · ".join(str(v) for v in (self.source, self.kind, self.key) if v is not None)
-        cmp = f"{_fmt(self.value)} > {_fmt(self.threshold)}" if self.threshold is not None else _fmt(self.value)
+        cmp = (
+            f"{_fmt(self.value)} > {_fmt(self.threshold)}" if self.threshold is not None else _fmt(self.value)
+        )
         return f"{what} vs {self.against}: {cmp}"
 
 
@@ -78,7 +80,16 @@ class DriftResult(Result):
     rows: list[DriftRow] = field(default_factory=list)
     alerts: list[str] = field(default_factory=list)
 
-    COLUMNS: ClassVar[tuple[str, ...]] = ("epoch", "kind", "key", "against", "base_epoch", "value", "threshold", "alert")
+    COLUMNS: ClassVar[tuple[str, ...]] = (
+        "epoch",
+        "kind",
+        "key",
+        "against",
+        "base_epoch",
+        "value",
+        "threshold",
+        "alert",
+    )
 
     @classmethod
     def upgrade(cls, payload: dict[str, Any], schema: int) -> dict[str, Any]:

@@ -56,7 +56,10 @@ class RepresentationDriftResult(Result):
         table = Table(
             "cka",
             ["representation", "features", "cka_prev", "cka_ref"],
-            [[rep, self.representations.get(rep), self.cka_prev.get(rep), self.cka_ref.get(rep)] for rep in reps],
+            [
+                [rep, self.representations.get(rep), self.cka_prev.get(rep), self.cka_ref.get(rep)]
+                for rep in reps
+            ],
         )
         return Logged(scalars=scalars, tables=[table])
 

@@ -104,8 +104,14 @@ class StoredOutputs:
         media = payload.get("media")
         text = payload.get("text")
         return cls(
-            tables={str(k): StoredTable.read(v) for k, v in tables.items()} if isinstance(tables, Mapping) else {},
-            charts={str(k): StoredChart.read(v) for k, v in charts.items()} if isinstance(charts, Mapping) else {},
-            media=[m for m in map(StoredMedia.read, media) if m is not None] if isinstance(media, list) else [],
+            tables={str(k): StoredTable.read(v) for k, v in tables.items()}
+            if isinstance(tables, Mapping)
+            else {},
+            charts={str(k): StoredChart.read(v) for k, v in charts.items()}
+            if isinstance(charts, Mapping)
+            else {},
+            media=[m for m in map(StoredMedia.read, media) if m is not None]
+            if isinstance(media, list)
+            else [],
             text={str(k): str(v) for k, v in text.items()} if isinstance(text, Mapping) else {},
         )

@@ -46,7 +46,9 @@ class WorldColourMarkerDetector:
         counts = coloured.sum((1, 2)).clamp_min(1)
         mean = (x * coloured[:, None]).sum((2, 3)) / counts[:, None]  # [N, 3]
         nearest = torch.cdist(mean, self._rgb).argmin(1)
-        colours = [self._names[int(i)] if int(n) > 0 else "none" for i, n in zip(nearest, coloured.sum((1, 2)))]
+        colours = [
+            self._names[int(i)] if int(n) > 0 else "none" for i, n in zip(nearest, coloured.sum((1, 2)))
+        ]
         white = (x.min(1).values > self.white).sum((1, 2))
         markers = [" with a marker" if int(w) >= self.min_marker_pixels else "" for w in white]
         return {"colour": colours, "marker": markers}

@@ -82,9 +82,7 @@ def overview(ren: Any, epochs: Mapping[int, list[Record]]) -> str:
                 )
             ]
             if any(_num(pts[e].get("threshold")) is not None for e in xs):
-                lines.append(
-                    LineSeries("threshold", xs, [pts[e].get("threshold") for e in xs], dashed=True)
-                )
+                lines.append(LineSeries("threshold", xs, [pts[e].get("threshold") for e in xs], dashed=True))
             alerted = any(pts[e].get("alert") for e in xs)
             svg = line_chart_svg(
                 lines,
@@ -100,5 +98,3 @@ def overview(ren: Any, epochs: Mapping[int, list[Record]]) -> str:
         out.append("</div></details>")
     out.append("</div>")
     return "".join(out)
-
-

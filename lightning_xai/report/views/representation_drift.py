@@ -55,5 +55,3 @@ def overview(ren: Any, epochs: Mapping[int, list[Record]]) -> str:
         attrs={"data-plot": "cka-timeline"},
     )
     return f'<div class="overview"><h3>CKA timeline</h3><div class="charts">{svg}</div></div>'
-
-
