@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import inspect
 import itertools
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
+from lightning_xai.callbacks import ConceptDriftMonitor
 from lightning_xai.callbacks.symbolic_tree import SymbolicTreeCallback
 from lightning_xai.capture import LayerNotFoundError, ValidationSample
 from lightning_xai.hyperbolic import (
@@ -70,19 +72,30 @@ from lightning_xai.hyperbolic.geometry import (
     straight_through,
 )
 from lightning_xai.records import read_records
+from lightning_xai.results import SchemaError, read_result
+from lightning_xai.results.symbolic_tree import SymbolicTreeResult
 from lightning_xai.world import WorldDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "quickstart_schema1" / "xai"
 
 # ------------------------------------------------------------------------------------------------ helpers
 
 
 #: a small, fast configuration for SmallNet (8 channels) on BlobData (3 classes)
-SMALL = {"levels": (8, 4), "latent_channels": 8, "steps_per_epoch": 20, "warmup_steps": 20, "semantic_symbols": 2,
-         "semantic_images": 2}
+SMALL = {
+    "levels": (8, 4),
+    "latent_channels": 8,
+    "steps_per_epoch": 20,
+    "warmup_steps": 20,
+    "semantic_symbols": 2,
+    "semantic_images": 2,
+}
 
 
-def capture(model: nn.Module, layer: str, images: torch.Tensor, batch: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+def capture(
+    model: nn.Module, layer: str, images: torch.Tensor, batch: int = 200
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The layer's activations and the model's logits for ``images`` (eval mode, no grad)."""
     module = dict(model.named_modules())[layer]
     acts: list[torch.Tensor] = []
@@ -130,13 +143,19 @@ def test_closed_forms_match_geoopt() -> None:
     assert torch.allclose(rowwise_dist(x, y[:1].expand_as(x)), ball.dist(x, y[:1]), rtol=1e-3, atol=1e-3)
     # soft weights (the adjacency) and one-hot weights with an empty row's neighbours (k-means)
     w = torch.rand(7, 50, generator=g)
-    assert torch.allclose(gyromidpoints(x, w), ball.weighted_midpoint(x.expand(7, 50, 16), w, reducedim=[1]), atol=1e-5)
+    assert torch.allclose(
+        gyromidpoints(x, w), ball.weighted_midpoint(x.expand(7, 50, 16), w, reducedim=[1]), atol=1e-5
+    )
     hard = torch.nn.functional.one_hot(torch.randint(0, 4, (50,), generator=g), 4).T.float()
-    assert torch.allclose(gyromidpoints(x, hard), ball.weighted_midpoint(x.expand(4, 50, 16), hard, reducedim=[1]), atol=1e-5)
+    assert torch.allclose(
+        gyromidpoints(x, hard), ball.weighted_midpoint(x.expand(4, 50, 16), hard, reducedim=[1]), atol=1e-5
+    )
     # gradients agree too (the composition loss trains codes and adjacency through it)
     xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
     ours = torch.autograd.grad(gyromidpoints(xs, ws).sum(), (xs, ws))
-    theirs = torch.autograd.grad(ball.weighted_midpoint(xs.expand(7, 50, 16), ws, reducedim=[1]).sum(), (xs, ws))
+    theirs = torch.autograd.grad(
+        ball.weighted_midpoint(xs.expand(7, 50, 16), ws, reducedim=[1]).sum(), (xs, ws)
+    )
     for a, b in zip(ours, theirs):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-4)
 
@@ -154,14 +173,19 @@ def test_straight_through_forward_is_the_code_and_gradient_reaches_the_token() -
 def test_nearest_code_is_the_argmin_of_the_poincare_distance() -> None:
     ball = make_ball()
     g = torch.Generator().manual_seed(3)
-    x, y = ball.expmap0(torch.randn(400, 16, generator=g)), ball.expmap0(torch.randn(32, 16, generator=g) * 0.7)
+    x, y = (
+        ball.expmap0(torch.randn(400, 16, generator=g)),
+        ball.expmap0(torch.randn(32, 16, generator=g) * 0.7),
+    )
     assert torch.equal(nearest(x, y), ball.dist(x[:, None], y[None]).argmin(1))
 
 
 # ------------------------------------------------------------------------------------------------ model
 
 
-def _forward_on_the_ball(model: SymbolicModel, feats: torch.Tensor, teacher: torch.Tensor) -> dict[str, object]:
+def _forward_on_the_ball(
+    model: SymbolicModel, feats: torch.Tensor, teacher: torch.Tensor
+) -> dict[str, object]:
     """The model's forward and its ``ce`` and ``vq`` terms as defined on the ball, with geoopt's operations:
     Möbius products of quantised points, straight-through on logmap0 of each token, the surrogate on logmap0
     of the top-level point, the commitment loss from two distances."""
@@ -176,11 +200,21 @@ def _forward_on_the_ball(model: SymbolicModel, feats: torch.Tensor, teacher: tor
         k = ball.dist(u[:, :, None], book).argmin(-1)
         tu, tc = ball.logmap0(u), ball.logmap0(book[k])
         q = ball.expmap0(tu + (tc - tu).detach())
-        vq = vq + (ball.dist(u.detach(), book[k]) ** 2).mean() + beta * (ball.dist(u, book[k].detach()) ** 2).mean()
+        vq = (
+            vq
+            + (ball.dist(u.detach(), book[k]) ** 2).mean()
+            + beta * (ball.dist(u, book[k].detach()) ** 2).mean()
+        )
         codes.append(k)
         points.append(u)
     logits = model.surrogate(ball.logmap0(q).flatten(1))
-    return {"codes": codes, "points": points, "logits": logits, "ce": torch.nn.functional.cross_entropy(logits, teacher), "vq": vq}
+    return {
+        "codes": codes,
+        "points": points,
+        "logits": logits,
+        "ce": torch.nn.functional.cross_entropy(logits, teacher),
+        "vq": vq,
+    }
 
 
 @pytest.mark.parametrize("level_map_scale", [1.0, 50.0])
@@ -222,8 +256,6 @@ def test_the_tangent_space_forward_equals_the_definition_on_the_ball(level_map_s
                 assert float((a - b).norm()) <= rtol * float(b.norm()) + 1e-12, (name, tuple(p.shape))
 
 
-
-
 def test_adjacency_is_really_used_by_every_term() -> None:
     cfg = SymbolicConfig(levels=(8, 4), latent_channels=6)
     fitter = SymbolicFitter(5, 3, cfg, seed=0)
@@ -233,7 +265,9 @@ def test_adjacency_is_really_used_by_every_term() -> None:
     model = fitter.model
     terms = model.losses(model(feats), teacher)
     for name in ("composition", "edge", "path", "norm", "sparsity"):
-        grads = torch.autograd.grad(terms[name], list(model.adjacency_logits), retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(
+            terms[name], list(model.adjacency_logits), retain_graph=True, allow_unused=True
+        )
         assert all(g is not None and g.abs().sum() > 0 for g in grads), name
     # every level has a commitment term: the codebook of every level receives a gradient from "vq"
     grads = torch.autograd.grad(terms["vq"], list(model.codebooks), retain_graph=True)
@@ -264,7 +298,12 @@ def test_composition_pulls_parents_to_the_midpoint_of_their_children() -> None:
     [
         ((16, 32), 4, None, r"levels=\[16, 32\] does not shrink"),
         ((8, 8), 4, None, "does not shrink"),
-        ((32, 4), 6, None, r"levels=\[32, 4\] does not shrink towards the top level of 6 symbols \(one per class\)"),
+        (
+            (32, 4),
+            6,
+            None,
+            r"levels=\[32, 4\] does not shrink towards the top level of 6 symbols \(one per class\)",
+        ),
         ((32, 16), 6, 10, "top_symbols=10 is more than the 6 classes"),
         ((), 6, None, "non-empty list"),
         ((32, 1), 6, None, "integers >= 2"),
@@ -314,7 +353,9 @@ def hand_hierarchy() -> Hierarchy:
         torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]]),
         torch.tensor([[0, 0, 0, 0], [1, 1, 1, 0]]),
     ]
-    return Hierarchy((4, 2, 2), [a0, a1], codes, torch.tensor([0, 1]), ["zero", "one"], prune=0.5, class_share=0.5)
+    return Hierarchy(
+        (4, 2, 2), [a0, a1], codes, torch.tensor([0, 1]), ["zero", "one"], prune=0.5, class_share=0.5
+    )
 
 
 def test_class_trees_pruning_routing_and_rules_by_hand() -> None:
@@ -364,10 +405,19 @@ def test_class_trees_pruning_routing_and_rules_by_hand() -> None:
     def near(colour: str) -> np.ndarray:
         return np.abs(img - np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])).sum(-1) <= 6
 
-    rows = {name: np.nonzero(near(c).any(1))[0] for name, c in
-            (("root", "#dddddd"), ("level 1", "#a1d99b"), ("level 0", "#9ecae1"), ("routed", "#cc3333"))}
+    rows = {
+        name: np.nonzero(near(c).any(1))[0]
+        for name, c in (
+            ("root", "#dddddd"),
+            ("level 1", "#a1d99b"),
+            ("level 0", "#9ecae1"),
+            ("routed", "#cc3333"),
+        )
+    }
     assert all(r.size for r in rows.values())  # each level in its colour, and the routed edge in red
-    assert rows["root"].mean() < rows["level 1"].mean() < rows["level 0"].mean()  # root on top, level 0 at the bottom
+    assert (
+        rows["root"].mean() < rows["level 1"].mean() < rows["level 0"].mean()
+    )  # root on top, level 0 at the bottom
     red = near("#cc3333").any(1)
     span = red[rows["routed"].min() : rows["routed"].max() + 1]
     assert not span.all()  # dashed: gaps along the routed edge
@@ -387,7 +437,10 @@ def test_visual_semantics_marks_the_symbols_own_channels() -> None:
     assert sem.images == [1, 0] and sem.tokens == [2, 1] and sem.name == "S0_1"
     assert float(sem.maps.min()) >= 0 and float(sem.maps.max()) == pytest.approx(1.0)
     assert sem.maps[1].argmax() == 1 * 4 + 1  # image 0: only channel 1's hot spot
-    assert {int(sem.maps[0].flatten().topk(2).indices[i]) for i in range(2)} == {5, 10}  # image 1: channels 1 and 2
+    assert {int(sem.maps[0].flatten().topk(2).indices[i]) for i in range(2)} == {
+        5,
+        10,
+    }  # image 1: channels 1 and 2
     assert visual_semantics(enc, [(0, 2)], (4, 4)) == []  # nobody uses S0_2
     grid = semantics_grid([sem], torch.rand(2, 3, 4, 4))
     assert grid.shape == (3, 8, 8 + 4 + 8) and float(grid.min()) >= 0 and float(grid.max()) <= 1
@@ -505,13 +558,19 @@ def test_a_settled_explanation_encodes_the_images_once_and_reads_the_same_symbol
     moved = explain_symbols(SymbolicFitter.from_state_dict(state), *args, stop_at=None, min_steps=0)
     assert moved.report.steps == 50 and calls == [len(digits["features"])]
     calls.clear()
-    shuffled = digits["logits"][torch.randperm(len(digits["logits"]), generator=torch.Generator().manual_seed(0))]
-    ran = explain_symbols(SymbolicFitter.from_state_dict(state), digits["features"], shuffled, 20, stop_at=0.9)
+    shuffled = digits["logits"][
+        torch.randperm(len(digits["logits"]), generator=torch.Generator().manual_seed(0))
+    ]
+    ran = explain_symbols(
+        SymbolicFitter.from_state_dict(state), digits["features"], shuffled, 20, stop_at=0.9
+    )
     assert ran.report.steps == 20 and calls == [len(digits["features"])] * 2
 
 
 @pytest.mark.slow
-def test_a_warm_start_that_already_agrees_stops_early_and_one_that_does_not_runs_on(digits, digits_explained) -> None:
+def test_a_warm_start_that_already_agrees_stops_early_and_one_that_does_not_runs_on(
+    digits, digits_explained
+) -> None:
     fitter, res = digits_explained
     state = fitter.state_dict()
     feats, teacher = digits["features"][res.fit_rows], digits["logits"].argmax(1)[res.fit_rows]
@@ -519,7 +578,9 @@ def test_a_warm_start_that_already_agrees_stops_early_and_one_that_does_not_runs
     warm = SymbolicFitter.from_state_dict(state)
     report = warm.fit(feats, teacher, 100, stop_at=0.9, min_steps=20, check_every=10)
     assert report.stopped_early and report.steps == 20 and report.total_steps == state["total_steps"] + 20
-    assert report.agreement >= 0.9 and report.edge_agreement >= 0.9 and report.to_dict()["stopped_early"] is True
+    assert (
+        report.agreement >= 0.9 and report.edge_agreement >= 0.9 and report.to_dict()["stopped_early"] is True
+    )
     # the same, with every edge cut (and kept cut): the surrogate agrees, but the tokens follow no hard edge,
     # so the trees would not carry their paths: every step runs
     cut = SymbolicFitter.from_state_dict(state)
@@ -543,7 +604,9 @@ def test_a_warm_start_that_already_agrees_stops_early_and_one_that_does_not_runs
     report = SymbolicFitter.from_state_dict(state).fit(feats, teacher, 100, stop_at=0.9, min_steps=0)
     assert report.stopped_early and report.steps == 0 and report.total_steps == state["total_steps"]
     assert report.agreement >= 0.9 and report.losses == {}
-    report = SymbolicFitter.from_state_dict(state).fit(feats, shuffled, 20, stop_at=0.9, min_steps=0, check_every=10)
+    report = SymbolicFitter.from_state_dict(state).fit(
+        feats, shuffled, 20, stop_at=0.9, min_steps=0, check_every=10
+    )
     assert not report.stopped_early and report.steps == 20
     # predictions handed in replace the check's forward pass: they decide, whatever the features say
     fresh = SymbolicFitter.from_state_dict(state)
@@ -551,7 +614,10 @@ def test_a_warm_start_that_already_agrees_stops_early_and_one_that_does_not_runs
     assert report.stopped_early and report.steps == 0 and report.agreement == 1.0
     with pytest.raises(ValueError, match=r"predictions must be \[N\]"):
         fresh.fit(feats, teacher, 5, stop_at=0.9, min_steps=0, predictions=teacher[:3])
-    for bad, match in (({"stop_at": 0.0}, r"stop_at must lie in \(0, 1\]"), ({"min_steps": -1}, "min_steps must be")):
+    for bad, match in (
+        ({"stop_at": 0.0}, r"stop_at must lie in \(0, 1\]"),
+        ({"min_steps": -1}, "min_steps must be"),
+    ):
         with pytest.raises(ValueError, match=match):
             warm.fit(feats, teacher, 5, **bad)
 
@@ -576,8 +642,12 @@ def test_rules_and_trees_are_identical_for_a_seed(digits) -> None:
 
     (a, fa), (b, fb) = run(3), run(3)
     assert a.rule_texts == b.rule_texts and a.rule_texts
-    assert {c: t.to_dict() for c, t in a.class_trees.items()} == {c: t.to_dict() for c, t in b.class_trees.items()}
-    assert [a.hierarchy.image_tree(i).to_dict() for i in range(5)] == [b.hierarchy.image_tree(i).to_dict() for i in range(5)]
+    assert {c: t.to_dict() for c, t in a.class_trees.items()} == {
+        c: t.to_dict() for c, t in b.class_trees.items()
+    }
+    assert [a.hierarchy.image_tree(i).to_dict() for i in range(5)] == [
+        b.hierarchy.image_tree(i).to_dict() for i in range(5)
+    ]
     sa, sb = fa.model.state_dict(), fb.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     other = SymbolicFitter(32, 10, SymbolicConfig(), seed=4).model.state_dict()  # another seed, another model
@@ -607,7 +677,12 @@ def world_run(trained_world, tmp_path_factory):
 def test_world_fidelity_held_out_and_structure(world_run, trained_world) -> None:
     cb, rec, trainer = world_run
     p = rec.payload
-    assert p["layer"] == "conv5" and p["levels"] == [32, 16, 6] and p["n_samples"] == 512 and p["n_heldout"] == 128
+    assert (
+        p["layer"] == "conv5"
+        and p["levels"] == [32, 16, 6]
+        and p["n_samples"] == 512
+        and p["n_heldout"] == 128
+    )
     assert p["fidelity"]["accuracy"] >= 0.90, p["fidelity"]
     # the world's test split: scenes neither the classifier nor the symbolic model ever saw
     model, dm = trained_world
@@ -651,7 +726,7 @@ def test_world_refit_on_a_settled_model_runs_no_step(world_run, trained_world, t
     p = rec.payload
     # the classifier did not move: the surrogate agrees before any step, so none runs, and the explanation
     # is the previous one's (same symbols, same rules)
-    assert p["warm_start_epoch"] == 0 and p["fit"]["stopped_early"] is True and p["fit"]["steps"] == 0
+    assert p["fit"]["initialised"] is False and p["fit"]["stopped_early"] is True and p["fit"]["steps"] == 0
     assert p["fit"]["agreement"] >= 0.99 and p["fidelity"]["accuracy"] >= 0.90
     before = cb.last_result
     assert [r.text for r in warm.last_result.rules] == [r.text for r in before.rules]
@@ -673,42 +748,53 @@ def test_callback_logs_trees_rules_usage_semantics_drift_and_resumes_from_checkp
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     # stop_at=None: every step runs, so the step counts below are exact
     cb, counter = SymbolicTreeCallback(on_error="raise", **SMALL, stop_at=None), ForwardCounter()
-    trainer = make_trainer(tmp_path, [cb, ckpt, counter], max_epochs=2, enable_checkpointing=True)
+    monitor = ConceptDriftMonitor(on_error="raise")  # symbol-usage drift between epochs is the monitor's
+    trainer = make_trainer(tmp_path, [cb, monitor, ckpt, counter], max_epochs=2, enable_checkpointing=True)
     trainer.fit(SmallNet(), BlobData())
     # no extra forward pass over validation data: 2 x (4 train + 4 val batches), plus a one-image probe that found
     # the default layer (the last feature map before the head)
     assert counter.calls == 2 * (4 + 4) + 1
     records = read_records(tmp_path / "logs" / "version_0", method="symbolic_tree")
-    assert [r.epoch for r in records] == [0, 1]
-    first, second = (r.payload for r in records)
-    assert first["layer"] == "bn" and first["levels"] == [8, 4, 3] and first["n_samples"] == 64
-    assert first["warm_start_epoch"] is None and second["warm_start_epoch"] == 0
-    assert first["fit"]["total_steps"] == 40 and second["fit"]["total_steps"] == 60  # warm-started
-    assert first["drift"] is None
-    drift = second["drift"]
-    assert drift["previous_epoch"] == 0 and len(drift["js_usage"]) == 3 and 0 <= drift["rules_jaccard"] <= 1
-    assert drift["js_mean"] == pytest.approx(sum(drift["js_usage"]) / 3)
-    for p in (first, second):
-        assert set(p["tables"]) >= {"rules", "usage", "history", "usage_level_0", "usage_level_1", "usage_level_2"}
+    assert [r.epoch for r in records] == [0, 1] and {r.schema for r in records} == {SymbolicTreeResult.schema}
+    first, second = (read_result(r) for r in records)
+    assert isinstance(first, SymbolicTreeResult) and isinstance(second, SymbolicTreeResult)
+    assert first.layer == "bn" and first.levels == [8, 4, 3] and first.n_samples == 64
+    assert not first.warm_started and second.warm_started  # epoch 1 continued epoch 0's model
+    assert first.fit.total_steps == 40 and second.fit.total_steps == 60  # warm-started
+    # symbol-usage drift between the epochs: the monitor's JS divergence per level, from the records' usage
+    (drift,) = read_records(tmp_path / "logs" / "version_0", method="drift", name="epoch")
+    rows = {r.key: r for r in read_result(drift).rows if r.kind == "symbol_js" and r.against == "previous"}
+    assert drift.epoch == 1 and sorted(rows) == ["level_0", "level_1", "level_2"]
+    for level in range(3):
+        row, js = rows[f"level_{level}"], js_divergence(first.usage[level], second.usage[level])
+        assert row.base_epoch == 0 and row.value == pytest.approx(js)
+    assert 0 <= rules_jaccard([r.text for r in first.rules], [r.text for r in second.rules]) <= 1
+    for rec, res in zip(records, (first, second)):
+        p = rec.payload
+        assert set(p["tables"]) >= {"rules", "usage", "usage_level_0", "usage_level_1", "usage_level_2"}
         assert p["charts"]["usage_level_2"]["kind"] == "bar"
-        assert len(p["usage"]) == 3 and [len(u) for u in p["usage"]] == [8, 4, 3]
-        assert p["rules"] and all(" <- " in r["text"] for r in p["rules"])
-        for c, tree in p["class_trees"].items():
-            assert TreeNode.from_dict(tree).is_connected_to(0), c
+        assert len(res.usage) == 3 and [len(u) for u in res.usage] == [8, 4, 3]
+        assert [len(n) for n in res.code_norms] == [8, 4, 3]
+        assert res.rules and all(" <- " in r.text for r in res.rules)
+        for c, tree in res.class_trees.items():
+            assert tree.is_connected_to(0), c
             assert p["text"][f"dot/class_{c}"].startswith('digraph "class ')
-        assert p["image_trees"] and all(TreeNode.from_dict(t["tree"]).is_connected_to(0) for t in p["image_trees"])
+        assert res.image_trees and all(t.tree.is_connected_to(0) for t in res.image_trees)
         media = {m["key"] for m in p["media"]}
         assert {"class_tree", "usage_histogram", "semantics_level_0", "semantics_level_2"} <= media
         assert all((tmp_path / "logs" / "version_0" / "xai" / m["path"]).is_file() for m in p["media"])
     metrics = trainer.callback_metrics
-    for key in ("fidelity", "macro_f1", "norm/level_0", "edge_agreement", "drift/js_mean", "drift/rules_jaccard"):
+    for key in ("fidelity", "macro_f1", "norm/level_0", "edge_agreement"):
         assert f"xai/symbolic_tree/{key}" in metrics, key
+    assert "xai/drift/symbolic_tree/symbol_js/max_prev" in metrics
     csv = (tmp_path / "logs" / "version_0" / "metrics.csv").read_text()
     assert "xai/symbolic_tree/fidelity" in csv
 
-    # the checkpoint holds the symbolic model of the last explained epoch
-    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"][cb.state_key]["explainer"]
-    assert saved["layer"] == "bn" and saved["previous"]["epoch"] == 1
+    # the checkpoint holds the symbolic model of the last explained epoch and the layer the probe found
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"][cb.state_key]
+    saved = state["explainer"]
+    assert state["default_layers"] == ["bn"] and saved["fitter"]["total_steps"] == 60
+    assert set(saved) == {"fitter"}  # no previous epoch, no history
     live = cb.fitter.model.state_dict()
     assert all(torch.equal(saved["fitter"]["model"][k], live[k]) for k in live)
 
@@ -716,8 +802,11 @@ def test_callback_logs_trees_rules_usage_semantics_drift_and_resumes_from_checkp
     # min_steps makes it train on even where the saved model already agrees
     resumed = SymbolicTreeCallback(on_error="raise", **SMALL, min_steps=20)
     assert resumed.state_key == cb.state_key
-    trainer2 = make_trainer(tmp_path, [resumed], max_epochs=3, logger=CSVLogger(tmp_path, name="resumed"))
+    counter, logger = ForwardCounter(), CSVLogger(tmp_path, name="resumed")
+    trainer2 = make_trainer(tmp_path, [resumed, counter], max_epochs=3, logger=logger)
     trainer2.fit(SmallNet(), BlobData(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    # the layer came from the checkpoint: no probe
+    assert resumed.layers == ("bn",) and counter.calls == 4 + 4
     start = resumed.warm_start_state
     assert start is not None and start["total_steps"] == 60
     assert all(torch.equal(start["model"][k], saved["fitter"]["model"][k]) for k in saved["fitter"]["model"])
@@ -725,9 +814,63 @@ def test_callback_logs_trees_rules_usage_semantics_drift_and_resumes_from_checkp
     after = resumed.fitter.model.state_dict()
     assert not all(torch.equal(after[k], saved["fitter"]["model"][k]) for k in after)  # and it trained on
     (rec,) = read_records(tmp_path / "resumed" / "version_0", method="symbolic_tree")
-    assert rec.epoch == 2 and rec.payload["warm_start_epoch"] == 1 and rec.payload["fit"]["total_steps"] == 80
-    assert rec.payload["drift"]["previous_epoch"] == 1
-    assert [h["epoch"] for h in rec.payload["history"]] == [0, 1, 2]
+    third = read_result(rec)
+    assert rec.epoch == 2 and third.warm_started and third.fit.total_steps == 80
+
+
+def test_a_record_holds_its_own_epoch_and_round_trips(tmp_path: Path) -> None:
+    seed_everything(0)
+    cb = SymbolicTreeCallback(on_error="raise", **SMALL)
+    trainer = make_trainer(tmp_path, [cb], max_epochs=4)
+    trainer.fit(SmallNet(), BlobData())
+    records = read_records(tmp_path / "logs" / "version_0", method="symbolic_tree")
+    assert [r.epoch for r in records] == [0, 1, 2, 3]
+    # the last epoch's typed result, as explained, reads back from its payload unchanged
+    last = cb.last_result
+    assert read_result(records[-1]) == last
+    assert SymbolicTreeResult.from_payload(last.to_payload(), SymbolicTreeResult.schema) == last
+    sizes = []
+    for rec in records:
+        payload = {k: v for k, v in rec.payload.items() if k not in ("tables", "charts", "media", "text")}
+        assert payload == read_result(rec).to_payload()
+        assert not {"history", "drift", "warm_start_epoch", "previous_epoch"} & set(payload)
+        assert not any(k.endswith(("_prev", "_epoch")) for k in payload)
+        assert "history" not in rec.payload["tables"] and "history_chart" not in rec.payload["charts"]
+        sizes.append(len(json.dumps(rec.payload)))
+    # what varies between epochs is the explanation (more or fewer rules, trees), not its past
+    assert sizes[-1] <= 1.5 * sizes[0] + 2048, sizes
+
+
+def test_a_payload_without_a_required_field_is_refused_and_schema_1_reads() -> None:
+    lines = (FIXTURE / "records.jsonl").read_text().splitlines()
+    payload = json.loads(next(line for line in lines if '"symbolic_tree"' in line))["payload"]
+    old = SymbolicTreeResult.from_payload(payload, None)  # schema 1: no schema in the record
+    assert old.layer == "conv5" and old.levels == [32, 16, 6] and old.code_norms == []
+    assert not old.warm_started and old.fit.total_steps == 90
+    assert old.recorded["history"][0]["epoch"] == 0 and "history" not in old.to_payload()
+    assert old.class_trees[0].is_connected_to(0) and old.rules[0].to_dict() == payload["rules"][0]
+    assert [o.value for o in old.observations()] == [[float(n) for n in u] for u in payload["usage"]]
+    for missing in ("fidelity", "class_trees"):
+        broken = {k: v for k, v in payload.items() if k != missing}
+        with pytest.raises(SchemaError, match=rf"symbolic_tree record payload lacks \['{missing}'\]"):
+            SymbolicTreeResult.from_payload(broken, SymbolicTreeResult.schema)
+
+
+def test_a_checkpoint_of_the_old_callback_loads(tmp_path: Path) -> None:
+    fitter = SymbolicFitter(8, 3, SymbolicConfig(levels=(8, 4), latent_channels=8), seed=0)
+    feats = torch.randn(32, 8, 4, 4, generator=torch.Generator().manual_seed(0))
+    fitter.fit(feats, feats.mean((2, 3))[:, :3].argmax(1), steps=3)
+    # what the callback before the typed results saved: the found layer, the fitter, the previous epoch, a history
+    old = {"layer": "bn", "fitter": fitter.state_dict(), "previous": {"epoch": 1, "usage": [], "rules": []},
+           "history": [{"epoch": 0}, {"epoch": 1}]}  # fmt: skip
+    cb = SymbolicTreeCallback(**SMALL)
+    cb.load_state_dict({"explained_epochs": [0, 1], "explainer": old})
+    assert cb.layers == ("bn",) and cb.explained_epochs == [0, 1]
+    assert cb.fitter is not None and cb.fitter.total_steps == 3
+    assert cb.state_dict()["explainer"].keys() == {"fitter"}
+    given = SymbolicTreeCallback(layer="conv", **SMALL)  # a layer the user names wins
+    given.load_state_dict({"explained_epochs": [0, 1], "explainer": old})
+    assert given.layers == ("conv",)
 
 
 @pytest.mark.parametrize(
@@ -841,11 +984,13 @@ def test_under_ddp_rank_zero_fits_and_the_other_ranks_receive_its_model_and_scal
     ranks = [SymbolicTreeCallback(layer="bn", on_error="raise", **SMALL) for _ in range(2)]
     zero = ranks[0].explain(FakeTrainer(0, strategy), module, sample)
     other = ranks[1].explain(FakeTrainer(1, strategy), module, sample)
-    # the payload too, so a drift monitor sees the same result on every rank
-    assert other.scalars == zero.scalars and other.payload == zero.payload and zero.payload["fidelity"]
+    # the whole result too, so a drift monitor sees the same result on every rank
+    assert other == zero and other.logged(0).scalars == zero.logged(0).scalars and zero.fidelity
+    assert other.observations() == zero.observations()
     a, b = ranks[0].fitter.model.state_dict(), ranks[1].fitter.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert ranks[1].explainer_state()["previous"] == ranks[0].explainer_state()["previous"]
+    steps = [cb.explainer_state()["fitter"]["total_steps"] for cb in ranks]
+    assert steps[0] == steps[1] >= SMALL["warmup_steps"]
     # a failure on rank 0 reaches the other ranks instead of leaving them waiting
     bad = ValidationSample(torch.arange(48), acts.mean((2, 3)), logits, layers={"bn": acts[:, :, :1, :1]})
     failing = FakeStrategy()

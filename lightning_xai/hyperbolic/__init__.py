@@ -7,19 +7,24 @@ the classifier's own prediction. The fitted model is read out as class trees, im
 ("class 3 <- S2_4 AND S2_7", "S2_4 <- S1_12 OR S1_30"), exported as nested dicts, Graphviz DOT text and
 PNG figures, with visual semantics (where each symbol is evidenced in the input) and fidelity.
 
-Nothing here imports Lightning; :class:`~lightning_xai.callbacks.SymbolicTreeCallback` runs it while a
-model trains. Method spec: ``methods/hyperbolic_symbolic.md`` (clean design of its section 3).
+Nothing here imports Lightning; :class:`SymbolicTree` is the one call shape (configured once,
+``explain(features, logits) -> SymbolicTreeResult``, warm-started across calls), and
+:class:`~lightning_xai.callbacks.SymbolicTreeCallback` runs it while a model trains. The result's types
+(:class:`~lightning_xai.results.symbolic_tree.SymbolicTreeResult`, :class:`TreeNode`, :class:`Rule`,
+:class:`FitReport`) live in :mod:`lightning_xai.results.symbolic_tree` and are re-exported here.
 
 Example:
     >>> import torch
-    >>> from lightning_xai.hyperbolic import SymbolicConfig, SymbolicFitter, explain_symbols, tree_to_dot
+    >>> from lightning_xai.hyperbolic import SymbolicTree, tree_to_dot
     >>> feats = torch.randn(64, 8, 4, 4); logits = feats.mean((2, 3))[:, :3]
-    >>> fitter = SymbolicFitter(8, 3, SymbolicConfig(levels=(8, 4), latent_channels=4), seed=0)
-    >>> result = explain_symbols(fitter, feats, logits, steps=10)
-    >>> sorted(result.fidelity), fitter.model.sizes
-    (['accuracy', 'macro_f1'], (8, 4, 3))
+    >>> tree = SymbolicTree(levels=(8, 4), latent_channels=4, steps=10, warmup_steps=0)
+    >>> result = tree.explain(feats, logits, layer="features")
+    >>> sorted(result.fidelity), result.levels, tree.fitter.model.sizes
+    (['accuracy', 'macro_f1'], [8, 4, 3], (8, 4, 3))
     >>> tree_to_dot(result.class_trees[0]).startswith("digraph")
     True
+
+:func:`explain_symbols` is the step underneath, for a fitter of one's own.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ with warnings.catch_warnings():
     # the warning is about geoopt's internals, not something a user of this package can act on
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
     import geoopt  # noqa: F401
+
+from lightning_xai.results.symbolic_tree import ImageTree, SymbolEvidence, SymbolicTreeResult
 
 from .config import (
     FeatureMapError,
@@ -56,6 +63,7 @@ from .render import (
     usage_image,
 )
 from .semantics import SymbolSemantics, visual_semantics
+from .symbolic_tree import SymbolicTree
 from .tree import Hierarchy, Rule, TreeNode, read_hierarchy, symbol_name, tree_to_dot
 
 __all__ = [
@@ -64,14 +72,18 @@ __all__ = [
     "FitReport",
     "ForwardPass",
     "Hierarchy",
+    "ImageTree",
     "LevelsError",
     "LossWeights",
     "Rule",
+    "SymbolEvidence",
     "SymbolSemantics",
     "SymbolicConfig",
     "SymbolicExplanation",
     "SymbolicFitter",
     "SymbolicModel",
+    "SymbolicTree",
+    "SymbolicTreeResult",
     "TreeNode",
     "check_feature_map",
     "explain_symbols",

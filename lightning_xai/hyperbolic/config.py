@@ -69,10 +69,17 @@ class LossWeights:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
                 raise ValueError(f"LossWeights.{name} must be a finite number >= 0, but got {value!r}.")
         if self.align_temperature <= 0:
-            raise ValueError(f"LossWeights.align_temperature must be > 0, but got {self.align_temperature!r}.")
+            raise ValueError(
+                f"LossWeights.align_temperature must be > 0, but got {self.align_temperature!r}."
+            )
 
 
 @dataclass(frozen=True)
@@ -166,7 +173,9 @@ def _check_level_list(levels: Any) -> tuple[int, ...]:
             f"levels must be a non-empty list of codebook sizes, finest first (e.g. [32, 16]), but got {levels!r}."
         )
     if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 2 for k in levels):
-        raise LevelsError(f"levels must hold integers >= 2 (codebook sizes, finest first), but got {list(levels)!r}.")
+        raise LevelsError(
+            f"levels must hold integers >= 2 (codebook sizes, finest first), but got {list(levels)!r}."
+        )
     levels = tuple(int(k) for k in levels)
     if any(a <= b for a, b in itertools.pairwise(levels)):
         raise LevelsError(

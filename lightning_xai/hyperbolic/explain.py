@@ -1,7 +1,7 @@
 """One call from cached feature maps to a symbolic explanation: split, fit, read out, measure.
 
-:func:`explain_symbols` is what :class:`~lightning_xai.callbacks.SymbolicTreeCallback` runs each
-explained epoch, and what a notebook user calls on features they captured themselves.
+:func:`explain_symbols` is what :class:`~lightning_xai.hyperbolic.SymbolicTree` runs on every call (and so
+:class:`~lightning_xai.callbacks.SymbolicTreeCallback` every explained epoch), for a fitter of one's own.
 """
 
 from __future__ import annotations
@@ -129,7 +129,9 @@ def explain_symbols(
         )
     n_classes = fitter.model.n_classes
     if classifier_logits.shape[1] != n_classes:
-        raise ValueError(f"the classifier has {classifier_logits.shape[1]} logits but the symbolic model {n_classes} classes.")
+        raise ValueError(
+            f"the classifier has {classifier_logits.shape[1]} logits but the symbolic model {n_classes} classes."
+        )
     teacher = classifier_logits.argmax(1).cpu()
     fit_rows, held = heldout_split(features.shape[0], holdout, seed)
     model = fitter.model

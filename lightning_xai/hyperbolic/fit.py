@@ -15,61 +15,19 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import geoopt
 import torch
 from torch import Tensor
 
+from lightning_xai.results.symbolic_tree import FitReport
+
 from .config import SymbolicConfig, check_feature_map
 from .model import SymbolicModel
 from .tree import EDGE_THRESHOLD
 
 __all__ = ["FitReport", "SymbolicFitter"]
-
-
-@dataclass
-class FitReport:
-    """Summary of one :meth:`SymbolicFitter.fit` call.
-
-    Attributes:
-        steps: optimisation steps run.
-        total_steps: steps run by this fitter so far (over all calls, and before a resume).
-        seconds: wall time.
-        losses: every loss term, averaged over the last quarter of the steps.
-        restarts: codes moved back onto the data because nobody used them.
-        initialised: whether this call placed the codebooks on the data (first fit).
-        stopped_early: whether the fit stopped before its ``steps`` because the surrogate already agreed
-            with the classifier and the tokens followed the hierarchy's edges (``stop_at``).
-        agreement: the surrogate's agreement with the classifier on the last ``check_every`` training
-            batches (NaN when fewer steps ran).
-        edge_agreement: the share of the tokens routed along a hard edge (adjacency > 0.5) from each level
-            to the next, on the same batches (NaN when fewer steps ran).
-    """
-
-    steps: int
-    total_steps: int
-    seconds: float
-    losses: dict[str, float] = field(default_factory=dict)
-    restarts: int = 0
-    initialised: bool = False
-    stopped_early: bool = False
-    agreement: float = math.nan
-    edge_agreement: float = math.nan
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "steps": self.steps,
-            "total_steps": self.total_steps,
-            "seconds": self.seconds,
-            "losses": dict(self.losses),
-            "restarts": self.restarts,
-            "initialised": self.initialised,
-            "stopped_early": self.stopped_early,
-            "agreement": None if math.isnan(self.agreement) else self.agreement,
-            "edge_agreement": None if math.isnan(self.edge_agreement) else self.edge_agreement,
-        }
 
 
 class SymbolicFitter:
@@ -181,9 +139,13 @@ class SymbolicFitter:
         if features.shape[0] != teacher.shape[0]:
             raise ValueError(f"{features.shape[0]} feature maps but {teacher.shape[0]} teacher labels.")
         if features.shape[0] < 2:
-            raise ValueError(f"the symbolic model needs at least 2 images to train on, got {features.shape[0]}.")
+            raise ValueError(
+                f"the symbolic model needs at least 2 images to train on, got {features.shape[0]}."
+            )
         if teacher.numel() and (int(teacher.min()) < 0 or int(teacher.max()) >= self.model.n_classes):
-            raise ValueError(f"teacher classes must lie in [0, {self.model.n_classes}), got {teacher.unique().tolist()}.")
+            raise ValueError(
+                f"teacher classes must lie in [0, {self.model.n_classes}), got {teacher.unique().tolist()}."
+            )
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps must be an integer >= 0, but got {steps!r}.")
         if stop_at is not None and not (isinstance(stop_at, (int, float)) and 0.0 < float(stop_at) <= 1.0):
@@ -192,7 +154,9 @@ class SymbolicFitter:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, but got {value!r}.")
         if predictions is not None and predictions.shape != teacher.shape:
-            raise ValueError(f"predictions must be [N] = {list(teacher.shape)}, got {list(predictions.shape)}.")
+            raise ValueError(
+                f"predictions must be [N] = {list(teacher.shape)}, got {list(predictions.shape)}."
+            )
         with _num_threads(self.threads if self.device.type == "cpu" else None):
             return self._fit(features, teacher, steps, stop_at, min_steps, check_every, predictions)
 
@@ -263,7 +227,11 @@ class SymbolicFitter:
                 self.total_steps += 1
                 # no restart in the last stretch of a fit: a restarted code needs steps to settle and its
                 # edges to catch up before the model is read out
-                if cfg.restart_every and (step + 1) % cfg.restart_every == 0 and step + cfg.restart_every < steps:
+                if (
+                    cfg.restart_every
+                    and (step + 1) % cfg.restart_every == 0
+                    and step + cfg.restart_every < steps
+                ):
                     moved = self._restart_dead(counts, out)
                     restarts += moved
                     if moved:

@@ -93,7 +93,9 @@ def mobius_matvec(m: Tensor, x: Tensor) -> Tensor:
     xn = x.norm(dim=-1, keepdim=True).clamp_min(_MIN_NORM)
     mx = x @ m.transpose(-1, -2)
     mxn = mx.norm(dim=-1, keepdim=True).clamp_min(_MIN_NORM)
-    return mx * (torch.tanh(mxn / xn * torch.atanh(xn.clamp_max(1.0 - 1e-7))).clamp_max(_limit(x.dtype)) / mxn)
+    return mx * (
+        torch.tanh(mxn / xn * torch.atanh(xn.clamp_max(1.0 - 1e-7))).clamp_max(_limit(x.dtype)) / mxn
+    )
 
 
 def gyromidpoints(x: Tensor, weights: Tensor) -> Tensor:
@@ -141,7 +143,7 @@ def pairwise_dist(x: Tensor, y: Tensor) -> Tensor:
     xx = (x * x).sum(-1, keepdim=True)
     yy = (y * y).sum(-1)[None]
     sq = (xx + yy - 2.0 * x @ y.T).clamp_min(0.0)
-    denom = ((1.0 - xx).clamp_min(_EPS) * (1.0 - yy).clamp_min(_EPS))
+    denom = (1.0 - xx).clamp_min(_EPS) * (1.0 - yy).clamp_min(_EPS)
     return torch.acosh((1.0 + 2.0 * sq / denom).clamp_min(1.0 + 1e-7))
 
 

@@ -12,7 +12,9 @@ from .config import FeatureMapError
 __all__ = ["feature_maps_before_head", "find_feature_layer"]
 
 
-def feature_maps_before_head(model: nn.Module, example: Tensor, head: str | None = None) -> dict[str, tuple[int, ...]]:
+def feature_maps_before_head(
+    model: nn.Module, example: Tensor, head: str | None = None
+) -> dict[str, tuple[int, ...]]:
     """Output shapes of the layers that produce a spatial map ``[N, C, H, W]`` (``H * W > 1``) and finish
     before the head starts, in the order they finish (one forward pass of ``example[:1]``, no grad;
     the model's mode is left as it is).
@@ -25,7 +27,12 @@ def feature_maps_before_head(model: nn.Module, example: Tensor, head: str | None
     def hook(name: str):
         def record(module: nn.Module, args: tuple, output: object) -> None:
             out = output[0] if isinstance(output, (tuple, list)) and output else output
-            if started[0] or not isinstance(out, Tensor) or out.dim() != 4 or out.shape[2] * out.shape[3] <= 1:
+            if (
+                started[0]
+                or not isinstance(out, Tensor)
+                or out.dim() != 4
+                or out.shape[2] * out.shape[3] <= 1
+            ):
                 return
             shapes.pop(name, None)  # a module that runs twice counts where it last finished
             shapes[name] = tuple(out.shape)

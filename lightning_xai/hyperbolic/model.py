@@ -152,7 +152,9 @@ class SymbolicModel(nn.Module):
             geoopt.ManifoldParameter(self.ball.expmap0(1e-2 * torch.randn(k, d)), manifold=self.ball)
             for k in self.sizes
         )
-        self.level_maps = nn.ParameterList(nn.Parameter(_LEVEL_MAP_SCALE * torch.eye(d)) for _ in self.sizes[1:])
+        self.level_maps = nn.ParameterList(
+            nn.Parameter(_LEVEL_MAP_SCALE * torch.eye(d)) for _ in self.sizes[1:]
+        )
         self.adjacency_logits = nn.ParameterList(
             nn.Parameter(torch.zeros(a, b)) for a, b in zip(self.sizes, self.sizes[1:])
         )
@@ -247,7 +249,9 @@ class SymbolicModel(nn.Module):
             flat, code = u.reshape(-1, u.shape[-1]), self.codebooks[level][k.flatten()]
             # d(sg(u), e)^2 + beta d(u, sg(e))^2 from one distance: (1 + beta) d(u, e)^2, with the gradient that
             # reaches u scaled by beta / (1 + beta) and the one that reaches e by 1 / (1 + beta)
-            d = rowwise_dist(_ScaleGrad.apply(flat, w.beta / (1 + w.beta)), _ScaleGrad.apply(code, 1 / (1 + w.beta)))
+            d = rowwise_dist(
+                _ScaleGrad.apply(flat, w.beta / (1 + w.beta)), _ScaleGrad.apply(code, 1 / (1 + w.beta))
+            )
             vq = vq + (1 + w.beta) * (d**2).mean()
         terms["vq"] = vq
         comp, edge, path, norm, sparse = [], [], [], [], []
@@ -266,7 +270,13 @@ class SymbolicModel(nn.Module):
             # averaged over the (soft) edges, not over all pairs: most pairs are not edges
             norm.append((a * F.relu(gap)).sum() / a.sum().clamp_min(1e-6))
             sparse.append(a.mean())
-        for name, values in (("composition", comp), ("edge", edge), ("path", path), ("norm", norm), ("sparsity", sparse)):
+        for name, values in (
+            ("composition", comp),
+            ("edge", edge),
+            ("path", path),
+            ("norm", norm),
+            ("sparsity", sparse),
+        ):
             terms[name] = torch.stack(values).mean()
         if self.sizes[-1] == self.n_classes:
             # one symbol per class: the class's own top symbol gets the largest share of an image's tokens
@@ -312,7 +322,9 @@ class SymbolicModel(nn.Module):
 
     # ------------------------------------------------------------------ initialisation and restarts
     @torch.no_grad()
-    def initialise_from_data(self, features: Tensor, generator: torch.Generator, max_tokens: int = 4096) -> None:
+    def initialise_from_data(
+        self, features: Tensor, generator: torch.Generator, max_tokens: int = 4096
+    ) -> None:
         """Place the codebooks on the data (hyperbolic k-means, level by level) and the adjacency on the
         resulting parent of every child. Deterministic for a given ``generator``."""
         was_training = self.training
@@ -341,7 +353,9 @@ class SymbolicModel(nn.Module):
         if dead.numel() == 0 or candidates.shape[0] == 0:
             return
         pick = torch.randint(candidates.shape[0], (dead.numel(),), generator=generator).to(candidates.device)
-        jitter = 1e-2 * torch.randn(dead.numel(), candidates.shape[1], generator=generator).to(candidates.device)
+        jitter = 1e-2 * torch.randn(dead.numel(), candidates.shape[1], generator=generator).to(
+            candidates.device
+        )
         book = self.codebooks[level]
         new = self.ball.expmap(candidates[pick], self.ball.proju(candidates[pick], jitter))
         book.data[dead.to(book.device)] = self.ball.projx(new)

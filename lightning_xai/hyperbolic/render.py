@@ -23,7 +23,13 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
-    "render_semantics", "render_tree", "render_usage", "semantics_grid", "tree_graph", "tree_image", "usage_image",
+    "render_semantics",
+    "render_tree",
+    "render_usage",
+    "semantics_grid",
+    "tree_graph",
+    "tree_image",
+    "usage_image",
 ]
 
 _LEVEL_COLOURS = ["#9ecae1", "#a1d99b", "#fdae6b", "#bcbddc", "#fc9272", "#d9d9d9"]
@@ -100,7 +106,9 @@ def tree_image(tree: TreeNode, title: str | None = None, dpi: int = 100, supersa
         x, lv = pos[n]
         fx = 0.5 if x_hi == x_lo else (x - x_lo) / (x_hi - x_lo)
         fy = 0.5 if top_level == 0 else 1.0 - lv / top_level
-        return margin_x + fx * (width * k - 2 * margin_x), band + margin_y + fy * (height * k - band - 2 * margin_y)
+        return margin_x + fx * (width * k - 2 * margin_x), band + margin_y + fy * (
+            height * k - band - 2 * margin_y
+        )
 
     page = Image.new("RGB", (width * k, height * k), (255, 255, 255))
     draw = ImageDraw.Draw(page)
@@ -115,7 +123,9 @@ def tree_image(tree: TreeNode, title: str | None = None, dpi: int = 100, supersa
         x, y = at(n)
         r = radius[n]
         fill = _LEVEL_COLOURS[d["level"] % len(_LEVEL_COLOURS)] if d["level"] < tree.level else "#dddddd"
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=fill, outline=(51, 51, 51), width=max(1, round(1.0 * pt)))
+        draw.ellipse(
+            [x - r, y - r, x + r, y + r], fill=fill, outline=(51, 51, 51), width=max(1, round(1.0 * pt))
+        )
         lines = (d["label"].replace(" (", "\n(") if d["level"] == tree.level else d["label"]).split("\n")
         step = 7 * pt * 1.2
         for i, line in enumerate(lines):
@@ -216,7 +226,9 @@ def render_semantics(semantics: Sequence[SymbolSemantics], images: Tensor, title
     return fig
 
 
-def semantics_grid(semantics: Sequence[SymbolSemantics], images: Tensor, scale: int = 2, gap: int = 4) -> Tensor:
+def semantics_grid(
+    semantics: Sequence[SymbolSemantics], images: Tensor, scale: int = 2, gap: int = 4
+) -> Tensor:
     """The panels of :func:`render_semantics` as one image tensor ``[3, H, W]`` in [0, 1], without
     matplotlib (about 50 times faster, for logging every epoch): rows = symbols (in order), columns =
     images, each image next to nothing but its own overlay (jet colour map, 45% opacity).

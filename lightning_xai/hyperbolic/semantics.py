@@ -46,7 +46,13 @@ class SymbolSemantics:
 
     def to_dict(self) -> dict[str, object]:
         """The JSON part (no maps)."""
-        return {"level": self.level, "symbol": self.symbol, "name": self.name, "images": self.images, "tokens": self.tokens}
+        return {
+            "level": self.level,
+            "symbol": self.symbol,
+            "name": self.name,
+            "images": self.images,
+            "tokens": self.tokens,
+        }
 
 
 def visual_semantics(

@@ -24,12 +24,13 @@ PNG figures (:func:`lightning_xai.hyperbolic.render.render_tree`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from lightning_xai.results.symbolic_tree import Rule, TreeNode
 
 from .model import Encoding, SymbolicModel
 
@@ -51,105 +52,6 @@ def symbol_name(level: int, symbol: int) -> str:
 
 def _class_label(c: int, names: Sequence[str] | None) -> str:
     return f"class {c} ({names[c]})" if names else f"class {c}"
-
-
-@dataclass
-class TreeNode:
-    """A node of a class or image tree.
-
-    Attributes:
-        name: ``"S<level>_<symbol>"``, or the class label for the root of a class tree.
-        level: the symbol's level (0 finest); the root sits one level above the top.
-        symbol: the symbol index, ``None`` for the root.
-        tokens: tokens of the tree's images on this symbol.
-        edge: ``A`` of the edge to the parent (``None`` for the root and class symbols).
-        routed: the edge comes from the token routes, not from a hard edge of ``A``.
-        children: the node's children (one level down).
-    """
-
-    name: str
-    level: int
-    symbol: int | None
-    tokens: int
-    edge: float | None = None
-    routed: bool = False
-    children: list[TreeNode] = field(default_factory=list)
-
-    def walk(self) -> Iterator[tuple[TreeNode | None, TreeNode]]:
-        """``(parent, node)`` for every node, depth first (the root's parent is ``None``)."""
-        stack: list[tuple[TreeNode | None, TreeNode]] = [(None, self)]
-        while stack:
-            parent, node = stack.pop()
-            yield parent, node
-            stack.extend((node, c) for c in reversed(node.children))
-
-    @property
-    def routed_edges(self) -> int:
-        """Edges of the tree taken from the token routes because ``A`` had none."""
-        return sum(node.routed for _, node in self.walk())
-
-    def symbols(self, level: int) -> list[int]:
-        """The distinct symbols of ``level`` in the tree, sorted."""
-        return sorted({n.symbol for _, n in self.walk() if n.level == level and n.symbol is not None})
-
-    def is_connected_to(self, level: int = 0) -> bool:
-        """Every path from the root ends at a symbol of ``level`` (and the root has children)."""
-        if not self.children:
-            return False
-        return all(n.level == level for _, n in self.walk() if not n.children)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Nested ``{"name", "level", "symbol", "tokens", "edge", "routed", "children": [...]}``."""
-        return {
-            "name": self.name,
-            "level": self.level,
-            "symbol": self.symbol,
-            "tokens": self.tokens,
-            "edge": self.edge,
-            "routed": self.routed,
-            "children": [c.to_dict() for c in self.children],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TreeNode:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            data["name"],
-            int(data["level"]),
-            data["symbol"],
-            int(data["tokens"]),
-            data.get("edge"),
-            bool(data.get("routed", False)),
-            [cls.from_dict(c) for c in data.get("children", [])],
-        )
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One Horn-like rule: ``head <- body[0] op body[1] ...``.
-
-    Attributes:
-        class_index: the class whose tree the rule comes from.
-        level: level of the head (the number of levels for a class rule).
-        head: ``"class 3 (name)"`` or ``"S2_4"``.
-        body: the symbols of the body.
-        op: ``"AND"`` (class rules: all class symbols) or ``"OR"`` (symbol rules: any child).
-    """
-
-    class_index: int
-    level: int
-    head: str
-    body: tuple[str, ...]
-    op: str
-
-    @property
-    def text(self) -> str:
-        """``"S2_4 <- S1_12 OR S1_30"``."""
-        return f"{self.head} <- " + f" {self.op} ".join(self.body)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"class": self.class_index, "level": self.level, "head": self.head, "body": list(self.body),
-                "op": self.op, "text": self.text}
 
 
 @dataclass
@@ -257,7 +159,12 @@ class Hierarchy:
         """The tree of ``class_index``: class symbols walked back to level 0 (no children if the
         classifier predicts the class for none of the images)."""
         rows = torch.nonzero(self.teacher == class_index).flatten()
-        root = TreeNode(_class_label(class_index, self.class_names), self.num_levels, None, int(rows.numel()) * self.codes[0].shape[1])
+        root = TreeNode(
+            _class_label(class_index, self.class_names),
+            self.num_levels,
+            None,
+            int(rows.numel()) * self.codes[0].shape[1],
+        )
         return self._tree(root, rows, self.class_symbols(class_index) if rows.numel() else [])
 
     def image_tree(self, index: int) -> TreeNode:
@@ -367,7 +274,11 @@ def tree_to_dot(tree: TreeNode, name: str = "tree") -> str:
           "root" -> "S0_1" [label="0.90"];
         }
     """
-    lines = [f'digraph "{_dot_escape(name)}" {{', "  rankdir=TB;", '  node [fontname="Helvetica", fontsize=10];']
+    lines = [
+        f'digraph "{_dot_escape(name)}" {{',
+        "  rankdir=TB;",
+        '  node [fontname="Helvetica", fontsize=10];',
+    ]
     declared: set[str] = set()
     edges: list[str] = []
     for parent, node in tree.walk():
@@ -375,7 +286,9 @@ def tree_to_dot(tree: TreeNode, name: str = "tree") -> str:
         if nid not in declared:
             declared.add(nid)
             if node.symbol is None:
-                lines.append(f'  "{nid}" [label="{_dot_escape(node.name)}", shape=box, style=filled, fillcolor="#dddddd"];')
+                lines.append(
+                    f'  "{nid}" [label="{_dot_escape(node.name)}", shape=box, style=filled, fillcolor="#dddddd"];'
+                )
             else:
                 lines.append(f'  "{nid}" [label="{node.name}\\n{node.tokens} tokens", shape=ellipse];')
         if parent is not None:
