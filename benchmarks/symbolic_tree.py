@@ -64,7 +64,7 @@ class TimedSymbolicTree(SymbolicTreeCallback):
         self.seconds.append(time.perf_counter() - start)
         self.forwards.append(calls[0])
         assert self.last_result is not None
-        self.fit_seconds.append(self.last_result.report.seconds)
+        self.fit_seconds.append(self.last_result.fit.seconds)
 
 
 def one_run(
@@ -95,7 +95,7 @@ def main() -> None:
                 forwards += cb.forwards
                 assert cb.last_result is not None
                 fidelity.append(cb.last_result.fidelity["accuracy"])
-                edges.append(min(cb.last_result.edge_agreement))
+                edges.append(min(a for a in cb.last_result.edge_agreement if a is not None))
             ratios = [e / t for e, t in zip(explain, train)]
             rows.append(
                 (

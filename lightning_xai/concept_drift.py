@@ -177,15 +177,6 @@ def _logic_rules(payload: Mapping[str, Any], extras: Mapping[str, Any]) -> list[
     return out
 
 
-def _symbolic_tree(payload: Mapping[str, Any], extras: Mapping[str, Any]) -> list[Observation]:
-    return [
-        Observation(
-            "symbol_js", f"level_{level}", f"symbol usage at level {level}", [float(n) for n in usage]
-        )
-        for level, usage in enumerate(payload.get("usage") or [])
-    ]
-
-
 def _concept_permutation(payload: Mapping[str, Any], extras: Mapping[str, Any]) -> list[Observation]:
     importance = {r["concept"]: float(r["importance"]) for r in payload.get("importance") or []}
     if len(importance) < 2:
@@ -211,7 +202,6 @@ EXTRACTORS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], list[Obse
     "representation_drift": _representation,
     "concept_attribution": _concept_attribution,
     "logic_rules": _logic_rules,
-    "symbolic_tree": _symbolic_tree,
     "concept_permutation": _concept_permutation,
     "diffusion_explainer": _diffusion_explainer,
 }

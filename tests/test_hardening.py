@@ -185,7 +185,7 @@ def test_resume_restores_every_callback_and_neither_loses_nor_repeats_a_record(
         at2["concept_permutation"]["previous_epoch"] == 1
         and at2["concept_permutation"]["kendall_tau_prev"] is not None
     )
-    assert at2["symbolic_tree"]["warm_start_epoch"] == 1
+    assert at2["symbolic_tree"]["fit"]["initialised"] is False
     assert at2["diffusion_explainer"]["previous_epoch"] == 1
     # the drift series continue: epoch 2 is compared with epoch 1 (from the checkpoint), the reference stays epoch 0
     drift = [r.payload for r in keys[("drift", "epoch", 2)]]
