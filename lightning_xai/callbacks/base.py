@@ -12,7 +12,7 @@ import gc
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -400,6 +400,30 @@ class XAICallback(Callback):
         ``on_error``.
         """
         return []
+
+    def class_names_for(
+        self, trainer: Trainer, pl_module: LightningModule, n_classes: int
+    ) -> list[str] | None:
+        """The names of the model's ``n_classes`` classes, or ``None`` where nothing names them all.
+
+        Looked up in order: the callback's ``class_names`` argument, ``pl_module.classes``,
+        ``pl_module.hparams["classes"]`` and the datamodule's ``classes``; the first list of ``n_classes``
+        strings wins.
+        """
+        hparams = getattr(pl_module, "hparams", None)
+        for names in (
+            getattr(self, "class_names", None),
+            getattr(pl_module, "classes", None),
+            hparams.get("classes") if isinstance(hparams, Mapping) else None,
+            getattr(getattr(trainer, "datamodule", None), "classes", None),
+        ):
+            if (
+                isinstance(names, (list, tuple))
+                and len(names) == n_classes
+                and all(isinstance(n, str) for n in names)
+            ):
+                return list(names)
+        return None
 
     def _finds_layers(self) -> bool:
         return not self.layers and type(self).default_layers is not XAICallback.default_layers
