@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
+from lightning_xai.callbacks import ConceptDriftMonitor
 from lightning_xai.callbacks.logic_rules import LogicRulesCallback
 from lightning_xai.capture import HeadNotFoundError, LayerNotFoundError
 from lightning_xai.logic import (
@@ -277,7 +278,11 @@ def test_sweeps_stop_at_acceptance_and_agree_with_evaluating_every_step() -> Non
     z = head_inputs(net, images)
     blurred = gaussian_blur(images, 3.0)
     # thresholds from barely below the clean value (early acceptance) to far below it (late or never)
-    pairs = [(i, Predicate(0, 0, 1, float(z[i, 0]) * frac, 1, 1.0, 2)) for i in range(n) for frac in (0.97, 0.8, 0.5, 0.1)]
+    pairs = [
+        (i, Predicate(0, 0, 1, float(z[i, 0]) * frac, 1, 1.0, 2))
+        for i in range(n)
+        for frac in (0.97, 0.8, 0.5, 0.1)
+    ]
     rng = np.random.default_rng(0)
     # a bump per pair: its region grows as the cutoff falls
     yy, xx = np.mgrid[:size, :size]
@@ -304,7 +309,9 @@ def test_sweeps_stop_at_acceptance_and_agree_with_evaluating_every_step() -> Non
             firsts.append(off[0] if off else None)
         expected_g[m] = firsts[0]
         # only the steps up to the guided acceptance count for the random control
-        expected_r[m] = firsts[1] if firsts[1] is not None and (firsts[0] is None or firsts[1] <= firsts[0]) else None
+        expected_r[m] = (
+            firsts[1] if firsts[1] is not None and (firsts[0] is None or firsts[1] <= firsts[0]) else None
+        )
     assert guided == expected_g and random == expected_r
     accepted_at = [k for k in guided.values() if k is not None]
     assert len(set(accepted_at)) >= 3 and None in guided.values()  # early, late and never: the test has teeth
@@ -702,8 +709,8 @@ def test_no_extra_forward_pass_for_rules(trained_world, tmp_path: Path) -> None:
     extra = forwards([grounded]) - baseline
     last = grounded.last_result
     # every extra forward belongs to grounding (+1 layer probe) or the perturbation study
-    assert extra == 1 + last["grounding"].forward_calls + last["perturbation"].forward_calls
-    assert rules_only.last_result["vocabulary"].to_dict() == last["vocabulary"].to_dict()
+    assert extra == 1 + last.grounding.forward_calls + last.perturbation.forward_calls
+    assert rules_only.last_result.vocabulary.to_dict() == last.vocabulary.to_dict()
 
 
 @pytest.mark.slow
@@ -764,38 +771,72 @@ def test_callback_on_trained_world_logs_everything(trained_world, tmp_path: Path
     assert len(logged_images(run)) >= 8
 
 
-def test_previous_vocabularies_survive_checkpoint_and_resume(tmp_path: Path) -> None:
+def test_vocabulary_drift_survives_checkpoint_and_resume(tmp_path: Path) -> None:
+    """Records and the callback's checkpoint hold one epoch; the drift monitor compares epoch 2 with epoch 1's
+    vocabularies across a resume, from a checkpoint written by the version that kept them in the callback."""
     seed_everything(0)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     cb = LogicRulesCallback(on_error="raise", max_grounding_images=0, max_perturbation_images=0)
-    trainer = make_trainer(tmp_path, [cb, ckpt], max_epochs=2, enable_checkpointing=True)
+    trainer = make_trainer(
+        tmp_path, [cb, ConceptDriftMonitor(), ckpt], max_epochs=2, enable_checkpointing=True
+    )
     trainer.fit(SmallNet(), BlobData())
-    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"][cb.state_key]
-    assert saved["explainer"]["previous"]["epoch"] == 1
-    assert [h["epoch"] for h in saved["explainer"]["history"]] == [0, 1]
+    checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    saved = checkpoint["callbacks"][cb.state_key]
+    assert saved == {"explained_epochs": [0, 1], "explainer": {}}  # no previous epoch, no history
     first = read_records(tmp_path / "logs" / "version_0", method="logic_rules")
-    assert first[0].payload["jaccard_prev"] is None and first[1].payload["previous_epoch"] == 0
+    assert [r.epoch for r in first] == [0, 1]
+    assert not {"previous_epoch", "jaccard_prev", "history"} & set(first[1].payload)
+    assert "xai/logic_rules/jaccard_prev" not in trainer.callback_metrics
 
+    # the checkpoint as the version before the typed results wrote it: the previous vocabularies and a history
+    saved["explainer"] = {
+        "previous": {"epoch": 1, "vocabulary": first[1].payload["vocabulary"]},
+        "history": [{"epoch": 0}, {"epoch": 1}],
+    }
+    torch.save(checkpoint, tmp_path / "ckpt" / "old.ckpt")
     resumed = LogicRulesCallback(on_error="raise", max_grounding_images=0, max_perturbation_images=0)
     assert resumed.state_key == cb.state_key
-    trainer2 = make_trainer(tmp_path, [resumed], max_epochs=3, logger=CSVLogger(tmp_path, name="resumed"))
-    trainer2.fit(SmallNet(), BlobData(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
-    (rec,) = read_records(tmp_path / "resumed" / "version_0", method="logic_rules")
-    # epoch 2 is compared with epoch 1's vocabularies, restored from the checkpoint
-    assert rec.epoch == 2 and rec.payload["previous_epoch"] == 1
-    expected = vocabulary_jaccard(
-        Vocabulary.from_dict(saved["explainer"]["previous"]["vocabulary"]), resumed.last_result["vocabulary"]
+    trainer2 = make_trainer(
+        tmp_path, [resumed, ConceptDriftMonitor()], max_epochs=3, logger=CSVLogger(tmp_path, name="resumed")
     )
-    assert rec.payload["jaccard_prev"] == [None if math.isnan(v) else pytest.approx(v) for v in expected]
-    assert [h["epoch"] for h in rec.payload["history"]] == [0, 1, 2]
-    assert "xai/logic_rules/jaccard_prev" in trainer2.callback_metrics
+    trainer2.fit(SmallNet(), BlobData(), ckpt_path=tmp_path / "ckpt" / "old.ckpt")
+    assert resumed.explained_epochs == [0, 1, 2]
+    run = tmp_path / "resumed" / "version_0"
+    (rec,) = read_records(run, method="logic_rules")
+    assert rec.epoch == 2 and not {"previous_epoch", "jaccard_prev", "history"} & set(rec.payload)
+    # epoch 2 is compared with epoch 1's vocabularies: the drift monitor's state came with the checkpoint
+    expected = vocabulary_jaccard(
+        Vocabulary.from_dict(first[1].payload["vocabulary"]), resumed.last_result.vocabulary
+    )
+    (drift,) = [r for r in read_records(run, method="drift") if r.name == "epoch" and r.epoch == 2]
+    rows = {
+        row["key"]: row
+        for row in drift.payload["rows"]
+        if row["kind"] == "rule_jaccard" and row["against"] == "previous"
+    }
+    assert sorted(rows) == [f"class_{k}" for k in range(3)]
+    for k, jaccard in enumerate(expected):
+        row = rows[f"class_{k}"]
+        assert row["base_epoch"] == 1
+        assert row["value"] == pytest.approx(0.0 if math.isnan(jaccard) else 1.0 - jaccard)
+        assert float(trainer2.callback_metrics[f"xai/drift/logic_rules/rule_jaccard/prev/class_{k}"]) == (
+            pytest.approx(row["value"])
+        )
 
 
 def test_grounding_runs_every_n_explained_epochs_the_first_and_the_last(tmp_path: Path) -> None:
-    def run(cb: LogicRulesCallback, max_epochs: int, name: str, ckpt_path: Path | None = None) -> dict[int, bool]:
+    def run(
+        cb: LogicRulesCallback, max_epochs: int, name: str, ckpt_path: Path | None = None
+    ) -> dict[int, bool]:
         ckpt = ModelCheckpoint(dirpath=tmp_path / f"ckpt_{name}", save_last=True)
-        trainer = make_trainer(tmp_path, [cb, ckpt], max_epochs=max_epochs, enable_checkpointing=True,
-                               logger=CSVLogger(tmp_path, name=name))
+        trainer = make_trainer(
+            tmp_path,
+            [cb, ckpt],
+            max_epochs=max_epochs,
+            enable_checkpointing=True,
+            logger=CSVLogger(tmp_path, name=name),
+        )
         with_images: dict[int, bool] = {}
         explain = cb.explain
 
@@ -815,7 +856,12 @@ def test_grounding_runs_every_n_explained_epochs_the_first_and_the_last(tmp_path
         assert all(r.payload["global_rules"] for r in records)
         return grounded
 
-    kwargs = {"on_error": "raise", "max_grounding_images": 2, "max_perturbation_images": 2, "grounding_every": 3}
+    kwargs = {
+        "on_error": "raise",
+        "max_grounding_images": 2,
+        "max_perturbation_images": 2,
+        "grounding_every": 3,
+    }
     # epochs 0 and 3 (every third explained epoch, from the first) and 4 (the fit's last); 1 and 2 learn rules only
     assert run(LogicRulesCallback(**kwargs), 5, "every3") == {0: True, 1: False, 2: False, 3: True, 4: True}
     # every second epoch explained (1, 3, 5): the first of them grounds, the second does not, and 5 is the last
@@ -826,7 +872,12 @@ def test_grounding_runs_every_n_explained_epochs_the_first_and_the_last(tmp_path
     first = LogicRulesCallback(**kwargs)
     run(first, 2, "before")
     resumed = LogicRulesCallback(**kwargs)
-    assert run(resumed, 6, "after", ckpt_path=tmp_path / "ckpt_before" / "last.ckpt") == {2: False, 3: True, 4: False, 5: True}
+    assert run(resumed, 6, "after", ckpt_path=tmp_path / "ckpt_before" / "last.ckpt") == {
+        2: False,
+        3: True,
+        4: False,
+        5: True,
+    }
     assert LogicRulesCallback().grounding_every == 5
 
 

@@ -1,6 +1,8 @@
 """VisionLogic: logic rules from the classifier head's input neurons (no Lightning imports).
 
-Pipeline (specification: ``methods/visionlogic.md``; Geng et al., 2025):
+Geng et al., 2025. :class:`LogicRules` is the entry point: configured once, its
+:meth:`~LogicRules.explain` runs the whole pipeline on one epoch's head inputs, logits and labels and
+returns a :class:`~lightning_xai.results.logic_rules.LogicRulesResult`. The steps, each usable alone:
 
 1. :func:`extract_pathways`: per image, the shortest contribution-ordered prefix of head-input
    features whose partial logits already give the prediction; signed feature ids.
@@ -27,8 +29,11 @@ Example:
     >>> vocab = fit_vocabulary(z, extract_pathways(z, head), 2, labels=torch.tensor([0, 0, 1]))
     >>> [r.text() for r in local_rules(z, vocab, head)]
     ['class 0 <- f0 >= 1.5', 'class 0 <- f0 >= 1.5', 'class 1 <- f1 >= 1']
+    >>> LogicRules(crossfit_folds=0).explain(z, head.logits(z), torch.tensor([0, 0, 1]), head).global_rules
+    ['class 0 <- (f0 >= 1.5) [100%]', 'class 1 <- (f1 >= 1) [100%]']
 """
 
+from lightning_xai.logic.explainer import SCORING_CHOICES, LogicRules
 from lightning_xai.logic.grounding import (
     DEFAULT_CUTOFFS,
     DEFAULT_MIN_CAM_SIZE,
@@ -37,13 +42,10 @@ from lightning_xai.logic.grounding import (
     GroundingTest,
     feature_map_layers,
     find_grounding_layer,
-    gaussian_blur,
     ground_predicates,
     head_inputs,
     neuron_gradcam,
     neuron_scorecam,
-    random_rectangle,
-    region_from_map,
 )
 from lightning_xai.logic.pathways import (
     HeadMismatchError,
@@ -60,6 +62,7 @@ from lightning_xai.logic.perturbation import (
     perturb,
     perturbation_study,
 )
+from lightning_xai.logic.regions import gaussian_blur, random_rectangle, region_from_map
 from lightning_xai.logic.rules import (
     SCORINGS,
     GlobalRule,
@@ -87,6 +90,7 @@ __all__ = [
     "DEFAULT_MIN_CAM_SIZE",
     "PERTURBATIONS",
     "SCORINGS",
+    "SCORING_CHOICES",
     "SOURCES",
     "ClassVocabulary",
     "GlobalRule",
@@ -96,6 +100,7 @@ __all__ = [
     "HeadMismatchError",
     "LinearHead",
     "LocalRule",
+    "LogicRules",
     "Pathways",
     "PerturbationReport",
     "Predicate",

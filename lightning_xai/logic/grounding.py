@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from torch import Tensor, nn
 
 from lightning_xai.capture import explanation_mode, find_head, resolve_layer, run_model
+from lightning_xai.logic.regions import Box, _aspect, gaussian_blur, random_rectangle, region_from_map
 from lightning_xai.logic.vocabulary import Predicate
 
 __all__ = [
@@ -46,19 +46,14 @@ __all__ = [
     "GroundingTest",
     "feature_map_layers",
     "find_grounding_layer",
-    "gaussian_blur",
     "ground_predicates",
     "head_inputs",
     "neuron_gradcam",
     "neuron_scorecam",
-    "random_rectangle",
-    "region_from_map",
 ]
 
 DEFAULT_CUTOFFS: tuple[float, ...] = tuple(round(0.60 - 0.05 * k, 2) for k in range(11))
 """Fractions of the map's maximum tried in order: 0.60, 0.55, ..., 0.10."""
-
-_EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity
 
 
 class GroundingLayerError(ValueError):
@@ -158,8 +153,9 @@ def find_grounding_layer(
     """The grounding layer: ``layer`` checked, or a default chosen from one forward pass.
 
     The default is the last (outermost) layer before the head whose feature map is at least
-    ``min_size`` x ``min_size`` (``"layer4"`` for a ResNet at 224 px, as in the reference; ``"conv3"``,
-    8x8, for :class:`~lightning_xai.world.TinyCNN` at 64 px), else the largest map. Why not simply the
+    ``min_size`` x ``min_size`` (``"layer4"`` for a ResNet at 224 px, as in the reference; ``"conv4.2"``,
+    the 8x8 activation of block 4 before its pooling, for :class:`~lightning_xai.world.TinyCNN` at 64 px),
+    else the largest map. Why not simply the
     last feature map: for a head-input neuron, Grad-CAM at the map that is globally pooled into the head
     reduces to that channel's own activation, and a 4x4 map upsampled to the image marks more than half
     of it at the first cutoff, so such regions are no better than random ones.
@@ -426,94 +422,6 @@ def _scorecam(
             maps.append(cam.cpu())
     out, _ = _normalise_maps(torch.stack(maps)) if maps else (torch.zeros(0, *size), None)
     return out
-
-
-# ------------------------------------------------------------------------------------------ regions
-def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of ``[N, C, H, W]`` images, edge pixels replicated (any image size).
-
-    Example:
-        >>> x = torch.zeros(1, 1, 9, 9); x[..., 4, 4] = 1.0
-        >>> y = gaussian_blur(x, 1.0)
-        >>> round(float(y.sum()), 4), float(y.max()) < 1.0
-        (1.0, True)
-    """
-    if sigma <= 0:
-        return images.clone()
-    r = max(1, math.ceil(3 * sigma))
-    k = torch.exp(-(torch.arange(-r, r + 1, dtype=torch.float64) ** 2) / (2 * sigma**2))
-    k = (k / k.sum()).to(images.dtype).to(images.device)
-    c = images.shape[1]
-    x = F.pad(images, (r, r, 0, 0), mode="replicate")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1).contiguous(), groups=c)
-    x = F.pad(x, (0, 0, r, r), mode="replicate")
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1).contiguous(), groups=c)
-
-
-Box = tuple[int, int, int, int]
-
-
-def region_from_map(heat: np.ndarray, cutoff: float) -> tuple[np.ndarray, list[Box]]:
-    """Union of the tight boxes of the 8-connected components of ``{heat >= cutoff * max(heat)}``.
-
-    Args:
-        heat: ``[H, W]`` non-negative map.
-        cutoff: fraction of the maximum.
-
-    Returns:
-        ``(mask [H, W] bool, boxes)`` with boxes ``(x0, y0, x1, y1)`` in pixels, ``x1``/``y1`` exclusive.
-        An all-zero map gives an empty region.
-
-    Example:
-        >>> h = np.zeros((6, 6)); h[1, 1] = 1.0; h[4, 3:5] = 0.8
-        >>> mask, boxes = region_from_map(h, 0.5)
-        >>> boxes, int(mask.sum())
-        ([(1, 1, 2, 2), (3, 4, 5, 5)], 3)
-    """
-    top = float(heat.max()) if heat.size else 0.0
-    mask = np.zeros(heat.shape, dtype=bool)
-    if top <= 0:
-        return mask, []
-    labels, _ = ndimage.label(heat >= cutoff * top, structure=_EIGHT)
-    boxes: list[Box] = []
-    for sl in ndimage.find_objects(labels):
-        if sl is None:
-            continue
-        ys, xs = sl
-        mask[ys, xs] = True
-        boxes.append((int(xs.start), int(ys.start), int(xs.stop), int(ys.stop)))
-    return mask, boxes
-
-
-def random_rectangle(
-    area: int, aspect: float, height: int, width: int, rng: np.random.Generator
-) -> tuple[np.ndarray, Box]:
-    """A uniformly placed rectangle of about ``area`` pixels with width/height ratio ``aspect``.
-
-    Example:
-        >>> mask, box = random_rectangle(12, 3.0, 10, 10, np.random.default_rng(0))
-        >>> int(mask.sum()), box[2] - box[0], box[3] - box[1]
-        (12, 6, 2)
-    """
-    area = int(max(1, min(area, height * width)))
-    aspect = float(aspect) if aspect > 0 and math.isfinite(aspect) else 1.0
-    h = int(min(height, max(1, round(math.sqrt(area / aspect)))))
-    w = int(min(width, max(1, round(area / h))))
-    if w == width:  # clipped in width: grow the height to keep the area
-        h = int(min(height, max(1, round(area / w))))
-    y0 = int(rng.integers(0, height - h + 1))
-    x0 = int(rng.integers(0, width - w + 1))
-    mask = np.zeros((height, width), dtype=bool)
-    mask[y0 : y0 + h, x0 : x0 + w] = True
-    return mask, (x0, y0, x0 + w, y0 + h)
-
-
-def _aspect(mask: np.ndarray) -> float:
-    ys = np.flatnonzero(mask.any(1))
-    xs = np.flatnonzero(mask.any(0))
-    if ys.size == 0:
-        return 1.0
-    return (xs[-1] - xs[0] + 1) / (ys[-1] - ys[0] + 1)
 
 
 # ------------------------------------------------------------------------------------------ results

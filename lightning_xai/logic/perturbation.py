@@ -30,8 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from lightning_xai.capture import explanation_mode, find_head
-from lightning_xai.logic.grounding import _Runner, gaussian_blur
+from lightning_xai.logic.grounding import _Runner
 from lightning_xai.logic.pathways import LinearHead
+from lightning_xai.logic.regions import gaussian_blur
 from lightning_xai.logic.vocabulary import Predicate
 
 __all__ = ["DEFAULT_LEVELS", "PERTURBATIONS", "PerturbationReport", "perturb", "perturbation_study"]

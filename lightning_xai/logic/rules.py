@@ -49,6 +49,17 @@ SCORINGS = ("restricted_logit", "share")
 """Scorings of :class:`RuleClassifier`; the first is the default."""
 
 
+def finite_mean(values: Sequence[float | None]) -> float:
+    """Mean of the finite values (``None`` and NaN left out); NaN if there is none.
+
+    Example:
+        >>> finite_mean([1.0, None, float("nan"), 2.0])
+        1.5
+    """
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
 def class_label(c: int, class_names: Sequence[str] | None = None) -> str:
     """``"class 2"`` or ``"class 2 (circle/lined)"``.
 
