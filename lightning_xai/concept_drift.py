@@ -154,29 +154,6 @@ def _concept_attribution(payload: Mapping[str, Any], extras: Mapping[str, Any]) 
     return out
 
 
-def _logic_rules(payload: Mapping[str, Any], extras: Mapping[str, Any]) -> list[Observation]:
-    names = list(payload.get("classes") or [])
-    out = []
-    for cv in (payload.get("vocabulary") or {}).get("classes", []):
-        k = int(cv["class"])
-        name = names[k] if k < len(names) else f"class_{k}"
-        texts = {p["signed_id"]: p["text"] for p in cv.get("predicates", [])}
-        out.append(
-            Observation(
-                "rule_jaccard",
-                name,
-                f"rule vocabulary of class {name!r}",
-                frozenset(texts),
-                meta={"texts": texts},
-            )
-        )
-    for k, f in enumerate(payload.get("fidelity_per_class") or []):
-        if f is not None:
-            name = names[k] if k < len(names) else f"class_{k}"
-            out.append(Observation("rule_fidelity", name, f"rule fidelity of class {name!r}", float(f)))
-    return out
-
-
 def _concept_permutation(payload: Mapping[str, Any], extras: Mapping[str, Any]) -> list[Observation]:
     importance = {r["concept"]: float(r["importance"]) for r in payload.get("importance") or []}
     if len(importance) < 2:
@@ -201,7 +178,6 @@ def _diffusion_explainer(payload: Mapping[str, Any], extras: Mapping[str, Any]) 
 EXTRACTORS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], list[Observation]]] = {
     "representation_drift": _representation,
     "concept_attribution": _concept_attribution,
-    "logic_rules": _logic_rules,
     "concept_permutation": _concept_permutation,
     "diffusion_explainer": _diffusion_explainer,
 }

@@ -164,9 +164,10 @@ def test_every_misconfiguration_raised_in_init_has_a_row() -> None:
     assert not missing, f"raises no row of the README's table reaches: {missing}"
 
 
-def _range_checked(cls: type) -> set[str]:
-    """Arguments that ``cls.__init__`` itself passes to ``check_int`` / ``check_interval``, by name, including
-    those checked in a loop over ``(name, value, low)`` tuples."""
+def _range_checked(cls: type, cores: bool = True) -> set[str]:
+    """Arguments that ``cls.__init__`` passes to ``check_int`` / ``check_interval``, by name, including those
+    checked in a loop over ``(name, value, low)`` tuples, and (``cores``) those of its own parameters that the
+    lightning-xai core classes it constructs there check (a callback builds its core from its arguments)."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls.__init__)))
     loops: dict[str, set[str]] = {}
     for node in ast.walk(tree):
@@ -180,6 +181,8 @@ def _range_checked(cls: type) -> set[str]:
                     if isinstance(e, ast.Tuple) and isinstance(e.elts[0], ast.Constant)
                 }
     names: set[str] = set()
+    scope = vars(sys.modules[cls.__module__])
+    params = set(inspect.signature(cls.__init__).parameters)
     for node in ast.walk(tree):
         called = (
             getattr(node.func, "id", None) or getattr(node.func, "attr", None)
@@ -192,6 +195,10 @@ def _range_checked(cls: type) -> set[str]:
                 names.add(arg.value)
             elif isinstance(arg, ast.Name):
                 names |= loops.get(arg.id, set())
+        core = scope.get(called) if cores and isinstance(called, str) else None
+        is_core = isinstance(core, type) and core.__module__.startswith("lightning_xai.")
+        if is_core and "callbacks" not in core.__module__ and "__init__" in vars(core):
+            names |= _range_checked(core, cores=False) & params
     return names
 
 

@@ -43,8 +43,8 @@ def test_every_old_record_reads_as_its_typed_result(old_records):
     for rec in old_records:
         assert rec.schema is None  # written before records carried a schema
         result = read_result(rec)
-        assert type(result) is result_type(rec.method)
-        assert result.name == rec.name or rec.method == "drift"
+        assert type(result) is result_type(rec.method, rec.name)
+        assert result.name == rec.name
 
 
 def test_old_records_render_the_same_sections_views_and_numbers():
@@ -84,8 +84,8 @@ def _drift_rows(records: list[Record]) -> dict[tuple, float]:
     for rec in records:
         if rec.method == "drift" and rec.name == "epoch":
             for row in read_result(rec).rows:
-                if row["kind"] != "cav_cosine":  # CAV vectors are in memory only, never in a record
-                    out[(rec.epoch, row["source"], row["kind"], row["key"], row["against"])] = row["value"]
+                if row.kind != "cav_cosine":  # CAV vectors are in memory only, never in a record
+                    out[(rec.epoch, row.source, row.kind, row.key, row.against)] = row.value
     return out
 
 

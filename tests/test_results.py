@@ -89,7 +89,7 @@ def test_transient_fields_stay_in_memory_and_results_round_trip() -> None:
         method: ClassVar[str] = "test_probe"
         schema: ClassVar[int] = 2
         score: float = 0.0
-        vectors: dict = transient(default_factory=dict)  # noqa: RUF009 - a field() factory
+        vectors: dict = transient(default_factory=dict)
 
     r = Probe(score=0.25, vectors={"a": [1.0, 2.0]})
     assert r.to_payload() == {"score": 0.25}

@@ -82,7 +82,7 @@ def transient(default: Any = None, *, default_factory: Any = None) -> Any:
         ... class R(Result):
         ...     method: ClassVar[str] = "doc_example"
         ...     score: float = 0.0
-        ...     vectors: dict = transient(default_factory=dict)  # noqa: RUF009
+        ...     vectors: dict = transient(default_factory=dict)
         >>> R(score=0.5, vectors={"a": [1.0]}).to_payload()
         {'score': 0.5}
     """

@@ -293,8 +293,8 @@ class LogicRulesResult(Result):
     retention: float
     grounding: GroundingSummary | None = None
     perturbation: PerturbationReport | None = None
-    grounding_report: GroundingReport | None = transient()  # noqa: RUF009 - a field() factory
-    grounded_images: Tensor | None = transient()  # noqa: RUF009 - a field() factory
+    grounding_report: GroundingReport | None = transient()
+    grounded_images: Tensor | None = transient()
 
     # ------------------------------------------------------------------------------------ serialised form
     @classmethod

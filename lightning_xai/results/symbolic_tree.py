@@ -317,7 +317,7 @@ class SymbolicTreeResult(Result):
     rules: list[Rule]
     routed_edges: int
     semantics: list[SymbolEvidence]
-    panels: dict[int, Any] = transient(default_factory=dict)  # noqa: RUF009 - a field() factory
+    panels: dict[int, Any] = transient(default_factory=dict)
 
     # ------------------------------------------------------------------------------------ serialised form
     @classmethod
