@@ -23,7 +23,9 @@ How the comparison is set up, and why:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from scipy import stats
@@ -39,7 +41,10 @@ from torch.utils.data import TensorDataset
 
 from lightning_xai.callbacks.concept_attribution import ConceptAttributionCallback
 from lightning_xai.capture import LayerNotFoundError
+from lightning_xai.concept_drift import DriftTracker, observations
 from lightning_xai.records import read_records
+from lightning_xai.results import SchemaError, read_result
+from lightning_xai.results.concept_attribution import ConceptAttributionResult
 from lightning_xai.tcav import (
     ActivationCache,
     ConceptAttribution,
@@ -146,7 +151,9 @@ def explained(world: World) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for cav, names in (("mean", all_concepts()), ("linear", SHAPES_TEXTURES)):
         concepts = {c: concept_set(c, POOL, seed=SEED) for c in names}
-        ex = ConceptAttribution(world.model, LAYERS, concepts, world.pool, cav=cav, n_random=RUNS, cache=cache)
+        ex = ConceptAttribution(
+            world.model, LAYERS, concepts, world.pool, cav=cav, n_random=RUNS, cache=cache
+        )
         rows = world.global_rows
         out[cav] = {
             "explainer": ex,
@@ -161,7 +168,9 @@ def explained(world: World) -> dict[str, dict[str, Any]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("cav", ["mean", "linear"])
 @pytest.mark.parametrize("layer", LAYERS)
-def test_planted_concepts_score_high_and_are_significant(world: World, explained: dict, cav: str, layer: str) -> None:
+def test_planted_concepts_score_high_and_are_significant(
+    world: World, explained: dict, cav: str, layer: str
+) -> None:
     """Every concept the task decides a class by (its shape and its textures) scores >= 0.8 and is significant."""
     result = explained[cav]["tcav"]
     assert result.n_hypotheses == len(result.concepts) * 6 * len(LAYERS)  # Bonferroni over everything tested
@@ -177,7 +186,9 @@ def test_planted_concepts_score_high_and_are_significant(world: World, explained
 @pytest.mark.slow
 @pytest.mark.parametrize("cav", ["mean", "linear"])
 @pytest.mark.parametrize("layer", LAYERS)
-def test_significant_results_point_the_way_of_large_effects(world: World, explained: dict, cav: str, layer: str) -> None:
+def test_significant_results_point_the_way_of_large_effects(
+    world: World, explained: dict, cav: str, layer: str
+) -> None:
     result = explained[cav]["tcav"]
     large = [(c, k) for k in range(6) for c in result.concepts if world.large(c, k)]
     assert len(large) == 48  # 3 shapes + 5 textures per class
@@ -195,7 +206,9 @@ def test_concepts_without_effect_are_not_significant(world: World, explained: di
     result = explained["mean"]["tcav"]
     irrelevant = [c for c in result.concepts if c.startswith(("colour", "marker"))]
     for c in irrelevant:
-        assert max(abs(world.effects.effect(c, k)) for k in range(6)) < 0.03 * float(world.effects.mean.abs().max())
+        assert max(abs(world.effects.effect(c, k)) for k in range(6)) < 0.03 * float(
+            world.effects.mean.abs().max()
+        )
     flagged = [(c, k) for c in irrelevant for k in range(6) if result.score(c, k, DEFAULT_LAYER).significant]
     assert len(flagged) <= 3, flagged  # measured: 0 of 30
 
@@ -226,7 +239,9 @@ def _visual_agreement(world: World, glob: Any, k: int, layer: str, concepts: lis
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cav", ["mean", "linear"])
-def test_tcav_magnitude_ranks_concepts_like_the_interventional_effects(world: World, explained: dict, cav: str) -> None:
+def test_tcav_magnitude_ranks_concepts_like_the_interventional_effects(
+    world: World, explained: dict, cav: str
+) -> None:
     result = explained[cav]["tcav"]
     for k in range(6):
         concepts = world.resolvable(k)
@@ -236,7 +251,9 @@ def test_tcav_magnitude_ranks_concepts_like_the_interventional_effects(world: Wo
 
 
 @pytest.mark.slow
-def test_visual_tcav_global_attribution_ranks_concepts_like_the_effects_mean_cavs(world: World, explained: dict) -> None:
+def test_visual_tcav_global_attribution_ranks_concepts_like_the_effects_mean_cavs(
+    world: World, explained: dict
+) -> None:
     glob = explained["mean"]["global"]
     assert glob.n.tolist() == [PER_CLASS] * 6
     for k in range(6):
@@ -316,7 +333,12 @@ def _pointing_game(ex: ConceptAttribution, layer: str) -> dict[str, tuple[float,
         for i, scene in enumerate(scenes):
             if concept not in scene.masks:
                 continue
-            covered = torch.nn.functional.adaptive_avg_pool2d(scene.masks[concept][None, None].float(), (h, w))[0, 0] > 0
+            covered = (
+                torch.nn.functional.adaptive_avg_pool2d(scene.masks[concept][None, None].float(), (h, w))[
+                    0, 0
+                ]
+                > 0
+            )
             hits.append(bool(covered.flatten()[int(peaks[k, i].flatten().argmax())]))
             chance.append(float(covered.float().mean()))
         out[concept] = (sum(hits) / len(hits), sum(chance) / len(chance), len(hits))
@@ -365,9 +387,13 @@ def test_integrated_gradients_are_complete(world: World, explained: dict) -> Non
     from lightning_xai.capture import explanation_mode, forward_from_layer
 
     with explanation_mode(world.model):
-        (g1,) = torch.autograd.grad(forward_from_layer(world.model, "conv3", a, x[:2]).gather(1, y[:2, None]).sum(), a)
+        (g1,) = torch.autograd.grad(
+            forward_from_layer(world.model, "conv3", a, x[:2]).gather(1, y[:2, None]).sum(), a
+        )
         z = torch.zeros_like(a).requires_grad_(True)
-        (g0,) = torch.autograd.grad(forward_from_layer(world.model, "conv3", z, x[:2]).gather(1, y[:2, None]).sum(), z)
+        (g0,) = torch.autograd.grad(
+            forward_from_layer(world.model, "conv3", z, x[:2]).gather(1, y[:2, None]).sum(), z
+        )
     assert torch.allclose(one.attributions, (g0 + g1) / 2 * acts["conv3"][:2], atol=1e-6)
 
 
@@ -376,13 +402,20 @@ def test_default_layer_is_the_last_feature_map(world: World) -> None:
     assert last_feature_map_layer(world.model, world.x[:1]) == DEFAULT_LAYER
     import torchvision
 
-    assert last_feature_map_layer(torchvision.models.resnet18(weights=None, num_classes=6), world.x[:1]) == "layer4"
+    assert (
+        last_feature_map_layer(torchvision.models.resnet18(weights=None, num_classes=6), world.x[:1])
+        == "layer4"
+    )
 
 
 # ------------------------------------------------------------------------- Done when: determinism etc.
-def _small_explainer(model: torch.nn.Module, cav: str, seed: int = 0, layers: Any = ("conv4", "conv5")) -> ConceptAttribution:
+def _small_explainer(
+    model: torch.nn.Module, cav: str, seed: int = 0, layers: Any = ("conv4", "conv5")
+) -> ConceptAttribution:
     concepts = {c: concept_set(c, 24, seed=3) for c in ("shape:circle", "texture:striped")}
-    return ConceptAttribution(model, list(layers), concepts, random_set(24, seed=3), cav=cav, n_random=4, m_steps=8, seed=seed)
+    return ConceptAttribution(
+        model, list(layers), concepts, random_set(24, seed=3), cav=cav, n_random=4, m_steps=8, seed=seed
+    )
 
 
 @pytest.mark.slow
@@ -433,7 +466,9 @@ def test_resnet18_layer4(world: World) -> None:
     assert local.maps("layer4").shape == (2, 1, 2, 2) and local.attributions.shape == (1, 2, 1, 3)
     assert local.maps("layer4", upsample=True).shape == (2, 1, 64, 64)
     # attributions lie in [0, E_k] and the integrated gradients are complete (avgpool + fc follow layer4)
-    assert torch.all(local.attributions >= 0) and torch.all(local.attributions <= local.scaling[:, None] + 1e-6)
+    assert torch.all(local.attributions >= 0) and torch.all(
+        local.attributions <= local.scaling[:, None] + 1e-6
+    )
     assert torch.allclose(local.ig_total, local.ig_delta, rtol=1e-3, atol=1e-5)
     assert all(p.grad is None for p in net.parameters())
 
@@ -446,11 +481,15 @@ def test_concept_sets_from_tensor_dataset_and_folder(tmp_path: Path) -> None:
     folder = tmp_path / "striped"
     folder.mkdir()
     for i, img in enumerate(images):
-        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(folder / f"{i}.png")
+        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
+            folder / f"{i}.png"
+        )
     (folder / "notes.txt").write_text("not an image")
     from_folder = load_images("striped", folder)
     assert from_folder.shape == (5, 3, 64, 64) and torch.allclose(from_folder, images, atol=1 / 255)
-    resized = load_images("striped", folder, input_shape=(3, 32, 32))  # default transform resizes to the model
+    resized = load_images(
+        "striped", folder, input_shape=(3, 32, 32)
+    )  # default transform resizes to the model
     assert resized.shape == (5, 3, 32, 32)
     dataset = TensorDataset(images, torch.zeros(5))
     assert torch.equal(load_images("d", dataset), images)  # (image, label) items
@@ -460,7 +499,9 @@ def test_concept_sets_from_tensor_dataset_and_folder(tmp_path: Path) -> None:
 def test_concept_set_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ConceptDataError, match="'one' has 1 image .*at least 2 are needed"):
         load_images("one", torch.rand(1, 3, 8, 8))
-    with pytest.raises(ConceptDataError, match=r"shape \[3, 32, 32\] but the model's inputs are \[3, 64, 64\]"):
+    with pytest.raises(
+        ConceptDataError, match=r"shape \[3, 32, 32\] but the model's inputs are \[3, 64, 64\]"
+    ):
         load_images("small", torch.rand(4, 3, 32, 32), input_shape=(3, 64, 64))
     with pytest.raises(ConceptDataError, match="does not exist"):
         load_images("gone", tmp_path / "missing")
@@ -470,11 +511,20 @@ def test_concept_set_errors_are_clear(tmp_path: Path) -> None:
         load_images("list", [1, 2, 3])  # type: ignore[arg-type]
     model = TinyCNN(num_classes=6).eval()
     # images that do not fit the model: caught against the model's input shape when the explainer runs
-    ex = ConceptAttribution(model, ["conv5"], {"tiny": torch.rand(4, 3, 32, 32)}, random_set(8, seed=0), n_random=2)
-    with pytest.raises(ConceptDataError, match="'tiny' has images of shape \\[3, 32, 32\\] but the model's inputs are \\[3, 64, 64\\]"):
+    ex = ConceptAttribution(
+        model, ["conv5"], {"tiny": torch.rand(4, 3, 32, 32)}, random_set(8, seed=0), n_random=2
+    )
+    with pytest.raises(
+        ConceptDataError,
+        match="'tiny' has images of shape \\[3, 32, 32\\] but the model's inputs are \\[3, 64, 64\\]",
+    ):
         ex.tcav(random_set(2, seed=1), 0)
-    ex = ConceptAttribution(model, ["conv5"], {"grey": torch.rand(4, 1, 64, 64)}, torch.rand(8, 1, 64, 64), n_random=2)
-    with pytest.raises(ValueError, match="The model cannot run on the sets 'grey'.*shape, channels and preprocessing"):
+    ex = ConceptAttribution(
+        model, ["conv5"], {"grey": torch.rand(4, 1, 64, 64)}, torch.rand(8, 1, 64, 64), n_random=2
+    )
+    with pytest.raises(
+        ValueError, match="The model cannot run on the sets 'grey'.*shape, channels and preprocessing"
+    ):
         ex.cavs()
     with pytest.raises(ValueError, match="No concepts given"):
         ConceptAttribution(model, ["conv5"], {}, random_set(8, seed=0))
@@ -505,11 +555,15 @@ def test_each_set_is_loaded_and_hashed_once_per_model_state_unless_edited(monkey
     ex.cavs()
     assert len(hashed) == 5
     # a set cached before the model's input shape was known is still checked against it
-    small = ConceptAttribution(model, ["conv5"], {"small": torch.rand(4, 3, 32, 32)}, random_set(8, seed=0), n_random=2)
+    small = ConceptAttribution(
+        model, ["conv5"], {"small": torch.rand(4, 3, 32, 32)}, random_set(8, seed=0), n_random=2
+    )
     small.begin(("epoch", 0))
     small._images("small")
     small.input_shape = (3, 64, 64)
-    with pytest.raises(ConceptDataError, match=r"'small' has images of shape \[3, 32, 32\] but the model's inputs"):
+    with pytest.raises(
+        ConceptDataError, match=r"'small' has images of shape \[3, 32, 32\] but the model's inputs"
+    ):
         small._images("small")
 
 
@@ -604,7 +658,10 @@ def test_linear_cavs_batched_equal_one_at_a_time() -> None:
     g = torch.Generator().manual_seed(0)
     direction = torch.zeros(40)
     direction[3] = 1.0
-    positives = [torch.randn(30, 40, generator=g) + 3 * direction, torch.randn(25, 40, generator=g) - 3 * direction]
+    positives = [
+        torch.randn(30, 40, generator=g) + 3 * direction,
+        torch.randn(25, 40, generator=g) - 3 * direction,
+    ]
     negatives = torch.randn(5, 20, 40, generator=g)
     null = torch.stack([positives[0][:20]] * 5)
     batched = linear_cavs(positives, negatives, paired=null, max_iter=2000, tol=1e-5)
@@ -628,12 +685,17 @@ def _primal_logistic_direction(xp: torch.Tensor, xn: torch.Tensor, l2: float) ->
     """Unit normal of ``0.5 mean_pos softplus(-z) + 0.5 mean_neg softplus(z) + l2/2 |w|^2`` by primal L-BFGS."""
     w = torch.zeros(xp.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=2000, tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w, b], max_iter=2000, tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe"
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = (0.5 * torch.nn.functional.softplus(-(xp.double() @ w + b)).mean()
-                + 0.5 * torch.nn.functional.softplus(xn.double() @ w + b).mean() + 0.5 * l2 * w.pow(2).sum())
+        loss = (
+            0.5 * torch.nn.functional.softplus(-(xp.double() @ w + b)).mean()
+            + 0.5 * torch.nn.functional.softplus(xn.double() @ w + b).mean()
+            + 0.5 * l2 * w.pow(2).sum()
+        )
         loss.backward()
         return loss
 
@@ -689,29 +751,60 @@ def _folder(root: Path, images: torch.Tensor) -> Path:
 
     root.mkdir(parents=True)
     for i, img in enumerate(images):
-        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(root / f"{i:03d}.png")
+        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
+            root / f"{i:03d}.png"
+        )
     return root
 
 
+class _Results(Callback):
+    """Keeps every typed result the explainer callbacks hand to their listeners."""
+
+    def __init__(self) -> None:
+        self.results: list[Any] = []
+
+    def on_xai_result(self, trainer, pl_module, source, record, result) -> None:
+        self.results.append(result)
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
+
+
 @pytest.mark.slow
-def test_callback_explains_a_trained_model_and_logs_everything(tmp_path: Path, trained_model_copy: TinyCNN) -> None:
+def test_callback_explains_a_trained_model_and_logs_everything(
+    tmp_path: Path, trained_model_copy: TinyCNN
+) -> None:
     """Inside a real Trainer (validate on the trained model, then one epoch of fit): records read back."""
     concepts = {
         "shape:circle": concept_set("shape:circle", 60, seed=SEED),  # tensor
-        "texture:striped": _folder(tmp_path / "striped", concept_set("texture:striped", 60, seed=SEED)),  # folder
+        "texture:striped": _folder(
+            tmp_path / "striped", concept_set("texture:striped", 60, seed=SEED)
+        ),  # folder
         "colour:red": TensorDataset(concept_set("colour:red", 60, seed=SEED), torch.zeros(60)),  # Dataset
     }
     cb = ConceptAttributionCallback(
-        concepts, random=random_set(60, seed=SEED), n_random=20, probe_images=2, images_per_class=4,
-        m_steps=20, on_error="raise",
+        concepts,
+        random=random_set(60, seed=SEED),
+        n_random=20,
+        probe_images=2,
+        images_per_class=4,
+        m_steps=20,
+        on_error="raise",
     )
     dm = WorldDataModule(n_train=128, n_val=240, batch_size=60, seed=0)
-    trainer = _trainer(tmp_path, [cb, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
-                       enable_checkpointing=True, limit_train_batches=1)
+    listener = _Results()
+    trainer = _trainer(
+        tmp_path,
+        [cb, listener, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+        enable_checkpointing=True,
+        limit_train_batches=1,
+    )
     trainer.validate(trained_model_copy, dm, verbose=False)
     trainer.fit(trained_model_copy, dm)
     records = read_records(tmp_path / "logs" / "version_0", method="concept_attribution")
     assert [r.epoch for r in records] == [0, 0] and len(cb.explained_epochs) == 2
+    assert all(r.schema == ConceptAttributionResult.schema for r in records)
     first, second = records[0].payload, records[1].payload
     assert first["layers"] == [DEFAULT_LAYER] and first["concepts"] == list(concepts)
     assert first["classes"] == trained_model_copy.classes and first["n_hypotheses"] == 3 * 6
@@ -721,7 +814,10 @@ def test_callback_explains_a_trained_model_and_logs_everything(tmp_path: Path, t
     rule = trained_model_copy.classes
     for name in rule:
         if name.startswith("circle/"):
-            assert scores[("shape:circle", name)]["significant"] and scores[("shape:circle", name)]["tcav"] >= 0.8
+            assert (
+                scores[("shape:circle", name)]["significant"]
+                and scores[("shape:circle", name)]["tcav"] >= 0.8
+            )
         else:
             assert scores[("shape:circle", name)]["tcav"] <= 0.2
         lined = name.endswith("/lined")
@@ -731,15 +827,29 @@ def test_callback_explains_a_trained_model_and_logs_everything(tmp_path: Path, t
     glob = {(g["concept"], g["class"]): g for g in first["global_attribution"]}
     assert all(g["n"] == 4 and 0 <= g["ci_low"] <= g["mean"] <= g["ci_high"] for g in glob.values())
     assert glob[("shape:circle", "circle/lined")]["mean"] > glob[("shape:circle", "square/lined")]["mean"]
-    # drift: nothing to compare with at first; then the cosine with the previous explained epoch
-    assert first["cav_similarity"] == {} and first["previous_epoch"] is None
-    sims = second["cav_similarity"][DEFAULT_LAYER]
-    assert set(sims) == set(concepts) and all(-1.0 <= v <= 1.0 + 1e-9 for v in sims.values())
-    assert second["previous_epoch"] == 0
-    assert trainer.callback_metrics[f"xai/concept_attribution/cav_similarity/{DEFAULT_LAYER}/shape:circle"] == pytest.approx(sims["shape:circle"])
+    # the typed results: what the records hold, read back equal; the CAVs stay in memory for the drift monitor
+    live = listener.results
+    assert [type(r) for r in live] == [ConceptAttributionResult] * 2
+    for rec, result in zip(records, live):
+        assert read_result(rec) == result
+        assert ConceptAttributionResult.from_payload(result.to_payload(), result.schema) == result
+    assert trainer.callback_metrics["xai/concept_attribution/n_significant"] == live[1].n_significant
+    # drift: a record holds no comparison with the previous epoch; the CAVs of both epochs are comparable
+    assert not {"cav_similarity", "previous_epoch", "history"} & (set(first) | set(second))
+    assert set(live[0].cavs[DEFAULT_LAYER]) == set(live[1].cavs[DEFAULT_LAYER]) == set(concepts)
+    sims = {k: _cosine(v, live[0].cavs[DEFAULT_LAYER][k]) for k, v in live[1].cavs[DEFAULT_LAYER].items()}
+    assert all(-1.0 <= v <= 1.0 + 1e-9 for v in sims.values())
+    tracker = DriftTracker()
+    tracker.update("concept_attribution", 0, observations(live[0]))
+    rows, _ = tracker.update("concept_attribution", 1, observations(live[1]))
+    cav_rows = {
+        r["key"]: r["value"] for r in rows if r["kind"] == "cav_cosine" and r["against"] == "previous"
+    }
+    assert cav_rows == pytest.approx({f"{DEFAULT_LAYER}/{k}": 1.0 - v for k, v in sims.items()})
     # tables, charts and media are in the record and on disk
     tables = second["tables"]
-    assert {"tcav_scores", "global_attribution", "cav_similarity", "local_attribution"} <= set(tables)
+    assert {"tcav_scores", "global_attribution", "local_attribution"} <= set(tables)
+    assert "cav_similarity" not in tables
     assert len(tables["tcav_scores"]["rows"]) == 18
     assert any(label.endswith(" *") for label, *_ in tables[f"tcav_{DEFAULT_LAYER}_circle/lined"]["rows"])
     assert len(second["probes"]) == 2 * 3 * 3  # probes x top classes x concepts
@@ -747,13 +857,15 @@ def test_callback_explains_a_trained_model_and_logs_everything(tmp_path: Path, t
     assert keys.count("concept_maps") == 2 and keys.count("concept_masks") == 2 and "tcav_plot" in keys
     store = tmp_path / "logs" / "version_0" / "xai"
     assert all((store / m["path"]).is_file() for m in second["media"])
-    # state: the previous CAVs survive a checkpoint
-    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"][cb.state_key]
-    previous = saved["explainer"]["previous"]
-    assert previous["epoch"] == 0 and set(previous["cavs"][DEFAULT_LAYER]) == set(concepts)
+    # state: the layers found on the first explained epoch survive a checkpoint, under the key a fresh
+    # callback of the same arguments looks for
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
     restored = ConceptAttributionCallback(concepts, random=random_set(60, seed=SEED), n_random=20)
-    restored.load_state_dict(saved)
-    assert torch.equal(restored._previous["cavs"][DEFAULT_LAYER]["shape:circle"], previous["cavs"][DEFAULT_LAYER]["shape:circle"])
+    assert restored.state_key == cb.state_key and saved[cb.state_key]["explainer"] == {
+        "layers": [DEFAULT_LAYER]
+    }
+    restored.load_state_dict(saved[cb.state_key])
+    assert restored.concept_layers == [DEFAULT_LAYER]
 
 
 @pytest.mark.parametrize(
@@ -795,6 +907,78 @@ def test_callback_without_concepts_warns_and_training_goes_on(tmp_path: Path) ->
         trainer.fit(SmallNet(), BlobData())
     errors = read_records(tmp_path / "logs" / "version_0", name="error")
     assert [e.epoch for e in errors] == [0, 1] and "pass concepts=" in str(errors[0].payload)
+
+
+def test_records_hold_one_epoch_each_and_read_back_as_the_results(tmp_path: Path) -> None:
+    """Three explained epochs: each record is its epoch's typed result, read back equal, no larger than the
+    first; the drift monitor compares the CAVs the results keep in memory; the found layers are the state."""
+    from _models import BlobData, SmallNet
+
+    from lightning_xai.callbacks import ConceptDriftMonitor
+
+    cb = ConceptAttributionCallback(
+        _blob_concepts(), n_random=3, m_steps=2, images_per_class=2, probe_images=1, on_error="raise"
+    )
+    listener = _Results()
+    trainer = _trainer(tmp_path, [cb, listener, ConceptDriftMonitor(on_error="raise")], max_epochs=3)
+    trainer.fit(SmallNet(), BlobData())
+    run = tmp_path / "logs" / "version_0"
+    records = read_records(run, method="concept_attribution")
+    results = [r for r in listener.results if isinstance(r, ConceptAttributionResult)]
+    assert [r.epoch for r in records] == [0, 1, 2] and len(results) == 3
+    sizes = []
+    for rec, result in zip(records, results):
+        assert rec.schema == 2 and read_result(rec) == result
+        assert ConceptAttributionResult.from_payload(result.to_payload(), result.schema) == result
+        payload = result.to_payload()
+        assert not {"history", "previous_epoch", "cav_similarity"} & set(rec.payload)
+        assert not any(k.endswith("_prev") for k in rec.payload)
+        assert len(payload["scores"]) == len(payload["global_attribution"]) == 3 * 3  # classes x concepts
+        sizes.append(len(json.dumps(payload)))
+    assert max(sizes) <= 1.1 * sizes[0]  # an epoch's record does not carry the epochs before it
+    # the drift monitor's CAV drift is 1 - cosine of the in-memory CAVs of consecutive epochs
+    layer = records[0].payload["layers"][0]
+    drift = {r.epoch: r.payload["rows"] for r in read_records(run, method="drift", name="epoch")}
+    for e in (1, 2):
+        got = {
+            row["key"]: row["value"]
+            for row in drift[e]
+            if (row["kind"], row["against"], row["base_epoch"]) == ("cav_cosine", "previous", e - 1)
+        }
+        before, after = results[e - 1].cavs[layer], results[e].cavs[layer]
+        assert got == pytest.approx({f"{layer}/{k}": 1.0 - _cosine(v, before[k]) for k, v in after.items()})
+    # state: the found layers only; a checkpoint of earlier versions (with the previous CAVs) still loads
+    assert cb.state_dict()["explainer"] == {"layers": [layer]}
+    fresh = ConceptAttributionCallback(
+        _blob_concepts(), n_random=3, m_steps=2, images_per_class=2, probe_images=1
+    )
+    assert fresh.state_key == cb.state_key
+    old = {
+        "explained_epochs": [0, 1],
+        "explainer": {"previous": {"epoch": 1, "cavs": {}}, "history": [{}], "layers": [layer]},
+    }
+    fresh.load_state_dict(old)
+    assert fresh.concept_layers == [layer] and fresh.explained_epochs == [0, 1]
+
+
+def test_schema1_records_read_and_a_broken_payload_is_named() -> None:
+    fixture = Path(__file__).parent / "fixtures" / "quickstart_schema1"
+    old = [r for r in read_records(fixture) if r.method == "concept_attribution"]
+    result = read_result(old[1])
+    assert isinstance(result, ConceptAttributionResult) and result.layers == ["conv5"]
+    # the schema-1 values about the previous epoch are shown as recorded, never written again
+    assert result.recorded == {"cav_similarity": old[1].payload["cav_similarity"], "previous_epoch": 1}
+    assert result.summary()["previous_epoch"] == 1
+    payload = result.to_payload()
+    assert not {"cav_similarity", "previous_epoch"} & set(payload)
+    assert {k: old[1].payload[k] for k in payload} == payload  # everything else as it was recorded
+    assert ConceptAttributionResult.from_payload(payload, 2) == dataclasses.replace(result, recorded={})
+    with pytest.raises(SchemaError, match=r"concept_attribution record payload lacks \['scores'\]"):
+        ConceptAttributionResult.from_payload({k: v for k, v in payload.items() if k != "scores"}, 2)
+    with pytest.raises(SchemaError, match=r"unreadable 'scores' \(KeyError: 'concept'\)"):
+        ConceptAttributionResult.from_payload({**payload, "scores": [{"layer": "conv5"}]}, 2)
+    with pytest.raises(SchemaError, match="schema 3, newer than this lightning-xai reads"):
+        ConceptAttributionResult.from_payload(payload, 3)
 
 
 # ---------------------------------------------------------------------------------------------- DDP

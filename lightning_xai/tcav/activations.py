@@ -67,7 +67,9 @@ def _first_tensor(value: Any, what: str) -> Tensor:
         return value
     if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
         return value[0]
-    raise TypeError(f"{what} produced {type(value).__name__}, expected a Tensor (or a tuple starting with one).")
+    raise TypeError(
+        f"{what} produced {type(value).__name__}, expected a Tensor (or a tuple starting with one)."
+    )
 
 
 class _Hooks:
@@ -108,7 +110,9 @@ class _Hooks:
     def take(self, layers: Sequence[str]) -> dict[str, Tensor]:
         missing = [n for n in layers if n not in self.outputs]
         if missing:
-            raise RuntimeError(f"Layers {missing} did not run during the forward pass; choose layers on the forward path.")
+            raise RuntimeError(
+                f"Layers {missing} did not run during the forward pass; choose layers on the forward path."
+            )
         out = {n: self.outputs[n] for n in layers}
         self.outputs = {}
         return out
@@ -336,8 +340,10 @@ class ActivationCache:
         (hooks on all missing layers at once), then split back per set. ``fps_known`` passes fingerprints
         the caller already computed (``{set name: fingerprint}``), so no set is hashed twice.
         """
-        fps = {name: fps_known[name] if fps_known and name in fps_known else fingerprint(images)
-               for name, images in sets.items()}
+        fps = {
+            name: fps_known[name] if fps_known and name in fps_known else fingerprint(images)
+            for name, images in sets.items()
+        }
         todo = [name for name in sets if any((n, fps[name]) not in self._store for n in layers)]
         self.hits += len(sets) - len(todo)
         if todo:
@@ -349,7 +355,9 @@ class ActivationCache:
             for names in groups.values():
                 stacked = torch.cat([sets[name] for name in names])
                 what = ", ".join(repr(n) for n in names[:3]) + (" ..." if len(names) > 3 else "")
-                acts, _ = layer_activations(model, layers, stacked, batch_size=batch_size, what=f"the sets {what}")
+                acts, _ = layer_activations(
+                    model, layers, stacked, batch_size=batch_size, what=f"the sets {what}"
+                )
                 start = 0
                 for name in names:
                     stop = start + sets[name].shape[0]

@@ -125,14 +125,26 @@ def linear_cavs(
         if len(positives):
             pos, mask = _pad([p.float() for p in positives])
             pos = (pos - center) / scale * mask[..., None]
-            blocks.append((pos, mask.double(), torch.einsum("pam,pbm->pab", pos, pos).double(),
-                           torch.einsum("pam,rbm->prab", pos, neg).double()))
+            blocks.append(
+                (
+                    pos,
+                    mask.double(),
+                    torch.einsum("pam,pbm->pab", pos, pos).double(),
+                    torch.einsum("pam,rbm->prab", pos, neg).double(),
+                )
+            )
         if paired is not None:
             pair = (paired.float() - center) / scale  # [R, n, m]: run r's own positive set
             cross = torch.einsum("ram,rbm->rab", pair, neg).double()  # [R, n, n_r]
             # stored as one group whose r-th model pairs pair[r] with neg[r]: only the diagonal of [G, R] is used
-            blocks.append((pair, torch.ones(pair.shape[:2], dtype=torch.float64, device=device),
-                           torch.einsum("ram,rbm->rab", pair, pair).double(), cross))
+            blocks.append(
+                (
+                    pair,
+                    torch.ones(pair.shape[:2], dtype=torch.float64, device=device),
+                    torch.einsum("ram,rbm->rab", pair, pair).double(),
+                    cross,
+                )
+            )
         # assemble every model's Gram matrix [M, n, n] over rows (positives, negatives), M = (P + 1) * R
         grams, weights, labels = [], [], []
         n_pos = max(b[0].shape[1] for b in blocks)
@@ -150,7 +162,9 @@ def linear_cavs(
                 k[:, :, :n_p, :n_p] = k_pp[:, None]
                 k[:, :, :n_p, n_pos:] = k_pn
                 k[:, :, n_pos:, :n_p] = k_pn.transpose(-1, -2)
-                c_pos = (mask * 0.5 / mask.sum(1, keepdim=True).clamp_min(1.0))[:, None].expand(-1, r_count, -1)
+                c_pos = (mask * 0.5 / mask.sum(1, keepdim=True).clamp_min(1.0))[:, None].expand(
+                    -1, r_count, -1
+                )
             k[:, :, n_pos:, n_pos:] = k_nn[None]
             c = torch.zeros(groups, r_count, n_pos + n_neg, dtype=torch.float64, device=device)
             c[..., :n_p] = c_pos
@@ -167,7 +181,9 @@ def linear_cavs(
 
         def objective(beta: Tensor, b: Tensor) -> Tensor:
             z = (gram @ beta[..., None])[..., 0] + b[:, None]
-            return (c * torch.nn.functional.softplus(-y * z)).sum(-1) + 0.5 * l2 * (beta * (z - b[:, None])).sum(-1)
+            return (c * torch.nn.functional.softplus(-y * z)).sum(-1) + 0.5 * l2 * (
+                beta * (z - b[:, None])
+            ).sum(-1)
 
         beta = torch.zeros(models, n, dtype=torch.float64, device=device)
         b = torch.zeros(models, dtype=torch.float64, device=device)
@@ -226,7 +242,9 @@ def linear_cavs(
     return w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def concept_shift(unit: Tensor, positives: Sequence[Tensor], negatives: Tensor, paired: Tensor | None = None) -> Tensor:
+def concept_shift(
+    unit: Tensor, positives: Sequence[Tensor], negatives: Tensor, paired: Tensor | None = None
+) -> Tensor:
     """``v_hat[p, r] . (mean(positive_p) - mean(negative_r))``, ``[P (+1), R]``: each CAV's natural length."""
     return (unit * mean_difference_cavs(positives, negatives, paired=paired)).sum(-1)
 
@@ -290,6 +308,7 @@ class CAVSet:
 
     def unit(self) -> tuple[Tensor, Tensor]:
         """``(vectors, null)`` scaled to unit length (the TCAV paper's convention)."""
+
         def norm(v: Tensor) -> Tensor:
             return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 

@@ -35,11 +35,13 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ConceptDataError",
     "ConceptSource",
+    "check_folder",
     "check_images",
     "describe_source",
     "fingerprint",
     "load_images",
     "random_set_indices",
+    "sample_pool",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -52,6 +54,31 @@ Transform = Callable[[Any], Tensor]
 
 class ConceptDataError(ValueError):
     """A concept set or random pool that cannot be used (too few images, wrong shape, unreadable)."""
+
+
+def check_folder(name: str, source: Any) -> None:
+    """For a folder source: that it exists and holds at least 2 image files (cheap: nothing is read).
+
+    Raises:
+        ConceptDataError: the folder does not exist or holds fewer than 2 image files.
+
+    Example:
+        >>> check_folder("striped", "no/such/folder")
+        Traceback (most recent call last):
+        ...
+        lightning_xai.tcav.data.ConceptDataError: Concept 'striped': the folder 'no/such/folder' does not exist.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return
+    folder = Path(source)
+    if not folder.is_dir():
+        raise ConceptDataError(f"Concept {name!r}: the folder {os.fspath(folder)!r} does not exist.")
+    n = sum(1 for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if n < 2:
+        raise ConceptDataError(
+            f"Concept {name!r}: the folder {os.fspath(folder)!r} holds {n} image file(s); at least 2 are needed "
+            f"(extensions {list(IMAGE_EXTENSIONS)})."
+        )
 
 
 def describe_source(source: Any) -> str:
@@ -89,13 +116,16 @@ def _dataset_images(name: str, dataset: Dataset, max_images: int | None) -> list
         try:
             x, _ = default_batch_to_input(item)
         except TypeError as exc:
-            raise ConceptDataError(f"Concept {name!r}: cannot read an image from item {i} of the Dataset: {exc}") from None
+            raise ConceptDataError(
+                f"Concept {name!r}: cannot read an image from item {i} of the Dataset: {exc}"
+            ) from None
         out.append(x)
     return out
 
 
-def _folder_images(name: str, folder: Path, transform: Transform | None, size: tuple[int, int] | None,
-                   max_images: int | None) -> list[Tensor]:
+def _folder_images(
+    name: str, folder: Path, transform: Transform | None, size: tuple[int, int] | None, max_images: int | None
+) -> list[Tensor]:
     from PIL import Image
     from torchvision.transforms import functional as TF
 
@@ -119,7 +149,9 @@ def _folder_images(name: str, folder: Path, transform: Transform | None, size: t
                         im = im.resize((size[1], size[0]), Image.BILINEAR)
                     x = TF.to_tensor(im)
         except OSError as exc:
-            raise ConceptDataError(f"Concept {name!r}: cannot read image {os.fspath(path)!r}: {exc}") from None
+            raise ConceptDataError(
+                f"Concept {name!r}: cannot read image {os.fspath(path)!r}: {exc}"
+            ) from None
         if not isinstance(x, Tensor):
             raise ConceptDataError(
                 f"Concept {name!r}: the transform returned {type(x).__name__} for {path.name}; it must return a "
@@ -166,7 +198,12 @@ def load_images(
     """
     size = tuple(int(s) for s in input_shape[-2:]) if input_shape is not None else None
     if isinstance(source, Tensor):
-        if source.dim() == 3 and input_shape is not None and len(input_shape) == 3 and tuple(source.shape) == tuple(input_shape):
+        if (
+            source.dim() == 3
+            and input_shape is not None
+            and len(input_shape) == 3
+            and tuple(source.shape) == tuple(input_shape)
+        ):
             source = source[None]
         images = source[:max_images] if max_images is not None else source
         images = images.detach()
@@ -203,7 +240,11 @@ def _stack(name: str, listed: list[Tensor], source: Any) -> Tensor:
 
 
 def check_images(
-    name: str, images: Tensor, input_shape: Sequence[int] | None = None, min_images: int = 2, source: Any = None
+    name: str,
+    images: Tensor,
+    input_shape: Sequence[int] | None = None,
+    min_images: int = 2,
+    source: Any = None,
 ) -> None:
     """Raise :class:`ConceptDataError` unless ``images`` is ``[N >= min_images, *input_shape]``.
 
@@ -277,3 +318,20 @@ def random_set_indices(pool_size: int, n_sets: int, set_size: int, seed: int) ->
     if n_sets * set_size <= pool_size:
         return torch.randperm(pool_size, generator=g)[: n_sets * set_size].reshape(n_sets, set_size)
     return torch.stack([torch.randperm(pool_size, generator=g)[:set_size] for _ in range(n_sets)])
+
+
+def sample_pool(images: Tensor, size: int, seed: int) -> Tensor:
+    """A seeded random pool of at most ``size`` of ``images`` (e.g. of a validation sample), at least 3.
+
+    Example:
+        >>> sample_pool(torch.arange(10.0)[:, None], 4, seed=0).shape
+        torch.Size([4, 1])
+    """
+    n = min(size, images.shape[0])
+    if n < 3:
+        raise ConceptDataError(
+            f"The validation sample has {images.shape[0]} images; the default random pool needs at least 3. "
+            "Pass random=<images> or raise max_samples."
+        )
+    g = torch.Generator().manual_seed(seed)
+    return images[torch.randperm(images.shape[0], generator=g)[:n]]

@@ -3,27 +3,35 @@
 One object holds the model, the layers, the concept sets and the random pool; its methods share one
 activation cache and one set of CAVs:
 
+* :meth:`ConceptAttribution.explain` ``(inputs, target)`` -> :class:`~lightning_xai.results.concept_attribution.ConceptAttributionResult`:
+  everything one explained epoch records (TCAV scores with significance, global attributions, local
+  attributions of probe images, the CAVs);
 * :meth:`ConceptAttribution.cavs` -> ``{layer: CAVSet}``;
-* :meth:`ConceptAttribution.tcav` ``(inputs, target)`` -> :class:`TCAVResult`;
-* :meth:`ConceptAttribution.attribute` ``(inputs, target)`` -> :class:`VisualTCAVResult` (per image: concept
-  maps and concept attributions), whose :meth:`~VisualTCAVResult.global_explanation` gives the per-class
-  mean, SE and 2-SE interval; :meth:`ConceptAttribution.local` explains one image's top classes.
+* :meth:`ConceptAttribution.tcav` ``(inputs, target)`` -> :class:`~lightning_xai.tcav.TCAVResult`;
+* :meth:`ConceptAttribution.attribute` ``(inputs, target)`` -> :class:`~lightning_xai.tcav.VisualTCAVResult`
+  (per image: concept maps and concept attributions), whose
+  :meth:`~lightning_xai.tcav.VisualTCAVResult.global_explanation` gives the per-class mean, SE and 2-SE
+  interval; :meth:`ConceptAttribution.local` explains one image's top classes.
 
-The call shape follows Captum's ``attribute(inputs, target=...)``; the results are typed objects that
-index by concept, class and layer and turn into table rows.
+The call shape follows Captum's ``attribute(inputs, target=...)``; the results (:mod:`lightning_xai.tcav.scores`)
+are typed objects that index by concept, class and layer and turn into table rows.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lightning_xai.capture import explanation_mode, resolve_layer
+from lightning_xai.results.concept_attribution import (
+    ConceptAttributionResult,
+    GlobalAttribution,
+    ProbeAttribution,
+    TCAVEntry,
+)
 from lightning_xai.tcav.activations import (
     ActivationCache,
     last_feature_map_layer,
@@ -37,11 +45,13 @@ from lightning_xai.tcav.data import (
     ConceptDataError,
     ConceptSource,
     check_images,
+    describe_source,
     fingerprint,
     load_images,
     random_set_indices,
 )
-from lightning_xai.tcav.stats import bonferroni, two_sided_pvalues
+from lightning_xai.tcav.epoch import Split, class_indices, pair_statistics, probe_attributions
+from lightning_xai.tcav.scores import GlobalExplanation, TCAVResult, VisualTCAVResult
 from lightning_xai.tcav.visual import (
     IntegratedGradients,
     concept_attributions,
@@ -52,363 +62,9 @@ from lightning_xai.tcav.visual import (
     upsample_maps,
 )
 
-__all__ = [
-    "ConceptAttribution",
-    "GlobalExplanation",
-    "TCAVResult",
-    "TCAVScore",
-    "VisualTCAVResult",
-]
+__all__ = ["ConceptAttribution"]
 
 RANDOM = "<random pool>"
-
-
-# ------------------------------------------------------------------------------------------------ results
-@dataclass(frozen=True)
-class TCAVScore:
-    """One (layer, concept, class) entry of a :class:`TCAVResult`.
-
-    Attributes:
-        sign_fraction: mean over random runs of the fraction of the class's inputs whose directional
-            derivative along the CAV is positive (the TCAV score).
-        sign_fraction_sd: its standard deviation over runs.
-        magnitude: mean over runs of the mean directional derivative along the unit CAV, scaled by the
-            concept's mean activation shift along it (``CAVSet.shift``): ``(grad logit_k . v_hat) *
-            (v_hat . (mean(concept) - mean(random_r)))``, the first-order change of the class logit when the
-            concept is added (logit units; for ``"mean"`` CAVs simply ``grad logit_k . v``). Comparable
-            across concepts, unlike the paper's unit-CAV magnitude (kept in ``TCAVResult.unit_magnitude_runs``).
-        null_sign_fraction: mean score of the random-vs-random CAVs.
-        p_value, p_adjusted, significant: Welch two-sided t-test of the run scores against the null runs,
-            Bonferroni-corrected over every hypothesis of the evaluation.
-    """
-
-    layer: str
-    concept: str
-    class_index: int
-    class_name: str
-    n_inputs: int
-    sign_fraction: float
-    sign_fraction_sd: float
-    magnitude: float
-    magnitude_sd: float
-    null_sign_fraction: float
-    null_sign_fraction_sd: float
-    p_value: float
-    p_adjusted: float
-    significant: bool
-
-    @property
-    def direction(self) -> int:
-        """+1 if the concept raises the class logit (score above the null), -1 if it lowers it, 0 if not significant."""
-        if not self.significant:
-            return 0
-        return 1 if self.sign_fraction > self.null_sign_fraction else -1
-
-
-@dataclass
-class TCAVResult:
-    """TCAV scores of every (layer, concept, class), per random run, with significance.
-
-    Tensors are indexed ``[layer, concept, class(, run)]`` in the order of :attr:`layers`,
-    :attr:`concepts` and :attr:`classes`.
-
-    Attributes:
-        layers, concepts: names.
-        classes: class indices; class_names: their names.
-        sign_runs, magnitude_runs: ``[L, K, C, R]`` per-run TCAV sign fraction and magnitude (see
-            :class:`TCAVScore`); unit_magnitude_runs: the mean directional derivative along the unit CAV.
-        null_sign_runs, null_magnitude_runs: ``[L, C, R]`` the same for the random-vs-random CAVs.
-        n_inputs: ``[C]`` inputs of each class.
-        p_values, p_adjusted: ``[L, K, C]``; significant: ``[L, K, C]`` bool.
-        alpha: significance level; n_hypotheses: Bonferroni's ``m``.
-    """
-
-    layers: list[str]
-    concepts: list[str]
-    classes: list[int]
-    class_names: list[str]
-    sign_runs: Tensor
-    magnitude_runs: Tensor
-    null_sign_runs: Tensor
-    null_magnitude_runs: Tensor
-    n_inputs: Tensor
-    p_values: Tensor
-    p_adjusted: Tensor
-    significant: Tensor
-    alpha: float
-    n_hypotheses: int
-    cav: str = "mean"
-    unit_magnitude_runs: Tensor | None = None
-
-    @classmethod
-    def from_runs(
-        cls,
-        layers: Sequence[str],
-        concepts: Sequence[str],
-        classes: Sequence[int],
-        class_names: Sequence[str],
-        sign_runs: Tensor,
-        magnitude_runs: Tensor,
-        null_sign_runs: Tensor,
-        null_magnitude_runs: Tensor,
-        n_inputs: Tensor,
-        alpha: float = 0.05,
-        cav: str = "mean",
-        unit_magnitude_runs: Tensor | None = None,
-    ) -> TCAVResult:
-        """Build a result from per-run scores: t-tests and the Bonferroni correction happen here.
-
-        Classes without inputs (``n_inputs == 0``) get NaN scores, p-value 1 and are not counted as hypotheses.
-        """
-        p = two_sided_pvalues(sign_runs, null_sign_runs[:, None])
-        tested = (n_inputs > 0)[None, None, :].expand_as(p)
-        p = torch.where(tested, p, torch.ones_like(p))
-        m = max(1, int(tested.sum()))
-        adjusted, _, _ = bonferroni(p, alpha)
-        adjusted = (p * m).clamp(max=1.0)
-        significant = (adjusted < alpha) & tested
-        return cls(
-            layers=list(layers),
-            concepts=list(concepts),
-            classes=[int(c) for c in classes],
-            class_names=list(class_names),
-            sign_runs=sign_runs,
-            magnitude_runs=magnitude_runs,
-            null_sign_runs=null_sign_runs,
-            null_magnitude_runs=null_magnitude_runs,
-            n_inputs=n_inputs,
-            p_values=p,
-            p_adjusted=adjusted,
-            significant=significant,
-            alpha=float(alpha),
-            n_hypotheses=m,
-            cav=cav,
-            unit_magnitude_runs=unit_magnitude_runs,
-        )
-
-    @property
-    def sign_fraction(self) -> Tensor:
-        """``[L, K, C]`` TCAV scores (mean over runs)."""
-        return self.sign_runs.mean(-1)
-
-    @property
-    def magnitude(self) -> Tensor:
-        """``[L, K, C]`` TCAV magnitudes in logit units (mean over runs; see :class:`TCAVScore`)."""
-        return self.magnitude_runs.mean(-1)
-
-    def _index(self, concept: str, class_: int | str, layer: str | None) -> tuple[int, int, int]:
-        li = 0 if layer is None else self.layers.index(layer)
-        if concept not in self.concepts:
-            raise KeyError(f"unknown concept {concept!r}; concepts: {self.concepts}")
-        if isinstance(class_, str):
-            if class_ not in self.class_names:
-                raise KeyError(f"unknown class {class_!r}; classes: {self.class_names}")
-            ci = self.class_names.index(class_)
-        else:
-            if int(class_) not in self.classes:
-                raise KeyError(f"class {class_} was not scored; classes: {self.classes}")
-            ci = self.classes.index(int(class_))
-        return li, self.concepts.index(concept), ci
-
-    def score(self, concept: str, class_: int | str, layer: str | None = None) -> TCAVScore:
-        """The entry of one concept and class (name or index) at ``layer`` (default: the first layer).
-
-        Example:
-            >>> result.score("texture:striped", "circle/lined").significant  # doctest: +SKIP
-            True
-        """
-        li, ki, ci = self._index(concept, class_, layer)
-        s = self.sign_runs[li, ki, ci]
-        mg = self.magnitude_runs[li, ki, ci]
-        ns = self.null_sign_runs[li, ci]
-        return TCAVScore(
-            layer=self.layers[li],
-            concept=self.concepts[ki],
-            class_index=self.classes[ci],
-            class_name=self.class_names[ci],
-            n_inputs=int(self.n_inputs[ci]),
-            sign_fraction=float(s.mean()),
-            sign_fraction_sd=float(s.std(unbiased=True)) if s.numel() > 1 else 0.0,
-            magnitude=float(mg.mean()),
-            magnitude_sd=float(mg.std(unbiased=True)) if mg.numel() > 1 else 0.0,
-            null_sign_fraction=float(ns.mean()),
-            null_sign_fraction_sd=float(ns.std(unbiased=True)) if ns.numel() > 1 else 0.0,
-            p_value=float(self.p_values[li, ki, ci]),
-            p_adjusted=float(self.p_adjusted[li, ki, ci]),
-            significant=bool(self.significant[li, ki, ci]),
-        )
-
-    def subset(self, concepts: Sequence[str]) -> TCAVResult:
-        """The entries of some concepts only; p-values stay corrected for *all* hypotheses of the evaluation."""
-        keep = [self.concepts.index(c) for c in concepts]
-        return dataclasses.replace(
-            self,
-            concepts=list(concepts),
-            sign_runs=self.sign_runs[:, keep],
-            magnitude_runs=self.magnitude_runs[:, keep],
-            p_values=self.p_values[:, keep],
-            p_adjusted=self.p_adjusted[:, keep],
-            significant=self.significant[:, keep],
-            unit_magnitude_runs=None if self.unit_magnitude_runs is None else self.unit_magnitude_runs[:, keep],
-        )
-
-    def scores(self) -> list[TCAVScore]:
-        """Every entry, layer-major, then concept, then class."""
-        return [
-            self.score(k, c, layer)
-            for layer in self.layers
-            for k in self.concepts
-            for c in self.classes
-        ]
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One JSON-ready dict per entry (the callback's score table)."""
-        return [
-            {
-                "layer": s.layer,
-                "concept": s.concept,
-                "class": s.class_name,
-                "class_index": s.class_index,
-                "n": s.n_inputs,
-                "tcav": s.sign_fraction,
-                "tcav_sd": s.sign_fraction_sd,
-                "magnitude": s.magnitude,
-                "magnitude_sd": s.magnitude_sd,
-                "null_tcav": s.null_sign_fraction,
-                "null_tcav_sd": s.null_sign_fraction_sd,
-                "p_value": s.p_value,
-                "p_adjusted": s.p_adjusted,
-                "significant": s.significant,
-            }
-            for s in self.scores()
-        ]
-
-
-@dataclass
-class GlobalExplanation:
-    """Visual-TCAV global attributions: per (layer, concept, class) statistics over that class's images.
-
-    Tensors are ``[L, K, C]``: ``mean``, ``std`` (population), ``se = std / sqrt(n)``, and the interval
-    ``[max(0, mean - 2 se), mean + 2 se]`` (``ci_low``, ``ci_high``); ``n`` is ``[C]``.
-    """
-
-    layers: list[str]
-    concepts: list[str]
-    classes: list[int]
-    class_names: list[str]
-    mean: Tensor
-    std: Tensor
-    se: Tensor
-    ci_low: Tensor
-    ci_high: Tensor
-    n: Tensor
-
-    def attribution(self, concept: str, class_: int | str, layer: str | None = None) -> float:
-        """Mean attribution of ``concept`` to ``class_`` (name or index) at ``layer`` (default: the first)."""
-        li = 0 if layer is None else self.layers.index(layer)
-        ci = self.class_names.index(class_) if isinstance(class_, str) else self.classes.index(int(class_))
-        return float(self.mean[li, self.concepts.index(concept), ci])
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One JSON-ready dict per (layer, concept, class)."""
-        out = []
-        for li, layer in enumerate(self.layers):
-            for ki, concept in enumerate(self.concepts):
-                for ci, c in enumerate(self.classes):
-                    out.append(
-                        {
-                            "layer": layer,
-                            "concept": concept,
-                            "class": self.class_names[ci],
-                            "class_index": c,
-                            "n": int(self.n[ci]),
-                            "mean": float(self.mean[li, ki, ci]),
-                            "se": float(self.se[li, ki, ci]),
-                            "ci_low": float(self.ci_low[li, ki, ci]),
-                            "ci_high": float(self.ci_high[li, ki, ci]),
-                        }
-                    )
-        return out
-
-
-@dataclass
-class VisualTCAVResult:
-    """Visual-TCAV explanation of a batch of images.
-
-    Attributes:
-        layers, concepts: names.
-        targets: ``[N, T]`` the classes each image was attributed to (its label, or its top ``T`` predictions).
-        class_names: names of all classes of the model.
-        attributions: ``[L, K, N, T]`` concept attributions in ``[0, E_k]``.
-        maps: ``[L, K, N, h, w]`` concept maps in ``[0, 1]`` at each layer's resolution (same ``h, w`` only if
-            the layers share it; otherwise a dict per layer is in :attr:`layer_maps`).
-        scaling: ``[L, N, T]`` the ``E_k`` of each target.
-        ig_total: ``[L, N, T]`` summed integrated gradients before ReLU and scaling.
-        ig_delta: ``[L, N, T]`` ``logit_k(A) - logit_k(0)``; equal to ``ig_total`` up to the quadrature error.
-        probabilities: ``[N, T]`` softmax probability of each target.
-        image_size: ``(H, W)`` of the inputs.
-    """
-
-    layers: list[str]
-    concepts: list[str]
-    targets: Tensor
-    class_names: list[str]
-    attributions: Tensor
-    layer_maps: dict[str, Tensor]
-    scaling: Tensor
-    ig_total: Tensor
-    ig_delta: Tensor
-    probabilities: Tensor
-    image_size: tuple[int, int]
-    ig: dict[str, Tensor] = field(default_factory=dict)
-
-    def maps(self, layer: str | None = None, upsample: bool = False) -> Tensor:
-        """``[K, N, h, w]`` concept maps at ``layer`` (default: the first), or ``[K, N, H, W]`` upsampled."""
-        m = self.layer_maps[layer or self.layers[0]]
-        return upsample_maps(m, self.image_size) if upsample else m
-
-    def attribution(self, concept: str, image: int = 0, target: int = 0, layer: str | None = None) -> float:
-        """Attribution of ``concept`` to image ``image``'s ``target``-th class at ``layer``."""
-        li = 0 if layer is None else self.layers.index(layer)
-        return float(self.attributions[li, self.concepts.index(concept), image, target])
-
-    def global_explanation(self, classes: Sequence[int] | None = None) -> GlobalExplanation:
-        """Per class: mean, population std, SE and the 2-SE interval of the attributions over its images.
-
-        An image contributes to class ``k`` for every target slot equal to ``k`` (one slot per image when
-        explaining images at their labels).
-        """
-        t = self.targets.cpu()
-        if classes is None:
-            classes = sorted(int(c) for c in t.unique())
-        L, K = len(self.layers), len(self.concepts)
-        shape = (L, K, len(classes))
-        mean, std = torch.zeros(shape), torch.zeros(shape)
-        n = torch.zeros(len(classes), dtype=torch.long)
-        attr = self.attributions.cpu().double()
-        for ci, c in enumerate(classes):
-            sel = t == int(c)  # [N, T]
-            n[ci] = int(sel.sum())
-            if n[ci] == 0:
-                mean[..., ci] = float("nan")
-                std[..., ci] = float("nan")
-                continue
-            values = attr[:, :, sel]  # [L, K, n]
-            mean[..., ci] = values.mean(-1).float()
-            std[..., ci] = values.std(-1, unbiased=False).float()
-        se = std / n.clamp_min(1).double().sqrt().float()
-        return GlobalExplanation(
-            layers=list(self.layers),
-            concepts=list(self.concepts),
-            classes=[int(c) for c in classes],
-            class_names=[self.class_names[int(c)] for c in classes],
-            mean=mean,
-            std=std,
-            se=se,
-            ci_low=(mean - 2 * se).clamp_min(0.0),
-            ci_high=mean + 2 * se,
-            n=n,
-        )
 
 
 # ------------------------------------------------------------------------------------------------ explainer
@@ -456,6 +112,9 @@ class ConceptAttribution:
         >>> local = explainer.local(random_set(1, seed=4)[0], n_classes=2)
         >>> local.attributions.shape  # [layers, concepts, images, targets]
         torch.Size([1, 1, 1, 2])
+        >>> epoch = explainer.explain(random_set(12, seed=5), images_per_class=2)  # what a callback records
+        >>> epoch.layers, epoch.n_hypotheses == len(epoch.scores) == len(epoch.classes)
+        (['conv5'], True)
     """
 
     def __init__(
@@ -492,7 +151,9 @@ class ConceptAttribution:
                 "No concepts given: pass concepts={'striped': images_or_dataset_or_folder, ...} with at least one concept."
             )
         if random is None:
-            raise ValueError("No random pool given: pass random=<tensor, Dataset or folder of random counter-example images>.")
+            raise ValueError(
+                "No random pool given: pass random=<tensor, Dataset or folder of random counter-example images>."
+            )
         bad = [k for k in concepts if not isinstance(k, str) or not k or k == RANDOM]
         if bad:
             raise ValueError(f"Concept names must be non-empty strings other than {RANDOM!r}; got {bad}.")
@@ -583,8 +244,12 @@ class ConceptAttribution:
                 check_images(name if name != RANDOM else "random pool", images, self.input_shape, 0, source)
             return images
         if isinstance(source, Tensor):
-            images = load_images(name if name != RANDOM else "random pool", source, input_shape=self.input_shape,
-                                 max_images=None if name == RANDOM else self.max_images)
+            images = load_images(
+                name if name != RANDOM else "random pool",
+                source,
+                input_shape=self.input_shape,
+                max_images=None if name == RANDOM else self.max_images,
+            )
             self._loaded[name] = [key, images, None]
             return images
         images = load_images(
@@ -637,11 +302,15 @@ class ConceptAttribution:
         missing = [layer for layer in layers if keys[layer] not in self._cavs]
         if missing:
             sets = {**images, RANDOM: pool}
-            acts = self.cache.activations(self.model, missing, sets, batch_size=self.batch_size, fps_known=set_fps)
+            acts = self.cache.activations(
+                self.model, missing, sets, batch_size=self.batch_size, fps_known=set_fps
+            )
             set_size = self._random_set_size(images, pool)
             idx = random_set_indices(pool.shape[0], self.n_random + 1, set_size, self.seed)
             for layer in missing:
-                self._cavs[keys[layer]] = self._fit_layer(layer, {n: acts[n][layer] for n in images}, acts[RANDOM][layer], idx)
+                self._cavs[keys[layer]] = self._fit_layer(
+                    layer, {n: acts[n][layer] for n in images}, acts[RANDOM][layer], idx
+                )
         return {layer: self._cavs[keys[layer]] for layer in layers}
 
     def _random_set_size(self, images: dict[str, Tensor], pool: Tensor) -> int:
@@ -650,7 +319,9 @@ class ConceptAttribution:
         largest = max(x.shape[0] for x in images.values())
         return max(2, min(largest, pool.shape[0] // 2))
 
-    def _fit_layer(self, layer: str, concept_acts: dict[str, Tensor], pool_acts: Tensor, idx: Tensor) -> CAVSet:
+    def _fit_layer(
+        self, layer: str, concept_acts: dict[str, Tensor], pool_acts: Tensor, idx: Tensor
+    ) -> CAVSet:
         flat_pool = pool_acts.flatten(1).float()
         idx = idx.to(flat_pool.device)
         negatives = flat_pool[idx[1:]]  # [R, n, m]: random_1 .. random_R
@@ -660,7 +331,9 @@ class ConceptAttribution:
         positives = [concept_acts[n].flatten(1).float() for n in self.concepts]
         with torch.no_grad():
             # every concept x run and the null runs: one batched model
-            both = train_cavs(self.cav, positives, negatives, paired=null_positives, l2=self.l2, max_iter=self.max_iter)
+            both = train_cavs(
+                self.cav, positives, negatives, paired=null_positives, l2=self.l2, max_iter=self.max_iter
+            )
             unit = both / both.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             shift = concept_shift(unit, positives, negatives, paired=null_positives)
         vectors, null = both[:-1], both[-1]
@@ -674,12 +347,19 @@ class ConceptAttribution:
             shape=tuple(pool_acts.shape[1:]),
             shift=shift.detach(),
             null_shift=null_shift.detach(),
-            meta={"random_set_size": int(idx.shape[1]), "n_concept_images": {n: int(a.shape[0]) for n, a in concept_acts.items()}},
+            meta={
+                "random_set_size": int(idx.shape[1]),
+                "n_concept_images": {n: int(a.shape[0]) for n, a in concept_acts.items()},
+            },
         )
         if pool_acts.dim() in (2, 4):
             d = cavset.pooled()
-            hi = torch.stack([emblems(concept_projection(concept_acts[n], d[k : k + 1]))[0].median()
-                              for k, n in enumerate(self.concepts)])
+            hi = torch.stack(
+                [
+                    emblems(concept_projection(concept_acts[n], d[k : k + 1]))[0].median()
+                    for k, n in enumerate(self.concepts)
+                ]
+            )
             lo = emblems(concept_projection(pool_acts, d)).median(dim=1).values
             cavset.hi, cavset.lo = hi, lo
         return cavset
@@ -703,8 +383,93 @@ class ConceptAttribution:
         if t.numel() == 1:
             return t.expand(n).clone()
         if t.numel() != n:
-            raise ValueError(f"target has {t.numel()} entries for {n} inputs; give one class per input or one for all.")
+            raise ValueError(
+                f"target has {t.numel()} entries for {n} inputs; give one class per input or one for all."
+            )
         return t
+
+    # ------------------------------------------------------------------ one explained epoch
+    def explain(
+        self,
+        inputs: Tensor,
+        target: int | Sequence[int] | Tensor | None = None,
+        *,
+        classes: Sequence[int | str] | None = None,
+        max_classes: int = 10,
+        images_per_class: int = 20,
+        probes: Tensor | None = None,
+        n_top: int = 3,
+        random_pool: str | None = None,
+        split: Split | None = None,
+    ) -> ConceptAttributionResult:
+        """Everything one explained epoch records: TCAV scores with significance, the Visual-TCAV global
+        attribution of every (class, concept), the local attributions of probe images, and the CAVs.
+
+        Per class, the TCAV runs use all its inputs and the global attribution its first ``images_per_class``;
+        the t-tests and the Bonferroni correction cover every (layer, concept, class).
+
+        Args:
+            inputs: ``[N, C, H, W]`` images (e.g. a sample of validation images).
+            target: class per input (``[N]``), one class for all, or ``None`` for the predicted class.
+            classes: classes to explain, by index or name; default: the ``max_classes`` most frequent in
+                ``target``.
+            max_classes: most classes explained when ``classes`` is None.
+            images_per_class: images per class of the global attribution.
+            probes: images ``[P, C, H, W]`` whose concept maps and local attributions of their top ``n_top``
+                classes are explained (default: none).
+            n_top: classes per probe image.
+            random_pool: how the result describes the random pool (default: from its source, e.g.
+                ``"tensor [100, 3, 64, 64]"``).
+            split: how the (class, concept) pairs are shared among processes (default: all here).
+
+        Returns:
+            :class:`~lightning_xai.results.concept_attribution.ConceptAttributionResult`; the per-run scores,
+            the attribution tensors and the probes' maps stay in its in-memory fields.
+
+        Raises:
+            ValueError: an unknown class name or an out-of-range class index.
+
+        Example:
+            >>> result = explainer.explain(val_images, val_labels, probes=val_images[:2])  # doctest: +SKIP
+            >>> [(s.concept, s.class_name, s.tcav) for s in result.scores if s.significant]  # doctest: +SKIP
+        """
+        self._ensure_state()
+        self._set_input_shape(inputs)
+        targets = self._targets(inputs, target)
+        if self.class_names is not None:
+            names = list(self.class_names)
+        else:
+            _, logits = layer_activations(self.model, [], inputs[:1], batch_size=1)
+            names = self._names(int(logits.shape[1]))
+        indices = class_indices(classes, names, targets, max_classes)
+        layers = self.layers(inputs)
+        cavs = self.cavs(layers)
+        vectors: dict[str, dict[str, Tensor]] = {}  # the run-averaged CAVs, for the drift monitor
+        for layer in layers:
+            mean = cavs[layer].mean_vectors().detach().cpu()
+            vectors[layer] = {k: mean[i].clone() for i, k in enumerate(self.concepts)}
+        split = split if split is not None else Split()
+        tcav, glob = pair_statistics(self, inputs, targets, indices, layers, names, images_per_class, split)
+        local, probe_rows = (None, []) if probes is None else probe_attributions(self, probes, names, n_top)
+        return ConceptAttributionResult(
+            layers=tcav.layers,
+            concepts=tcav.concepts,
+            classes=tcav.class_names,
+            cav=self.cav,
+            n_random=self.n_random,
+            alpha=tcav.alpha,
+            n_hypotheses=tcav.n_hypotheses,
+            n_inputs={n: int(v) for n, v in zip(tcav.class_names, tcav.n_inputs)},
+            random_pool=random_pool if random_pool is not None else describe_source(self.random_source),
+            scores=[TCAVEntry.read(r) for r in tcav.rows()],
+            global_attribution=[GlobalAttribution.read(r) for r in glob.rows()],
+            probes=[ProbeAttribution.read(r) for r in probe_rows],
+            cavs=vectors,
+            tcav=tcav,
+            global_explanation=glob,
+            local=local,
+            probe_images=probes,
+        )
 
     # ------------------------------------------------------------------ TCAV
     def tcav(
@@ -899,7 +664,9 @@ class ConceptAttribution:
             ig=ig_keep,
         )
 
-    def _integrated_gradients(self, layer: str, acts: Tensor, inputs: Tensor, targets: Tensor) -> IntegratedGradients:
+    def _integrated_gradients(
+        self, layer: str, acts: Tensor, inputs: Tensor, targets: Tensor
+    ) -> IntegratedGradients:
         """Integrated gradients, cached per model state on (layer, images, targets, m_steps).
 
         They do not depend on the concepts or the CAV kind, so explainers sharing a cache (or repeated calls)
@@ -927,7 +694,10 @@ class ConceptAttribution:
         return self.attribute(image, target=target, n_classes=n_classes)
 
     def global_explanation(
-        self, inputs: Tensor, target: int | Sequence[int] | Tensor | None = None, classes: Sequence[int] | None = None
+        self,
+        inputs: Tensor,
+        target: int | Sequence[int] | Tensor | None = None,
+        classes: Sequence[int] | None = None,
     ) -> GlobalExplanation:
         """Visual-TCAV global explanation: each class's attribution mean, SE and 2-SE interval over its inputs.
 
@@ -940,4 +710,3 @@ class ConceptAttribution:
             keep = torch.isin(targets, torch.tensor([int(c) for c in classes]))
             inputs, targets = inputs[keep], targets[keep]
         return self.attribute(inputs, targets).global_explanation(classes)
-

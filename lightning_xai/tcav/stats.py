@@ -6,6 +6,9 @@ two-sided two-sample t-test (``scipy.stats.ttest_ind(..., equal_var=False)``; co
 far less than the null's, so the equal-variance test of the reference code would be miscalibrated). The
 p-values are Bonferroni-corrected over every hypothesis of one evaluation (concepts x classes x layers):
 ``p_adjusted = min(1, p * m)`` and ``significant = p_adjusted < alpha``.
+
+Visual-TCAV's global attributions are summarised per class by their mean, standard error and the 2-SE
+interval (:func:`two_se_interval`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 from scipy import stats
 from torch import Tensor
 
-__all__ = ["bonferroni", "two_sided_pvalues"]
+__all__ = ["bonferroni", "two_se_interval", "two_sided_pvalues"]
 
 
 def two_sided_pvalues(concept_runs: Tensor, null_runs: Tensor) -> Tensor:
@@ -46,16 +49,33 @@ def two_sided_pvalues(concept_runs: Tensor, null_runs: Tensor) -> Tensor:
     return p
 
 
-def bonferroni(p_values: Tensor, alpha: float = 0.05) -> tuple[Tensor, Tensor, int]:
-    """Bonferroni correction over all entries of ``p_values``: ``(p_adjusted, significant, m)``.
+def bonferroni(p_values: Tensor, alpha: float = 0.05, m: int | None = None) -> tuple[Tensor, Tensor, int]:
+    """Bonferroni correction of ``p_values`` for ``m`` hypotheses: ``(p_adjusted, significant, m)``.
+
+    ``m`` defaults to every entry of ``p_values`` (pass it when some entries were not tested).
 
     Example:
         >>> adj, sig, m = bonferroni(torch.tensor([0.001, 0.04], dtype=torch.float64))
         >>> adj.tolist(), sig.tolist(), m
         ([0.002, 0.08], [True, False], 2)
     """
-    m = max(1, int(p_values.numel()))
+    m = max(1, int(p_values.numel() if m is None else m))
     adjusted = (p_values * m).clamp(max=1.0)
     if not 0.0 < alpha < 1.0 or math.isnan(alpha):
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
     return adjusted, adjusted < alpha, m
+
+
+def two_se_interval(mean: Tensor, std: Tensor, n: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The standard error of means over ``n`` values and their interval of two SE: ``(se, low, high)``.
+
+    ``se = std / sqrt(n)`` (``n`` broadcasts over the last dimension; 0 counts as 1),
+    ``low = max(0, mean - 2 se)`` (attributions are never negative) and ``high = mean + 2 se``.
+
+    Example:
+        >>> mean, std, n = torch.tensor([0.5, 0.1]), torch.tensor([0.2, 0.2]), torch.tensor([4, 4])
+        >>> [[round(v, 6) for v in t.tolist()] for t in two_se_interval(mean, std, n)]
+        [[0.1, 0.1], [0.3, 0.0], [0.7, 0.3]]
+    """
+    se = std / n.clamp_min(1).float().sqrt()
+    return se, (mean - 2 * se).clamp_min(0.0), mean + 2 * se
