@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,12 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-import lightning_xai.callbacks.diffusion_explainer as dx_callback
-from lightning_xai.callbacks import DiffusionExplainerCallback
+import lightning_xai.diffexplainer.explainer as dx_core
+from lightning_xai.callbacks import ConceptDriftMonitor, DiffusionExplainerCallback
 from lightning_xai.diffexplainer import (
     ClassifierInput,
+    DiffExplainer,
+    DiffusionExplainerResult,
     Readout,
     Target,
     WorldPromptGenerator,
@@ -31,7 +34,8 @@ from lightning_xai.diffexplainer import (
     pixel_activation_maximisation,
     suspects,
 )
-from lightning_xai.records import read_records
+from lightning_xai.records import Record, read_records
+from lightning_xai.results import SchemaError, read_result
 from lightning_xai.world import (
     COLOURS,
     MARKER_VALUES,
@@ -233,7 +237,9 @@ def _explain_all(model: torch.nn.Module, classes: list[int], detector: Any) -> d
         core = RULE.positive_concepts(c)
         presence = bias_report(res.images, detector, core, reference, target=str(c))
         assert presence.flagged == suspects(res.images, detector, core, reference)
-        effects = ablation_effects(model, gen, res, ["marker:present", *[f"colour:{k}" for k in COLOURS]], image_seeds=DISPLAY)
+        effects = ablation_effects(
+            model, gen, res, ["marker:present", *[f"colour:{k}" for k in COLOURS]], image_seeds=DISPLAY
+        )
         report = bias_report(res.images, detector, core, reference, target=str(c), effects=effects)
         out[c] = (res, report, presence, effects)
     return out
@@ -388,7 +394,9 @@ def test_world_detector_scores_colour_and_marker() -> None:
 
 
 # ------------------------------------------------------------------------------------ callback
-def _fit(root: Path, cb: DiffusionExplainerCallback, model: TinyCNN, epochs: int = 2) -> Trainer:
+def _fit(
+    root: Path, cb: DiffusionExplainerCallback, model: TinyCNN, epochs: int = 2, extra: list | None = None
+) -> Trainer:
     trainer = Trainer(
         max_epochs=epochs,
         default_root_dir=root,
@@ -400,7 +408,7 @@ def _fit(root: Path, cb: DiffusionExplainerCallback, model: TinyCNN, epochs: int
         devices=1,
         num_sanity_val_steps=0,
         limit_train_batches=2,
-        callbacks=[cb],
+        callbacks=[cb, *(extra or [])],
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -423,24 +431,41 @@ def _callback(**kwargs: Any) -> DiffusionExplainerCallback:
     return DiffusionExplainerCallback(**args)
 
 
+def _layout(value: Any) -> Any:
+    """``value`` with every leaf replaced by its type and every list by its first item's layout: what stays the
+    same however the numbers change and however many steps an optimisation took."""
+    if isinstance(value, dict):
+        return {k: _layout(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_layout(value[0])] if value else []
+    return type(value).__name__
+
+
 @pytest.mark.slow
 def test_callback_logs_readouts_images_bias_reports_and_drift(
     tmp_path: Path, trained_model_copy: TinyCNN
 ) -> None:
     cb = _callback()
-    trainer = _fit(tmp_path, cb, trained_model_copy)
+    monitor = ConceptDriftMonitor()
+    trainer = _fit(tmp_path, cb, trained_model_copy, extra=[monitor])
     records = read_records(tmp_path, method="diffusion_explainer")
     assert [r.epoch for r in records] == [0, 1]
     first, second = (r.payload for r in records)
     assert [t["label"] for t in first["targets"]] == ["class 0", "class 3"]
-    assert first["previous_epoch"] is None and second["previous_epoch"] == 0
+    drift = {
+        r["key"]: r["value"]
+        for r in monitor.tracker.history
+        if (r["source"], r["kind"], r["against"], r["epoch"])
+        == ("diffusion_explainer", "readout", "previous", 1)
+    }
     for entry in second["targets"]:
         assert entry["readout"]["positions"] == ["shape", "colour", "texture", "marker"]
         assert 1 <= entry["steps"] <= 30 and len(entry["loss_curve"]) == entry["steps"]
         assert len(entry["probabilities"]) == 6
         assert {r["concept"] for r in entry["bias"]["rows"]} >= {"marker:present", "colour:red"}
         assert all("effect" in r for r in entry["bias"]["rows"])
-        # drift is relative to the previous epoch's readout of the same target
+        # drift is relative to the previous epoch's readout of the same target: the drift monitor's share of
+        # the positions whose word changed
         prev = next(t for t in first["targets"] if t["label"] == entry["label"])
         changed = {
             p
@@ -449,16 +474,87 @@ def test_callback_logs_readouts_images_bias_reports_and_drift(
             )
             if a != b
         }
-        assert set(entry["readout_changes"]) == changed
+        assert drift[entry["label"]] == len(changed) / 4
     assert "a" in second["targets"][0]["readout"]["caption"]
     assert first["targets"][0]["readout"]["words"][0] == "circle"  # class 0 is circle/lined
     assert "xai/diffusion_explainer/probability/class_0" in trainer.callback_metrics
-    assert "xai/diffusion_explainer/readout_changes" in trainer.callback_metrics
+    assert "xai/drift/diffusion_explainer/readout/prev/class 0" in trainer.callback_metrics
     media = [m["path"] for m in second["media"]]
     assert len(media) == 2 and all((tmp_path / "xai" / p).is_file() for p in media)
-    tables = {t["key"] if isinstance(t, dict) else t for t in second.get("tables", [])}
-    assert len(cb.history) == 2 and set(cb.history[-1]["captions"]) == {"class 0", "class 3"}
-    del tables
+    assert set(second["tables"]) == {"readout", "bias_report", "loss_curves"}
+    # one epoch per record: nothing about other epochs, and every record laid out like the first
+    for payload in (first, second):
+        assert not {"previous_epoch", "history"} & set(payload)
+        assert all("readout_changes" not in t for t in payload["targets"])
+    assert _layout(first) == _layout(second)
+    # the record reads back as the result the callback logged
+    result = read_result(records[1])
+    assert isinstance(result, DiffusionExplainerResult) and result.images == {}
+    assert [t.label for t in result.targets] == ["class 0", "class 3"]
+    assert result.logged(1).tables[0].rows == second["tables"]["readout"]["rows"]
+
+
+@pytest.mark.slow
+def test_explainer_result_round_trips_and_shares_merge(trained_model_copy: TinyCNN) -> None:
+    detector = WorldColourMarkerDetector().scores
+    options = {
+        "steps": 8,
+        "n_images": 3,
+        "concept_detector": detector,
+        "core_concepts": RULE.positive_concepts,
+    }
+    whole = DiffExplainer(WorldPromptGenerator(seeds=(0, 1)), targets=[0, 2, 3], **options)
+    result = whole.explain(trained_model_copy)
+    assert (
+        sorted(result.images)
+        == sorted(result.prompts)
+        == sorted(whole.prompts)
+        == ["class 0", "class 2", "class 3"]
+    )
+    payload = json.loads(json.dumps(result.to_payload()))  # as a record stores it
+    back = DiffusionExplainerResult.from_payload(payload, schema=2)
+    assert back == result and back.images == {}
+    assert back.logged(0).tables[1].rows == result.logged(0).tables[1].rows  # the bias report
+    assert [o.value for o in back.observations()] == [o.value for o in result.observations()]
+    with pytest.raises(SchemaError, match=r"lacks \['generator'\]"):
+        DiffusionExplainerResult.from_payload({"targets": payload["targets"]}, schema=2)
+    broken = {k: v for k, v in payload["targets"][0].items() if k != "loss_curve"}
+    with pytest.raises(SchemaError, match="unreadable target.*loss_curve"):
+        DiffusionExplainerResult.from_payload({**payload, "targets": [broken]}, schema=2)
+    # what the callback does under DDP: each rank explains a share of the targets, the shares are merged
+    parts = []
+    for share in ([0, 3], [2], None):
+        dx = DiffExplainer(WorldPromptGenerator(seeds=(0, 1)), **options)
+        parts.append(dx.explain(trained_model_copy, targets=share) if share else None)
+    merger = DiffExplainer(WorldPromptGenerator(seeds=(0, 1)), **options)
+    merged = merger.merge(parts, [Target.parse(t) for t in (0, 2, 3)])
+    assert merged.to_payload() == result.to_payload()
+    assert all(torch.equal(merged.images[k], v) for k, v in result.images.items())
+    assert sorted(merger.prompts) == ["class 0", "class 2", "class 3"]
+
+
+def test_old_records_keep_their_readout_changes_as_recorded() -> None:
+    entry = {
+        "target": {"kind": "class", "index": 0, "layer": None}, "label": "class 0",
+        "readout": {"caption": "a red circle", "positions": ["colour", "shape"], "words": ["red", "circle"],
+                    "candidates": [[["red", 0.9]], [["circle", 0.8]]]},
+        "readout_changes": {"colour": ["blue", "red"]}, "steps": 3, "stopped_early": False,
+        "initial_objective": 2.0, "final_objective": 0.5, "image_objective": 0.6, "mean_probability": 0.7,
+        "share_predicted": 1.0, "probabilities": [0.7], "loss_curve": [2.0, 1.0, 0.5], "bias": None,
+    }  # fmt: skip
+    payload = {"targets": [entry], "previous_epoch": 1, "generator": "world"}
+    result = read_result(Record("diffusion_explainer", "epoch", 3, 40, payload=payload))
+    assert isinstance(result, DiffusionExplainerResult)
+    assert result.recorded == {
+        "previous_epoch": 1,
+        "readout_changes": {"class 0": {"colour": ["blue", "red"]}},
+    }
+    assert result.targets[0].readout.candidates == [[("red", 0.9)], [("circle", 0.8)]]
+    assert "readout_changes" not in result.to_payload()["targets"][0]
+    (obs,) = result.observations()
+    assert (obs.kind, obs.key, obs.value, obs.meta) == (
+        "readout", "class 0", {"colour": "red", "shape": "circle"}, {"caption": "a red circle"}
+    )  # fmt: skip
 
 
 @pytest.mark.slow
@@ -466,16 +562,16 @@ def test_callback_warm_starts_each_target_from_its_previous_prompt(
     tmp_path: Path, trained_model_copy: TinyCNN, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[tuple[str, Any]] = []
-    real = dx_callback.optimize_prompt
+    real = dx_core.optimize_prompt
 
     def spy(model: Any, generator: Any, target: Any, **kwargs: Any) -> Any:
         seen.append((Target.parse(target).label, kwargs["init"]))
         return real(model, generator, target, **kwargs)
 
-    monkeypatch.setattr(dx_callback, "optimize_prompt", spy)
+    monkeypatch.setattr(dx_core, "optimize_prompt", spy)
     cb = _callback(targets=[1], concept_detector=None, core_concepts=None)
     _fit(tmp_path, cb, trained_model_copy, epochs=1)
-    after_first = cb._prompts["class 1"].clone()
+    after_first = cb.prompts["class 1"].clone()
     _fit(tmp_path / "more", cb, trained_model_copy, epochs=1)
     assert seen[0] == ("class 1", None)
     assert seen[1][0] == "class 1" and torch.equal(seen[1][1], after_first)
@@ -491,19 +587,35 @@ def test_callback_with_default_targets_explains_every_class(
     assert [t["label"] for t in record.payload["targets"]] == [f"class {c}" for c in range(6)]
 
 
-def test_callback_state_round_trips() -> None:
+def test_callback_state_round_trips_and_reads_old_checkpoints() -> None:
     cb = _callback()
-    cb._prompts = {"class 0": torch.arange(14.0)}
-    cb._readouts = {
-        "class 0": {"caption": "x", "positions": ["shape"], "words": ["circle"], "candidates": []}
-    }
-    cb._previous_epoch = 4
-    cb.history = [{"epoch": 4, "captions": {"class 0": "x"}, "flagged": {"class 0": []}}]
+    cb.prompts["class 0"] = torch.arange(14.0)
     other = _callback()
     other.load_state_dict(copy.deepcopy(cb.state_dict()))
-    assert torch.equal(other._prompts["class 0"], cb._prompts["class 0"])
-    assert other._readouts == cb._readouts and other._previous_epoch == 4 and other.history == cb.history
+    assert torch.equal(other.prompts["class 0"], cb.prompts["class 0"])
+    assert set(cb.state_dict()["explainer"]) == {"prompts"}
+    # a checkpoint of the callback before the typed results: its readouts, previous epoch and history are ignored
+    old = {
+        "prompts": {"class 3": torch.ones(14)},
+        "readouts": {
+            "class 3": {"caption": "x", "positions": ["shape"], "words": ["circle"], "candidates": []}
+        },
+        "previous_epoch": 4,
+        "history": [{"epoch": 4, "captions": {"class 3": "x"}, "flagged": {"class 3": []}}],
+    }
+    other.load_state_dict({"explained_epochs": [4], "explainer": old})
+    assert list(other.prompts) == ["class 3"] and other.explained_epochs == [4]
     assert other.state_key == cb.state_key != _callback(targets=[1]).state_key
+    # the key is the one the callback had before it asked for no validation sample, so old checkpoints find it
+    fields = {
+        "every_n_epochs": 1,
+        "on": "validation",
+        "layers": [],
+        "head": None,
+        "max_samples": 2,
+        "seed": 0,
+    }
+    assert cb.state_key == cb._generate_state_key(**fields, targets=["class 0", "class 3"], steps=30)
 
 
 @pytest.mark.parametrize(
@@ -524,6 +636,17 @@ def test_callback_state_round_trips() -> None:
 def test_callback_rejects_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(MisconfigurationException, match=match):
         _callback(**kwargs)
+
+
+def test_explainer_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="generator must be a prompt generator"):
+        DiffExplainer(object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="n_images must be an integer >= 1"):
+        DiffExplainer(WorldPromptGenerator(), n_images=0)
+    with pytest.raises(ValueError, match="a concept_detector needs core_concepts"):
+        DiffExplainer(WorldPromptGenerator(), concept_detector=WorldColourMarkerDetector().scores)
+    with pytest.raises(ValueError, match="no classifier to explain"):
+        DiffExplainer(WorldPromptGenerator()).explain()
 
 
 # ------------------------------------------------------------------------------------ tiny diffusers, end to end
@@ -586,7 +709,6 @@ def test_world_prompt_generator_pickles_and_repeats() -> None:
     copy_ = pickle.loads(pickle.dumps(gen))
     assert copy_.fingerprint == gen.fingerprint
     assert torch.equal(copy_.render(copy_.init_prompt("circle")), gen.render(gen.init_prompt("circle")))
-
 
 
 @pytest.mark.gpu

@@ -17,6 +17,10 @@ those images. This package holds the method without any Lightning code:
     the package, laid out as a world caption and started neutral (readout among the world's words,
     ``ablate`` for the bias report's effect check).
 
+* :class:`DiffExplainer`: the method in one call, configured once; :meth:`DiffExplainer.explain` optimises
+  every target's prompt (warm-started), reads it out, renders it and writes the bias report, and returns a
+  :class:`DiffusionExplainerResult` (the record's typed result, with :class:`TargetExplanation`,
+  :class:`Target`, :class:`Readout` and :class:`BiasReport`: :mod:`lightning_xai.results.diffusion_explainer`).
 * :func:`optimize_prompt`: Adam on the prompt for a :class:`Target` (a class, a head-input neuron
   or a layer's channel), early stopping, classifier preprocessing (:class:`ClassifierInput`).
 * :func:`pixel_activation_maximisation`: the pixel-space baseline (jitter, total variation,
@@ -32,8 +36,11 @@ Example:
     ['shape', 'colour', 'texture', 'marker']
 """
 
+from lightning_xai.results.diffusion_explainer import DiffusionExplainerResult, TargetExplanation
+
 from .bias import BiasReport, ConceptDetector, bias_report, suspects
 from .diffusers_prompt import DiffusersPromptGenerator
+from .explainer import DiffExplainer
 from .optimize import (
     ClassifierInput,
     PromptResult,
@@ -52,12 +59,15 @@ __all__ = [
     "BiasReport",
     "ClassifierInput",
     "ConceptDetector",
+    "DiffExplainer",
     "DiffusersPromptGenerator",
+    "DiffusionExplainerResult",
     "PixelImage",
     "PromptGenerator",
     "PromptResult",
     "Readout",
     "Target",
+    "TargetExplanation",
     "TargetObjective",
     "WorldDiffusionPromptGenerator",
     "WorldPromptGenerator",

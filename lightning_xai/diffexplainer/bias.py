@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from lightning_xai.results.diffusion_explainer import BiasReport
 
 __all__ = ["BiasReport", "ConceptDetector", "bias_report", "suspects"]
 
@@ -32,48 +33,6 @@ def _scores(detector: ConceptDetector, images: Tensor) -> dict[str, Tensor]:
             )
         scores[str(concept)] = t
     return scores
-
-
-@dataclass
-class BiasReport:
-    """Concept scores of a target's maximising images against reference images.
-
-    Attributes:
-        target: Readable target (``"class 0"`` or a class name).
-        rows: One dict per concept: ``concept``, ``score`` (mean over the target's images), ``reference``
-            (mean over the reference images), ``excess`` (score - reference), ``core`` (declared core
-            concept of the target), ``flagged`` (suspected spurious feature).
-        min_excess, min_score: The flagging thresholds used.
-    """
-
-    target: str
-    rows: list[dict[str, Any]]
-    min_excess: float
-    min_score: float
-
-    @property
-    def flagged(self) -> list[str]:
-        """Suspected spurious concepts, most over-represented first."""
-        return [r["concept"] for r in sorted(self.rows, key=lambda r: -r["excess"]) if r["flagged"]]
-
-    @property
-    def core_found(self) -> list[str]:
-        """Declared core concepts that are over-represented too (the images show what they should)."""
-        return [
-            r["concept"]
-            for r in self.rows
-            if r["core"] and r["excess"] >= self.min_excess and r["score"] >= self.min_score
-        ]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "flagged": self.flagged,
-            "core_found": self.core_found,
-            "min_excess": self.min_excess,
-            "min_score": self.min_score,
-            "rows": [dict(r) for r in self.rows],
-        }
 
 
 def bias_report(

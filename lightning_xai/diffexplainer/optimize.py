@@ -5,16 +5,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_xai.layers import first_tensor
 from lightning_xai.capture import explanation_mode, find_head, resolve_layer, run_model
+from lightning_xai.layers import first_tensor
+from lightning_xai.results.diffusion_explainer import Readout, Target
 
-from .prompt import PromptGenerator, Readout
+from .prompt import PromptGenerator
 
 __all__ = [
     "ClassifierInput",
@@ -25,69 +26,7 @@ __all__ = [
     "optimize_prompt",
 ]
 
-TARGET_KINDS = ("class", "neuron", "channel")
 DEFAULT_LR = 0.1  # Adam's step for a generator that names no default_lr
-
-
-@dataclass(frozen=True)
-class Target:
-    """What the images should maximise.
-
-    * ``Target("class", c)``: the probability of class ``c`` (objective ``-log softmax(logits)[c]``);
-    * ``Target("neuron", j)``: input feature ``j`` of the classifier's linear head (objective: minus
-      its mean over the images);
-    * ``Target("channel", j, layer)``: channel ``j`` of a named layer's output (objective: minus its
-      mean over the images and positions).
-
-    :meth:`parse` reads ``3`` / ``"class:3"``, ``"neuron:12"`` and ``"channel:conv3:5"``.
-
-    Example:
-        >>> Target.parse("channel:features.3:5")
-        Target(kind='channel', index=5, layer='features.3')
-        >>> Target.parse(2).label
-        'class 2'
-    """
-
-    kind: Literal["class", "neuron", "channel"]
-    index: int
-    layer: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in TARGET_KINDS:
-            raise ValueError(
-                f"target kind {self.kind!r} is not supported; choose one of {list(TARGET_KINDS)}"
-            )
-        if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
-            raise ValueError(f"target index must be a non-negative int, got {self.index!r}")
-        if (self.kind == "channel") != (self.layer is not None):
-            raise ValueError("a 'channel' target needs a layer name (and only a channel target has one)")
-
-    @classmethod
-    def parse(cls, value: int | str | Target) -> Target:
-        if isinstance(value, Target):
-            return value
-        if isinstance(value, int) and not isinstance(value, bool):
-            return cls("class", value)
-        if isinstance(value, str):
-            kind, _, rest = value.partition(":")
-            try:
-                if kind in ("class", "neuron") and rest:
-                    return cls(kind, int(rest))  # type: ignore[arg-type]
-                if kind == "channel" and ":" in rest:
-                    layer, _, index = rest.rpartition(":")
-                    return cls("channel", int(index), layer)
-            except ValueError as exc:
-                if "invalid literal" not in str(exc):
-                    raise
-        raise ValueError(
-            f"cannot read target {value!r}; use a class index (3), 'class:3', 'neuron:12' (input of the linear head) "
-            "or 'channel:<layer>:5' (channel of a named layer)"
-        )
-
-    @property
-    def label(self) -> str:
-        """Short readable name: ``"class 2"``, ``"neuron 12"``, ``"conv3[5]"``."""
-        return f"{self.layer}[{self.index}]" if self.kind == "channel" else f"{self.kind} {self.index}"
 
 
 class ClassifierInput:

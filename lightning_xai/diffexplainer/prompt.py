@@ -1,65 +1,17 @@
-"""The optimisable prompt generator interface and the read-out of an optimised prompt."""
+"""The optimisable prompt generator interface (:class:`Readout`, a prompt in words, is the record's type:
+:mod:`lightning_xai.results.diffusion_explainer`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
+from lightning_xai.results.diffusion_explainer import Readout
+
 __all__ = ["PromptGenerator", "Readout"]
-
-
-@dataclass
-class Readout:
-    """What an optimised prompt says in words.
-
-    Attributes:
-        caption: A readable caption: the generator's template filled with the top word of each
-            position (``"a green circle on a striped background"``, ``"a photo of padlock wood"``).
-        positions: Name of each optimised position: a caption slot (``"shape"``) or a soft token
-            (``"token 1"``).
-        words: The top word of each position.
-        candidates: Per position, the top-k ``(word, score)`` pairs, best first. Scores are slot
-            probabilities for the world, cosine similarities to the vocabulary for soft tokens.
-
-    Example:
-        >>> r = Readout("a red circle", ["colour", "shape"], ["red", "circle"], [[("red", 0.9)], [("circle", 0.8)]])
-        >>> r.changed_since(Readout("a blue circle", ["colour", "shape"], ["blue", "circle"], [[], []]))
-        {'colour': ('blue', 'red')}
-    """
-
-    caption: str
-    positions: list[str]
-    words: list[str]
-    candidates: list[list[tuple[str, float]]] = field(default_factory=list)
-
-    def changed_since(self, previous: Readout | None) -> dict[str, tuple[str, str]]:
-        """``{position: (previous word, word)}`` for every position whose top word changed."""
-        if previous is None:
-            return {}
-        old = dict(zip(previous.positions, previous.words))
-        return {p: (old[p], w) for p, w in zip(self.positions, self.words) if p in old and old[p] != w}
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (also what :meth:`from_dict` reads)."""
-        return {
-            "caption": self.caption,
-            "positions": list(self.positions),
-            "words": list(self.words),
-            "candidates": [[[w, float(s)] for w, s in c] for c in self.candidates],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Readout:
-        return cls(
-            data["caption"],
-            list(data["positions"]),
-            list(data["words"]),
-            [[(str(w), float(s)) for w, s in c] for c in data.get("candidates", [])],
-        )
 
 
 @runtime_checkable

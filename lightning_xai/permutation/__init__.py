@@ -3,7 +3,9 @@
 * :class:`ConceptTable` holds rows of concept values, labels, per-row seeds and a caption template, and
   builds seeded column permutations (:func:`world_concept_table` for the planted-concept world).
 * :class:`GenerationCache` generates every (generator, caption, seed) image once.
-* :class:`ConceptPermutation` scores a classifier: metric on unpermuted minus permuted images.
+* :class:`ConceptPermutation` scores a classifier: metric on unpermuted minus permuted images; its
+  :meth:`~ConceptPermutation.explain` returns a :class:`ConceptPermutationResult` (the record's typed result,
+  defined in :mod:`lightning_xai.results.concept_permutation`).
 * :func:`effective_generation` and :func:`independence_matrix`: the paper's checks, with any detector.
 """
 
@@ -13,26 +15,34 @@ from lightning_xai.permutation.importance import (
     AUTOCAST_DTYPES,
     METRICS,
     ConceptPermutation,
-    PermutationResult,
     kendall_tau,
     resolve_autocast_dtype,
     resolve_metric,
+    summarise,
 )
 from lightning_xai.permutation.table import ConceptTable, Permutation, world_concept_table
+from lightning_xai.results.concept_permutation import (
+    ConceptImportance,
+    ConceptPermutationResult,
+    GenerationStats,
+)
 
 __all__ = [
     "AUTOCAST_DTYPES",
     "METRICS",
+    "ConceptImportance",
     "ConceptPermutation",
+    "ConceptPermutationResult",
     "ConceptTable",
     "GenerationCache",
+    "GenerationStats",
     "GeneratorOutputError",
     "Permutation",
-    "PermutationResult",
+    "effective_generation",
+    "independence_matrix",
     "kendall_tau",
     "resolve_autocast_dtype",
     "resolve_metric",
-    "effective_generation",
-    "independence_matrix",
+    "summarise",
     "world_concept_table",
 ]

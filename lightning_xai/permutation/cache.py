@@ -106,7 +106,11 @@ class GenerationCache:
         fp = getattr(self.generator, "fingerprint", None)
         if callable(fp):
             fp = fp()
-        return str(fp) if fp is not None else f"{type(self.generator).__module__}.{type(self.generator).__qualname__}"
+        return (
+            str(fp)
+            if fp is not None
+            else f"{type(self.generator).__module__}.{type(self.generator).__qualname__}"
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -124,7 +128,9 @@ class GenerationCache:
         # scoring looks up every permuted row of every repeat (about 20,000 per epoch for 200 rows): hash each once
         k = memo.get((caption, seed))
         if k is None:
-            k = memo[(caption, seed)] = hashlib.sha256(f"{fp}\x00{caption}\x00{int(seed)}".encode()).hexdigest()[:32]
+            k = memo[(caption, seed)] = hashlib.sha256(
+                f"{fp}\x00{caption}\x00{int(seed)}".encode()
+            ).hexdigest()[:32]
         return k
 
     def __contains__(self, item: tuple[str, int]) -> bool:
@@ -136,7 +142,9 @@ class GenerationCache:
     def _check(self, images: object, n: int) -> Tensor:
         name = type(self.generator).__name__
         if not isinstance(images, Tensor):
-            raise GeneratorOutputError(f"{name}.generate returned {type(images).__name__}; expected a Tensor [N, 3, H, W].")
+            raise GeneratorOutputError(
+                f"{name}.generate returned {type(images).__name__}; expected a Tensor [N, 3, H, W]."
+            )
         if images.dim() != 4 or images.shape[0] != n or images.shape[1] not in (1, 3):
             raise GeneratorOutputError(
                 f"{name}.generate returned shape {list(images.shape)} for {n} captions; expected [{n}, 3, H, W]."
@@ -155,7 +163,9 @@ class GenerationCache:
     def prefetch(self, captions: Sequence[str], seeds: Sequence[int], desc: str = "generating") -> int:
         """Generate every (caption, seed) not cached yet; returns how many were generated."""
         if len(captions) != len(seeds):
-            raise ValueError(f"got {len(captions)} captions but {len(seeds)} seeds; pass one seed per caption.")
+            raise ValueError(
+                f"got {len(captions)} captions but {len(seeds)} seeds; pass one seed per caption."
+            )
         self.refresh_fingerprint()
         todo: dict[str, tuple[str, int]] = {}
         for c, s in zip(captions, seeds):
@@ -182,7 +192,8 @@ class GenerationCache:
                     if self.directory is not None:
                         tmp = self.directory / f"{k}.pt.tmp"
                         torch.save(img.clone(), tmp)  # a view would save its whole batch
-                        os.replace(tmp, self.directory / f"{k}.pt")  # atomic: a crash never leaves half a file
+                        # atomic: a crash never leaves half a file
+                        os.replace(tmp, self.directory / f"{k}.pt")
                 self.generated += len(chunk)
                 bar.update(len(chunk))
         finally:

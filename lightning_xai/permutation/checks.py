@@ -27,7 +27,9 @@ __all__ = ["effective_generation", "independence_matrix"]
 Detector = Callable[[Tensor], Mapping[str, Sequence[Any]]]
 
 
-def _accuracy(detector: Detector, images: Tensor, truth: Mapping[str, Sequence[Any]], columns: Sequence[str]) -> dict[str, float]:
+def _accuracy(
+    detector: Detector, images: Tensor, truth: Mapping[str, Sequence[Any]], columns: Sequence[str]
+) -> dict[str, float]:
     found = detector(images)
     missing = [c for c in columns if c not in found]
     if missing:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,8 +22,13 @@ from torch import Tensor, nn
 from lightning_xai.capture import autocast_context, explanation_mode, folded_batchnorm, run_model
 from lightning_xai.permutation.cache import GenerationCache
 from lightning_xai.permutation.table import ConceptTable, Permutation
+from lightning_xai.results.concept_permutation import (
+    ConceptImportance,
+    ConceptPermutationResult,
+    GenerationStats,
+)
 
-__all__ = ["METRICS", "ConceptPermutation", "PermutationResult", "kendall_tau", "resolve_metric"]
+__all__ = ["METRICS", "ConceptPermutation", "kendall_tau", "resolve_metric", "summarise"]
 
 METRICS = ("accuracy", "auroc")
 MetricFn = Callable[[Tensor, Tensor], float]
@@ -84,7 +89,9 @@ def resolve_metric(metric: str | Any) -> tuple[str, MetricFn]:
             return "accuracy", _accuracy
         if metric == "auroc":
             return "auroc", _auroc
-        raise ValueError(f"metric={metric!r} is not supported; choose one of {list(METRICS)}, a torchmetrics Metric or a callable.")
+        raise ValueError(
+            f"metric={metric!r} is not supported; choose one of {list(METRICS)}, a torchmetrics Metric or a callable."
+        )
     try:
         from torchmetrics import Metric
     except ImportError:  # pragma: no cover - torchmetrics is a dependency
@@ -99,7 +106,9 @@ def resolve_metric(metric: str | Any) -> tuple[str, MetricFn]:
 
         return type(metric).__name__, fn
     if callable(metric):
-        return getattr(metric, "__name__", type(metric).__name__), lambda logits, labels: float(metric(logits, labels))
+        return getattr(metric, "__name__", type(metric).__name__), lambda logits, labels: float(
+            metric(logits, labels)
+        )
     raise ValueError(
         f"metric must be one of {list(METRICS)}, a torchmetrics Metric or a callable (logits, labels) -> float; "
         f"got {type(metric).__name__}."
@@ -115,102 +124,81 @@ def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
         return float(stats.kendalltau(np.asarray(a, float), np.asarray(b, float)).statistic)
 
 
-@dataclass
-class PermutationResult:
-    """Concept permutation importances of one classifier state.
+def summarise(
+    concepts: Sequence[str],
+    metric: str,
+    base: float,
+    scores: np.ndarray,
+    changed: np.ndarray,
+    *,
+    interval: float,
+    n_rows: int,
+    constant: Sequence[str] = (),
+    bootstrap: np.ndarray | None = None,
+    generation: GenerationStats | None = None,
+) -> ConceptPermutationResult:
+    """The :class:`~lightning_xai.results.concept_permutation.ConceptPermutationResult` of permutation scores.
 
-    Attributes:
-        concepts: concept names (rows). metric: the metric's name.
-        base: the metric on the unpermuted generated images.
-        permuted: ``[K, R]`` the metric after each permutation.
-        importance: ``[K, R]`` ``base - permuted`` (signed: a negative drop is a warning sign).
-        changed: ``[K, R]`` rows whose caption the permutation changed.
-        mean, sd: ``[K]`` over repeats; low, high: ``[K]`` percentile interval over the repeats (``interval``
-            coverage), as the paper reports it. It shows how much the shuffles disagree, not how much the
-            result depends on the particular rows: the base score is one draw of ``n_rows`` images.
-        bootstrap: ``[K, B]`` the mean importance on ``B`` row resamples (the same resampled rows for the
-            base and every repeat, a paired bootstrap), or ``None``; ci_low, ci_high: its percentile interval,
-            which covers both sources of variation. An irrelevant concept's ``ci`` contains 0 unless the model
-            really responds to it.
-        constant: concepts whose column has one distinct value (importance 0 by construction).
-        n_rows: rows of the table; interval: the intervals' coverage.
+    Args:
+        concepts: the permuted concepts (``K``), in the table's order.
+        metric: the metric's name. base: the metric on the unpermuted images.
+        scores: ``[K, R]`` the metric after each permutation; the importance of a repeat is ``base - score``.
+        changed: ``[K, R]`` share of rows each permutation changed.
+        interval: coverage of the percentile intervals.
+        n_rows: rows of the table. constant: the concepts whose column has one value.
+        bootstrap: ``[K, B]`` mean importance on ``B`` paired row resamples, or ``None`` (the intervals over
+            the repeats stand in for the bootstrap's).
+        generation: what generating the images cost.
+
+    Example:
+        >>> r = summarise(["shape", "colour"], "accuracy", 0.9, np.array([[0.5, 0.6], [0.9, 0.9]]),
+        ...               np.ones((2, 2)), interval=0.95, n_rows=10)
+        >>> r.ranking(), [round(float(x), 3) for x in r.mean]
+        (['shape', 'colour'], [0.35, 0.0])
     """
-
-    concepts: list[str]
-    metric: str
-    base: float
-    permuted: np.ndarray
-    importance: np.ndarray
-    changed: np.ndarray
-    interval: float
-    n_rows: int
-    constant: list[str] = field(default_factory=list)
-    bootstrap: np.ndarray | None = None
-
-    @property
-    def mean(self) -> np.ndarray:
-        return self.importance.mean(1)
-
-    @property
-    def sd(self) -> np.ndarray:
-        r = self.importance.shape[1]
-        return self.importance.std(1, ddof=1) if r > 1 else np.zeros(len(self.concepts))
-
-    @property
-    def low(self) -> np.ndarray:
-        return np.percentile(self.importance, 50 * (1 - self.interval), axis=1)
-
-    @property
-    def high(self) -> np.ndarray:
-        return np.percentile(self.importance, 100 - 50 * (1 - self.interval), axis=1)
-
-    @property
-    def ci_low(self) -> np.ndarray:
-        if self.bootstrap is None:
-            return self.low
-        return np.nanpercentile(self.bootstrap, 50 * (1 - self.interval), axis=1)
-
-    @property
-    def ci_high(self) -> np.ndarray:
-        if self.bootstrap is None:
-            return self.high
-        return np.nanpercentile(self.bootstrap, 100 - 50 * (1 - self.interval), axis=1)
-
-    def ranking(self) -> list[str]:
-        """Concepts by mean importance, most important first (ties keep the table's order)."""
-        order = sorted(range(len(self.concepts)), key=lambda i: -self.mean[i])
-        return [self.concepts[i] for i in order]
-
-    def rank_of(self) -> dict[str, int]:
-        return {c: i + 1 for i, c in enumerate(self.ranking())}
-
-    def importance_of(self, concept: str) -> float:
-        return float(self.mean[self.concepts.index(concept)])
-
-    def kendall_tau(self, other: PermutationResult) -> float:
-        """Agreement of the importance orderings of the concepts both results hold."""
-        common = [c for c in self.concepts if c in other.concepts]
-        return kendall_tau([self.importance_of(c) for c in common], [other.importance_of(c) for c in common])
-
-    def rows(self) -> list[dict[str, Any]]:
-        ranks = self.rank_of()
-        return [
-            {
-                "concept": c,
-                "rank": ranks[c],
-                "importance": float(self.mean[i]),
-                "sd": float(self.sd[i]),
-                "low": float(self.low[i]),
-                "high": float(self.high[i]),
-                "ci_low": float(self.ci_low[i]),
-                "ci_high": float(self.ci_high[i]),
-                "base": self.base,
-                "permuted": float(self.permuted[i].mean()),
-                "changed_rows": float(self.changed[i].mean()),
-                "constant": c in self.constant,
-            }
-            for i, c in enumerate(self.concepts)
-        ]
+    scores = np.asarray(scores, dtype=float)
+    drops = base - scores
+    K, R = drops.shape
+    mean = drops.mean(1)
+    sd = drops.std(1, ddof=1) if R > 1 else np.zeros(K)
+    tail = 50 * (1 - interval)
+    low, high = np.percentile(drops, tail, axis=1), np.percentile(drops, 100 - tail, axis=1)
+    if bootstrap is None:
+        ci_low, ci_high = low, high
+    else:
+        ci_low = np.nanpercentile(bootstrap, tail, axis=1)
+        ci_high = np.nanpercentile(bootstrap, 100 - tail, axis=1)
+    order = sorted(range(K), key=lambda i: -mean[i])  # stable: ties keep the table's order
+    rank = {i: r + 1 for r, i in enumerate(order)}
+    rows = [
+        ConceptImportance(
+            concept=c,
+            rank=rank[i],
+            importance=float(mean[i]),
+            sd=float(sd[i]),
+            low=float(low[i]),
+            high=float(high[i]),
+            ci_low=float(ci_low[i]),
+            ci_high=float(ci_high[i]),
+            permuted=float(scores[i].mean()),
+            changed_rows=float(np.asarray(changed)[i].mean()),
+            constant=c in constant,
+        )
+        for i, c in enumerate(concepts)
+    ]
+    return ConceptPermutationResult(
+        metric=metric,
+        base=float(base),
+        importance=rows,
+        n_rows=int(n_rows),
+        n_repeats=int(R),
+        interval=float(interval),
+        constant_concepts=[c for c in concepts if c in constant],
+        generation=generation,
+        scores=scores,
+        changed=np.asarray(changed, dtype=float),
+        bootstrap=bootstrap,
+    )
 
 
 @dataclass
@@ -232,10 +220,15 @@ class _ScoringPlan:
 class ConceptPermutation:
     """DEPICT permutation importance of a table's concepts for a classifier, through a generator.
 
+    Configured once; every :meth:`explain` scores the classifier in its current state and returns a
+    :class:`~lightning_xai.results.concept_permutation.ConceptPermutationResult`. The images are generated
+    on the first call (and cached), so later calls only run the classifier.
+
     Args:
         generator: ``generate(captions, seeds) -> Tensor[N, 3, H, W]`` with a ``fingerprint``
             (:class:`~lightning_xai.world.WorldGenerator`, :class:`~lightning_xai.generators.DiffusersGenerator`).
         table: the :class:`ConceptTable` (rows, labels, seeds, caption template).
+        model: the classifier :meth:`explain` scores when it is given none.
         metric: ``"accuracy"``, ``"auroc"``, a torchmetrics ``Metric`` or ``fn(logits, labels) -> float``.
         n_repeats: permutations per concept (``R``; the paper's notebook uses 25).
         seed: seed of the permutations (each concept's shuffles depend on its name and the repeat only).
@@ -260,14 +253,15 @@ class ConceptPermutation:
     Raises:
         ValueError: bad ``n_repeats``, ``interval``, ``batch_size``, ``n_bootstrap`` or ``autocast_dtype``,
             an unknown metric.
+        TypeError: ``table`` is not a :class:`ConceptTable`.
 
     Example:
         >>> from lightning_xai.world import TinyCNN, WorldGenerator
         >>> from lightning_xai.permutation import world_concept_table
         >>> depict = ConceptPermutation(WorldGenerator(), world_concept_table(8), n_repeats=2, show_progress=False)
         >>> result = depict.explain(TinyCNN(num_classes=6))
-        >>> result.importance.shape
-        (4, 2)
+        >>> result.concepts, result.drops.shape
+        (['shape', 'colour', 'texture', 'marker'], (4, 2))
     """
 
     def __init__(
@@ -275,6 +269,7 @@ class ConceptPermutation:
         generator: Any,
         table: ConceptTable,
         *,
+        model: nn.Module | None = None,
         metric: str | Any = "accuracy",
         n_repeats: int = 10,
         seed: int = 0,
@@ -288,7 +283,7 @@ class ConceptPermutation:
         autocast_dtype: str | torch.dtype | None = None,
     ) -> None:
         if not isinstance(table, ConceptTable):
-            raise ValueError(f"table must be a ConceptTable, got {type(table).__name__}.")
+            raise TypeError(f"table must be a ConceptTable, got {type(table).__name__}.")
         if isinstance(n_repeats, bool) or not isinstance(n_repeats, int) or n_repeats < 1:
             raise ValueError(f"n_repeats must be an integer >= 1, got {n_repeats!r}.")
         if not isinstance(interval, (int, float)) or not 0.0 < float(interval) < 1.0:
@@ -297,6 +292,7 @@ class ConceptPermutation:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
         if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 0:
             raise ValueError(f"n_bootstrap must be an integer >= 0, got {n_bootstrap!r}.")
+        self.model = model
         self.metric_name, self.metric = resolve_metric(metric)
         self.autocast_dtype = resolve_autocast_dtype(autocast_dtype)
         self.n_bootstrap = n_bootstrap
@@ -306,8 +302,10 @@ class ConceptPermutation:
         self.interval = float(interval)
         self.transform = transform
         self.batch_size = batch_size
-        self.cache = cache if cache is not None else GenerationCache(
-            generator, directory=cache_dir, show_progress=show_progress
+        self.cache = (
+            cache
+            if cache is not None
+            else GenerationCache(generator, directory=cache_dir, show_progress=show_progress)
         )
         self._perms: dict[str, list[Permutation]] = {}
         self._warned: set[str] = set()
@@ -316,14 +314,18 @@ class ConceptPermutation:
     # ------------------------------------------------------------------ generation
     def permutations(self, concept: str) -> list[Permutation]:
         if concept not in self._perms:
-            self._perms[concept] = [self.table.permutation(concept, r, self.seed) for r in range(self.n_repeats)]
+            self._perms[concept] = [
+                self.table.permutation(concept, r, self.seed) for r in range(self.n_repeats)
+            ]
         return self._perms[concept]
 
     def _check_concepts(self, concepts: Sequence[str] | None) -> list[str]:
         concepts = list(self.table.concepts if concepts is None else concepts)
         unknown = [c for c in concepts if c not in self.table.columns]
         if unknown:
-            raise ValueError(f"concepts {unknown} are not columns of the table; the columns are {sorted(self.table.columns)}.")
+            raise ValueError(
+                f"concepts {unknown} are not columns of the table; the columns are {sorted(self.table.columns)}."
+            )
         for c in concepts:
             if self.table.is_constant(c) and c not in self._warned:
                 self._warned.add(c)
@@ -412,18 +414,32 @@ class ConceptPermutation:
         return torch.cat(out)
 
     def explain(
-        self, model: nn.Module, concepts: Sequence[str] | None = None, device: torch.device | str | None = None
-    ) -> PermutationResult:
-        """Importance of ``concepts`` (default: the table's) for ``model`` in its current state.
+        self,
+        model: nn.Module | None = None,
+        *,
+        concepts: Sequence[str] | None = None,
+        device: torch.device | str | None = None,
+    ) -> ConceptPermutationResult:
+        """Importance of ``concepts`` (default: the table's) for ``model`` (default: the constructor's) as it is now.
 
         Generates whatever is not cached yet, runs the classifier once per distinct image, and scores every
         permutation. The model's modes and ``requires_grad`` flags are restored afterwards.
+
+        Raises:
+            ValueError: no model, a concept that is not a column, labels out of the classifier's range, a
+                classifier that does not return logits ``[N, classes]``, float16 scoring on a CPU.
         """
+        model = model if model is not None else self.model
+        if model is None:
+            raise ValueError(
+                "no classifier to explain: pass one to explain(model) or ConceptPermutation(model=...)."
+            )
         concepts = self._check_concepts(concepts)
         if device is None:
             param = next(iter(model.parameters()), None)
             device = param.device if param is not None else torch.device("cpu")
         device = torch.device(device)
+        before = (self.cache.generated, self.cache.calls)
         plan = self._plan(concepts)
         self._generate(plan)
         logits = self._score(model, plan, device)
@@ -431,12 +447,13 @@ class ConceptPermutation:
         labels = self.table.labels
         n_classes = base_logits.shape[1]
         if int(labels.max()) >= n_classes or int(labels.min()) < 0:
-            raise ValueError(f"labels range over [{int(labels.min())}, {int(labels.max())}] but the classifier has {n_classes} classes.")
+            raise ValueError(
+                f"labels range over [{int(labels.min())}, {int(labels.max())}] but the classifier has {n_classes} classes."
+            )
         base = self.metric(base_logits, labels)
         K, R = len(concepts), self.n_repeats
         permuted = np.full((K, R), base, dtype=float)
         changed = np.zeros((K, R), dtype=float)
-        constant = [c for c in concepts if self.table.is_constant(c)]
         perm_logits_all: list[list[Tensor | None]] = [[None] * R for _ in range(K)]
         for (ki, r), (rows, images) in plan.changed.items():
             changed[ki, r] = len(rows) / self.table.n
@@ -445,17 +462,67 @@ class ConceptPermutation:
             permuted[ki, r] = self.metric(perm_logits, labels)
             perm_logits_all[ki][r] = perm_logits
         boot = self._bootstrap(base_logits, perm_logits_all, labels) if self.n_bootstrap else None
-        return PermutationResult(
-            concepts=concepts,
-            metric=self.metric_name,
-            base=float(base),
-            permuted=permuted,
-            importance=base - permuted,
-            changed=changed,
+        generation = GenerationStats(
+            generated_now=self.cache.generated - before[0],
+            generator_calls_now=self.cache.calls - before[1],
+            cached_images=len(self.cache),
+            fingerprint=self.cache.fingerprint,
+        )
+        return summarise(
+            concepts,
+            self.metric_name,
+            float(base),
+            permuted,
+            changed,
             interval=self.interval,
             n_rows=self.table.n,
-            constant=constant,
+            constant=[c for c in concepts if self.table.is_constant(c)],
             bootstrap=boot,
+            generation=generation,
+        )
+
+    @staticmethod
+    def merge(parts: Sequence[ConceptPermutationResult | None]) -> ConceptPermutationResult:
+        """One result from the results of disjoint shares of the concepts, in share order (e.g. one share per
+        rank under DDP; ``None`` for a share without concepts).
+
+        The concepts are ranked again over all shares; the generation counts are summed (every share generates
+        the base scenes). The parts must hold their in-memory scores (results of :meth:`explain`).
+
+        Raises:
+            ValueError: no part holds a concept, or a part has no scores (a result read back from a record).
+        """
+        done = [p for p in parts if p is not None]
+        if not done:
+            raise ValueError("no share of the concepts was explained.")
+        if any(p.scores is None or p.changed is None for p in done):
+            raise ValueError(
+                "merge needs the results of explain(), with their scores; results read from records have none."
+            )
+        first = done[0]
+        boot = [p.bootstrap for p in done]
+        stats = [p.generation for p in done if p.generation is not None]
+        generation = (
+            GenerationStats(
+                generated_now=sum(g.generated_now for g in stats),
+                generator_calls_now=sum(g.generator_calls_now for g in stats),
+                cached_images=sum(g.cached_images for g in stats),
+                fingerprint=stats[0].fingerprint,
+            )
+            if stats
+            else None
+        )
+        return summarise(
+            [c for p in done for c in p.concepts],
+            first.metric,
+            first.base,
+            np.concatenate([p.scores for p in done]),  # type: ignore[misc]
+            np.concatenate([p.changed for p in done]),  # type: ignore[misc]
+            interval=first.interval,
+            n_rows=first.n_rows,
+            constant=[c for p in done for c in p.constant_concepts],
+            bootstrap=None if any(b is None for b in boot) else np.concatenate(boot),  # type: ignore[arg-type]
+            generation=generation,
         )
 
     def _bootstrap(self, base: Tensor, permuted: list[list[Tensor | None]], labels: Tensor) -> np.ndarray:
@@ -467,13 +534,18 @@ class ConceptPermutation:
         if self.metric_name == "accuracy" and self.metric is _accuracy:
             correct = (base.argmax(1) == labels).double()
             for ki, reps in enumerate(permuted):
-                diffs = [correct - (p.argmax(1) == labels).double() if p is not None else torch.zeros(n, dtype=torch.float64)
-                         for p in reps]
+                diffs = [
+                    correct - (p.argmax(1) == labels).double()
+                    if p is not None
+                    else torch.zeros(n, dtype=torch.float64)
+                    for p in reps
+                ]
                 d = torch.stack(diffs).mean(0)  # [N]: per-row drop, averaged over repeats
                 out[ki] = d[idx].mean(1).numpy()
             return out
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a resample may miss a class; such resamples give nan and are skipped
+            # a resample may miss a class; such resamples give nan and are skipped
+            warnings.simplefilter("ignore")
             for b in range(B):
                 rows = idx[b]
                 y = labels[rows]

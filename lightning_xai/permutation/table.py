@@ -79,6 +79,7 @@ class ConceptTable:
         ValueError: columns of different lengths, labels or seeds of the wrong length, negative seeds, a
             template field that names no column (the message lists the columns), a concept that is not a
             column, or fewer than 2 rows.
+        TypeError: a ``caption_template`` that is neither a format string nor a callable.
 
     Example:
         >>> table = ConceptTable({"shape": ["circle", "square"], "colour": ["red", "blue"]}, labels=[0, 1],
@@ -101,7 +102,9 @@ class ConceptTable:
         seed: int = 0,
     ) -> None:
         if not columns:
-            raise ValueError("columns is empty: pass {concept: [value per row], ...} with at least one column.")
+            raise ValueError(
+                "columns is empty: pass {concept: [value per row], ...} with at least one column."
+            )
         self.columns: dict[str, list[Any]] = {str(k): list(v) for k, v in columns.items()}
         lengths = {k: len(v) for k, v in self.columns.items()}
         n = next(iter(lengths.values()))
@@ -119,7 +122,9 @@ class ConceptTable:
         if len(seeds) != n:
             raise ValueError(f"got {len(seeds)} seeds for {n} rows; pass one seed per row.")
         if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in seeds):
-            bad = next(s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0)
+            bad = next(
+                s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0
+            )
             raise ValueError(f"seeds must be non-negative integers, got {bad!r}.")
         self.seeds = [int(s) for s in seeds]
         self.seed = int(seed)
@@ -135,7 +140,7 @@ class ConceptTable:
         elif callable(caption_template):
             self._fields = list(self.columns)
         else:
-            raise ValueError(
+            raise TypeError(
                 f"caption_template must be a format string or a callable row -> caption, got "
                 f"{type(caption_template).__name__}."
             )
@@ -211,7 +216,12 @@ class ConceptTable:
                 for name in reader.fieldnames:
                     columns[name].append(row[name] if row[name] is not None else "")
         return cls.from_columns(
-            columns, caption_template, label_column=label_column, seed_column=seed_column, concepts=concepts, seed=seed
+            columns,
+            caption_template,
+            label_column=label_column,
+            seed_column=seed_column,
+            concepts=concepts,
+            seed=seed,
         )
 
     # ------------------------------------------------------------------ captions
@@ -255,9 +265,13 @@ class ConceptTable:
         values = self.columns[concept]
         captions = [self._caption(i, {concept: values[int(order[i])]}) for i in range(self.n)]
         changed = np.array([c != b for c, b in zip(captions, self._base)], dtype=bool)
-        return Permutation(concept=concept, repeat=int(repeat), order=order, captions=captions, changed=changed)
+        return Permutation(
+            concept=concept, repeat=int(repeat), order=order, captions=captions, changed=changed
+        )
 
-    def permutations(self, n_repeats: int, concepts: Sequence[str] | None = None, seed: int | None = None) -> list[Permutation]:
+    def permutations(
+        self, n_repeats: int, concepts: Sequence[str] | None = None, seed: int | None = None
+    ) -> list[Permutation]:
         """Every concept's ``n_repeats`` permutations (concept-major order)."""
         concepts = self.concepts if concepts is None else list(concepts)
         return [self.permutation(c, r, seed) for c in concepts for r in range(n_repeats)]
@@ -308,13 +322,20 @@ def world_concept_table(
     rule = resolve_rule(task)
     slots = random_slots(n, seed=seed, split="depict", marker_rate=marker_rate)
     if spurious_class is not None:
-        target = rule.classes.index(spurious_class) if isinstance(spurious_class, str) else int(spurious_class)
+        target = (
+            rule.classes.index(spurious_class) if isinstance(spurious_class, str) else int(spurious_class)
+        )
         if not 0 <= target < len(rule.classes):
-            raise ValueError(f"spurious_class={spurious_class!r} is not a class of {rule.name!r}: {rule.classes}.")
+            raise ValueError(
+                f"spurious_class={spurious_class!r} is not a class of {rule.name!r}: {rule.classes}."
+            )
         if not 0.0 <= float(spurious_p) <= 1.0:
             raise ValueError(f"spurious_p must lie in [0, 1], got {spurious_p!r}.")
         draws = np.random.default_rng(np.random.SeedSequence([int(seed), 7717])).random(n)
-        slots = [dataclasses.replace(s, marker=bool(rule(s) == target and u < spurious_p)) for s, u in zip(slots, draws)]
+        slots = [
+            dataclasses.replace(s, marker=bool(rule(s) == target and u < spurious_p))
+            for s, u in zip(slots, draws)
+        ]
     columns = {
         "shape": [s.shape for s in slots],
         "colour": [s.colour for s in slots],

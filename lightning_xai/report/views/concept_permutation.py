@@ -1,37 +1,34 @@
-"""The report's view of concept_permutation records."""
+"""The report's view of concept_permutation records: the importances with their intervals."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from lightning_xai.records import Record
-from lightning_xai.report.html import _e, _fmt, _num
+from lightning_xai.report.html import _e, _fmt
 from lightning_xai.report.svg import bar_chart_svg
+from lightning_xai.results.concept_permutation import ConceptPermutationResult
 
 
-def view(ren: Any, rec: Record, result: Any, used: set[str]) -> str:
-    p = rec.payload
-    imp = p.get("importance")
-    if not isinstance(imp, list) or not imp:
+def view(ren: Any, rec: Record, result: ConceptPermutationResult, used: set[str]) -> str:
+    if not result.importance:
         return ""
-    rows = sorted((r for r in imp if isinstance(r, Mapping)), key=lambda r: _num(r.get("rank")) or 0)
+    rows = sorted(result.importance, key=lambda r: r.rank)
     svg = bar_chart_svg(
-        [r.get("concept") for r in rows],
-        {"importance": [r.get("importance") for r in rows]},
-        intervals={"importance": [(r.get("ci_low"), r.get("ci_high")) for r in rows]},
-        title=f"Drop in {p.get('metric', 'performance')} when a concept is permuted (95% interval)",
-        y_label=f"{p.get('metric', 'metric')} drop",
+        [r.concept for r in rows],
+        {"importance": [r.importance for r in rows]},
+        intervals={"importance": [(r.ci_low, r.ci_high) for r in rows]},
+        title=f"Drop in {result.metric} when a concept is permuted ({round(100 * result.interval, 1):g}% interval)",
+        y_label=f"{result.metric} drop",
         reference=0.0,
         attrs={"data-plot": "importance"},
     )
-    tau = p.get("kendall_tau_prev")
+    # records of schema 1 also held the ranking's agreement with the previous explained epoch
+    tau = result.recorded.get("kendall_tau_prev")
     extra = (
-        f"<p>Ranking vs epoch {_e(p.get('previous_epoch'))}: Kendall tau <b>{_fmt(tau)}</b></p>"
+        f"<p>Ranking vs epoch {_e(result.recorded.get('previous_epoch'))}: Kendall tau <b>{_fmt(tau)}</b></p>"
         if tau is not None
         else ""
     )
-    base = f"<p>Base {_e(p.get('metric', 'metric'))}: {_fmt(p.get('base'))} on {_fmt(p.get('n_rows'))} rows.</p>"
+    base = f"<p>Base {_e(result.metric)}: {_fmt(result.base)} on {_fmt(result.n_rows)} rows.</p>"
     return f'<div class="view" data-view="importance">{base}<div class="charts">{svg}</div>{extra}</div>'
-
-
