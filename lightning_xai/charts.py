@@ -77,9 +77,17 @@ class _Axes:
         self.tick_w = max((text_size(t, self.small)[0] for t in self.ytexts), default=0)
         self.line_h = text_size("Ag", self.small)[1]
         self.label_h = text_size("Ag", self.label_font)[1]
-        self.xticks, self.title, self.ylabel, self.xlabel, self.legend = list(xticks), title, ylabel, xlabel, list(legend)
+        self.xticks, self.title, self.ylabel, self.xlabel, self.legend = (
+            list(xticks),
+            title,
+            ylabel,
+            xlabel,
+            list(legend),
+        )
 
-        legend_w = 12 + 16 + 6 + max(text_size(n, self.small)[0] for n, _ in self.legend) + 8 if self.legend else 0
+        legend_w = (
+            12 + 16 + 6 + max(text_size(n, self.small)[0] for n, _ in self.legend) + 8 if self.legend else 0
+        )
         left = _MARGIN + (self.label_h + 6 if ylabel else 0) + self.tick_w + 8
         width = max(int(size[0]), left + legend_w + _MARGIN + 4 + min_plot_w)
         plot_w = width - left - legend_w - _MARGIN - 4
@@ -93,16 +101,22 @@ class _Axes:
             else:
                 self.every = math.ceil(max(widths) * 1.4 / gap)
         if self.turn:  # a turned label hangs left of its tick: make room for the first ones
-            overhang = max(w * math.cos(self.angle) + self.line_h * math.sin(self.angle) - f * plot_w
-                           for f, w in zip(fractions, widths))
+            overhang = max(
+                w * math.cos(self.angle) + self.line_h * math.sin(self.angle) - f * plot_w
+                for f, w in zip(fractions, widths)
+            )
             shift = max(0, math.ceil(_MARGIN + overhang - left))
             left, width = left + shift, width + shift
-            xlab_h = max(int(w * math.sin(self.angle) + self.line_h * math.cos(self.angle)) for w in widths) + 6
+            xlab_h = (
+                max(int(w * math.sin(self.angle) + self.line_h * math.cos(self.angle)) for w in widths) + 6
+            )
         else:
             xlab_h = self.line_h + 6
         self.title_lines = _wrap(title, self.label_font, width - 2 * _MARGIN) if title else []
         self.top = _MARGIN + len(self.title_lines) * (self.label_h + 3) + (6 if self.title_lines else 4)
-        self.height = max(int(size[1]), self.top + 80 + xlab_h + (self.label_h + 6 if xlabel else 0) + _MARGIN)
+        self.height = max(
+            int(size[1]), self.top + 80 + xlab_h + (self.label_h + 6 if xlabel else 0) + _MARGIN
+        )
         self.bottom = self.height - _MARGIN - (self.label_h + 6 if xlabel else 0) - xlab_h - 4
         self.left, self.right, self.width = left, left + plot_w, width
 
@@ -211,8 +225,10 @@ def bar_chart(
     palette = [rgb(c) for c in (colours or TAB10)]
     if bar_colours is not None and (len(bar_colours) != S or any(len(row) != G for row in bar_colours)):
         raise ValueError(f"bar_colours must be [{S} series, {G} groups] of colours.")
-    fills = [[rgb(bar_colours[s][g]) if bar_colours is not None else palette[s % len(palette)] for g in range(G)]
-             for s in range(S)]
+    fills = [
+        [rgb(bar_colours[s][g]) if bar_colours is not None else palette[s % len(palette)] for g in range(G)]
+        for s in range(S)
+    ]
     if ylim is None:
         tops = np.where(np.isnan(err[:, 1]), v, v + np.nan_to_num(err[:, 1]))
         bots = np.where(np.isnan(err[:, 0]), v, v - np.nan_to_num(err[:, 0]))
@@ -224,8 +240,18 @@ def bar_chart(
         ylim = _padded(lo, hi, include_zero=True)
 
     legend = [(n, palette[s % len(palette)]) for s, n in enumerate(names)] if len(names) > 1 else []
-    axes = _Axes([((g + 0.5) / max(1, G), name) for g, name in enumerate(groups)], ylim, title, ylabel, xlabel,
-                 legend, size, G * (3 + 5 * S), font_pt, dpi)
+    axes = _Axes(
+        [((g + 0.5) / max(1, G), name) for g, name in enumerate(groups)],
+        ylim,
+        title,
+        ylabel,
+        xlabel,
+        legend,
+        size,
+        G * (3 + 5 * S),
+        font_pt,
+        dpi,
+    )
     _, draw = axes.open()
     group_w = (axes.right - axes.left) / max(1, G)
     bar_w = group_w * 0.8 / S
@@ -239,7 +265,10 @@ def bar_chart(
             x_b = x_a + bar_w
             y_v = axes.clip_y(axes.y_of(val))
             if abs(y_v - zero) >= 0.5:  # a bar of height 0 shows nothing, as in matplotlib
-                draw.rectangle([round(x_a), round(min(y_v, zero)), round(x_b) - 1, round(max(y_v, zero))], fill=fills[s][g])
+                draw.rectangle(
+                    [round(x_a), round(min(y_v, zero)), round(x_b) - 1, round(max(y_v, zero))],
+                    fill=fills[s][g],
+                )
             xc = round((x_a + x_b) / 2)
             up, down = err[s, 1, g], err[s, 0, g]
             peak = val
@@ -252,7 +281,9 @@ def bar_chart(
                 for yy in (ya, yb):
                     draw.line([(xc - cap, round(yy)), (xc + cap, round(yy))], fill=_INK, width=1)
             if mk[s, g]:
-                draw_text(draw, (xc, max(axes.top + 1, axes.y_of(max(peak, val)) - 2)), "*", axes.label_font, "md")
+                draw_text(
+                    draw, (xc, max(axes.top + 1, axes.y_of(max(peak, val)) - 2)), "*", axes.label_font, "md"
+                )
     if hline is not None:
         axes.dashed_hline(hline)
     return axes.close()
@@ -323,8 +354,10 @@ def line_chart(
     for s in range(S):
         mask = Image.new("L", (axes.width * k, axes.height * k), 0)
         pen = ImageDraw.Draw(mask)
-        pts = [(axes.x_of(float(f)) * k, axes.clip_y(axes.y_of(float(y))) * k) if np.isfinite(y) else None
-               for f, y in zip(fractions, v[s])]
+        pts = [
+            (axes.x_of(float(f)) * k, axes.clip_y(axes.y_of(float(y))) * k) if np.isfinite(y) else None
+            for f, y in zip(fractions, v[s])
+        ]
         run: list[tuple[float, float]] = []
         for p in [*pts, None]:
             if p is None:
@@ -341,7 +374,9 @@ def line_chart(
     return axes.close()
 
 
-def side_by_side(charts: Sequence[np.ndarray], title: str = "", gap: int = 8, font_pt: float = 10.0, dpi: int = 100) -> np.ndarray:
+def side_by_side(
+    charts: Sequence[np.ndarray], title: str = "", gap: int = 8, font_pt: float = 10.0, dpi: int = 100
+) -> np.ndarray:
     """Charts (``uint8 [H, W, 3]``) in one row on a white page, top-aligned, with ``title`` over them.
 
     Example:
@@ -415,7 +450,9 @@ def _wrap(text: str, font: Any, width: int) -> list[str]:
     return lines
 
 
-def _turned(page: Any, text: str, font: Any, at: tuple[float, float], angle: float, anchor: str = "right-top") -> None:
+def _turned(
+    page: Any, text: str, font: Any, at: tuple[float, float], angle: float, anchor: str = "right-top"
+) -> None:
     """``text`` turned anticlockwise by ``angle`` and pasted onto ``page``: with its end at ``at`` (an x tick
     label hanging from its tick, ``"right-top"``), or with its middle left edge at ``at`` (``"left-middle"``)."""
     from PIL import Image, ImageDraw

@@ -50,7 +50,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,7 @@ import torch
 
 from lightning_xai.drift import js_divergence
 from lightning_xai.results.base import Observation, Result
+from lightning_xai.results.concept_attribution import RELEVANT_SHARE
 
 __all__ = ["AGAINST", "DRIFT_KINDS", "DriftKind", "DriftTracker", "Observation", "observations"]
 
@@ -97,92 +98,6 @@ DRIFT_KINDS: dict[str, DriftKind] = {
 }
 
 
-# ------------------------------------------------------------------------------------------ extractors
-def _representation(payload: Mapping[str, Any], extras: Mapping[str, Any]) -> list[Observation]:
-    out = []
-    for rep, cka in (payload.get("cka_prev") or {}).items():
-        ref = (payload.get("cka_ref") or {}).get(rep)
-        given = {
-            "previous": None if cka is None else 1.0 - float(cka),
-            "previous_epoch": payload.get("previous_epoch"),
-            "reference": None if ref is None else 1.0 - float(ref),
-            "reference_epoch": payload.get("reference_epoch"),
-        }
-        out.append(Observation("cka", str(rep), f"representation {rep!r}", cka, given=given))
-    return out
-
-
-RELEVANT_SHARE = 0.25  # a concept matters when its |TCAV magnitude| is >= this share of the layer's largest
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _concept_attribution(payload: Mapping[str, Any], extras: Mapping[str, Any]) -> list[Observation]:
-    rows = [r for r in payload.get("scores") or [] if _finite(r.get("tcav"))]
-    # magnitudes (first-order logit effects) as shares of the layer's largest: logits grow as training goes on,
-    # shares do not. A concept matters to a class when its result is significant and its share is >= 25%: a
-    # concept the model ignores can still have a consistent sign (significant) with no size.
-    scale: dict[str, float] = {}
-    for r in rows:
-        if _finite(r.get("magnitude")):
-            scale[r["layer"]] = max(scale.get(r["layer"], 0.0), abs(r["magnitude"]))
-    out = []
-    relevant_concepts: dict[str, set[str]] = {}
-    for r in rows:
-        top = scale.get(r["layer"], 0.0)
-        share = r["magnitude"] / top if _finite(r.get("magnitude")) and top > 0 else None
-        rel = bool(r.get("significant")) and share is not None and abs(share) >= RELEVANT_SHARE
-        if rel:
-            relevant_concepts.setdefault(r["layer"], set()).add(r["concept"])
-        key = f"{r['layer']}/{r['concept']}/{r['class']}"
-        what = f"of {r['concept']!r} for class {r['class']!r} at {r['layer']}"
-        meta = {"significant": bool(r.get("significant")), "relevant": rel, "magnitude": r.get("magnitude")}
-        out.append(Observation("tcav_score", key, f"TCAV score {what}", float(r["tcav"]), meta))
-        if share is not None:
-            out.append(Observation("tcav_magnitude", key, f"TCAV magnitude {what}", share, meta))
-    for layer, vectors in (extras.get("cavs") or {}).items():
-        for concept, v in vectors.items():
-            label = f"CAV of {concept!r} at {layer}"
-            meta = {"relevant": concept in relevant_concepts.get(layer, set())}
-            out.append(
-                Observation(
-                    "cav_cosine", f"{layer}/{concept}", label, torch.as_tensor(v).detach().cpu(), meta
-                )
-            )
-    return out
-
-
-def _concept_permutation(payload: Mapping[str, Any], extras: Mapping[str, Any]) -> list[Observation]:
-    importance = {r["concept"]: float(r["importance"]) for r in payload.get("importance") or []}
-    if len(importance) < 2:
-        return []
-    return [Observation("permutation_tau", "ranking", "concept importance ranking", importance)]
-
-
-def _diffusion_explainer(payload: Mapping[str, Any], extras: Mapping[str, Any]) -> list[Observation]:
-    out = []
-    for entry in payload.get("targets") or []:
-        readout = entry.get("readout")
-        if not readout:
-            continue
-        words = dict(zip(readout["positions"], readout["words"]))
-        label = f"readout of target {entry['label']!r}"
-        out.append(
-            Observation("readout", str(entry["label"]), label, words, meta={"caption": readout["caption"]})
-        )
-    return out
-
-
-EXTRACTORS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], list[Observation]]] = {
-    "representation_drift": _representation,
-    "concept_attribution": _concept_attribution,
-    "concept_permutation": _concept_permutation,
-    "diffusion_explainer": _diffusion_explainer,
-}
-
-
 def observations(result: Result) -> dict[tuple[str, str], Observation]:
     """What the drift monitor tracks of one explained epoch: ``result.observations()`` by ``(kind, key)``.
 
@@ -195,17 +110,11 @@ def observations(result: Result) -> dict[tuple[str, str], Observation]:
     return {(o.kind, o.key): o for o in result.observations()}
 
 
-def legacy_observations(
-    method: str, payload: Mapping[str, Any], extras: Mapping[str, Any] | None = None
-) -> dict[tuple[str, str], Observation]:
-    """Observations of a callback that still returns an untyped payload (to be removed)."""
-    extract = EXTRACTORS.get(method)
-    if extract is None:
-        return {}
-    return {(o.kind, o.key): o for o in extract(payload, extras or {})}
-
-
 # ------------------------------------------------------------------------------------------- distances
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _distance(before: Observation, after: Observation) -> float:
     a, b = before.value, after.value
     kind = after.kind

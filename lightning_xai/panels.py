@@ -23,8 +23,15 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "display_image", "draw_dashed_line", "draw_text", "heat_overlay", "image_figure", "panel_figure", "panel_image",
-    "text_font", "text_size",
+    "display_image",
+    "draw_dashed_line",
+    "draw_text",
+    "heat_overlay",
+    "image_figure",
+    "panel_figure",
+    "panel_image",
+    "text_font",
+    "text_size",
 ]
 
 _TITLE_PT = 7.0
@@ -87,7 +94,11 @@ def heat_overlay(image: Tensor, heat: Tensor | np.ndarray, alpha: float = 0.45, 
     """
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}.")
-    h = heat.detach().float().cpu().numpy() if isinstance(heat, Tensor) else np.asarray(heat, dtype=np.float32)
+    h = (
+        heat.detach().float().cpu().numpy()
+        if isinstance(heat, Tensor)
+        else np.asarray(heat, dtype=np.float32)
+    )
     if h.shape != tuple(image.shape[-2:]):
         raise ValueError(f"the heat map is {list(h.shape)} but the image is {list(image.shape[-2:])}.")
     lut = _colour_table(cmap)
@@ -160,8 +171,10 @@ def panel_image(
     title_px, suptitle_px = _TITLE_PT * dpi / 72.0, _SUPTITLE_PT * dpi / 72.0
     line_px = title_px * 1.3
     chars = max(8, int(pw / (title_px * 0.6)))  # a title wraps at its panel's width
-    wrapped = [[line for part in str(t).split("\n") for line in (textwrap.wrap(part, chars) or [""])] if t else []
-               for t in titles]
+    wrapped = [
+        [line for part in str(t).split("\n") for line in (textwrap.wrap(part, chars) or [""])] if t else []
+        for t in titles
+    ]
     lines = max(len(t) for t in wrapped)
     band = math.ceil(lines * line_px) + (4 if lines else 0)
     head = title.split("\n") if title else []
@@ -228,7 +241,9 @@ def image_figure(image: np.ndarray, dpi: int = 100) -> Any:
     return fig
 
 
-def draw_text(draw: Any, xy: tuple[float, float], line: str, font: Any, anchor: str, fill: Any = (0, 0, 0)) -> None:
+def draw_text(
+    draw: Any, xy: tuple[float, float], line: str, font: Any, anchor: str, fill: Any = (0, 0, 0)
+) -> None:
     """One line of text at ``xy`` by a PIL anchor: horizontal ``l``/``m``/``r``, then vertical ``a`` (top),
     ``m`` (middle) or ``d`` (descender); works with PIL's bitmap font too, which takes no anchor.
 

@@ -16,7 +16,7 @@ RED, BLUE = "#d62728", "#1f77b4"
 
 def _mask(img: np.ndarray, colour: str) -> np.ndarray:
     rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
-    return (np.abs(img.astype(int) - rgb).sum(-1) <= 3)
+    return np.abs(img.astype(int) - rgb).sum(-1) <= 3
 
 
 def _columns(mask: np.ndarray) -> list[tuple[int, int, int]]:
@@ -56,8 +56,16 @@ def test_series_are_grouped_in_order_with_a_legend_and_nan_draws_nothing() -> No
 
 
 def test_error_bars_marks_and_reference_line() -> None:
-    img = bar_chart(["a", "b"], [[1.0, 1.0]], errors=[[0.5, 0.0]], marks=[[False, True]], hline=0.25,
-                    colours=[BLUE], ylim=(0.0, 2.0), size=(300, 300))
+    img = bar_chart(
+        ["a", "b"],
+        [[1.0, 1.0]],
+        errors=[[0.5, 0.0]],
+        marks=[[False, True]],
+        hline=0.25,
+        colours=[BLUE],
+        ylim=(0.0, 2.0),
+        size=(300, 300),
+    )
     bars = _columns(_mask(img, BLUE))
     dark = img.max(-1) < 80
     tops = [int(np.nonzero(_mask(img, BLUE)[:, b[0]])[0].min()) for b in bars]
@@ -70,7 +78,7 @@ def test_error_bars_marks_and_reference_line() -> None:
     assert abs(rise - 0.5 * px_per_unit) <= 2
     star_rows = np.nonzero(dark[: tops[1], centres[1] - 3 : centres[1] + 4].any(1))[0]
     assert star_rows.size and tops[1] - star_rows.max() < 12  # the '*' sits just over b's bar
-    grey = (np.abs(img.astype(int) - 128).sum(-1) <= 3)
+    grey = np.abs(img.astype(int) - 128).sum(-1) <= 3
     line_row = int(np.argmax(grey.sum(1)))
     base = int(np.nonzero(_mask(img, BLUE)[:, bars[0][0]])[0].max())
     assert abs((base - line_row) - 0.25 * px_per_unit) <= 2  # the dashed line at 0.25
@@ -90,7 +98,9 @@ def test_negative_values_hang_below_zero_and_long_labels_are_not_cut() -> None:
 
 
 def test_bar_colours_colour_single_bars() -> None:
-    img = bar_chart(["up", "down", "up too"], [[1.0, -1.0, 0.5]], bar_colours=[[BLUE, RED, BLUE]], size=(300, 240))
+    img = bar_chart(
+        ["up", "down", "up too"], [[1.0, -1.0, 0.5]], bar_colours=[[BLUE, RED, BLUE]], size=(300, 240)
+    )
     assert len(_columns(_mask(img, BLUE))) == 2 and len(_columns(_mask(img, RED))) == 1
     blue, red = _columns(_mask(img, BLUE)), _columns(_mask(img, RED))
     assert blue[0][1] < red[0][0] < red[0][1] < blue[1][0]
@@ -105,7 +115,10 @@ def test_bar_colours_colour_single_bars() -> None:
         ({"groups": ["a"], "values": [[1.0]], "errors": [[1.0], [1.0]]}, "2 rows of errors for 1 series"),
         ({"groups": ["a"], "values": [[1.0]], "ylim": (1.0, 0.0)}, "ylim must rise"),
         ({"groups": ["a"], "values": [[1.0]], "colours": ["red"]}, "#rrggbb"),
-        ({"groups": ["a", "b"], "values": [[1.0, 2.0]], "bar_colours": [[RED]]}, r"bar_colours must be \[1 series, 2 groups\]"),
+        (
+            {"groups": ["a", "b"], "values": [[1.0, 2.0]], "bar_colours": [[RED]]},
+            r"bar_colours must be \[1 series, 2 groups\]",
+        ),
     ],
 )
 def test_bad_input_is_named(kwargs: dict, match: str) -> None:
@@ -114,8 +127,14 @@ def test_bad_input_is_named(kwargs: dict, match: str) -> None:
 
 
 def test_lines_follow_their_points_to_scale_and_break_at_nan() -> None:
-    img = line_chart([0.0, 1.0, 10.0], [[0.0, 1.0, 0.0], [1.0, float("nan"), 1.0]], series=["peak", "flat"],
-                     colours=[RED, BLUE], ylim=(0.0, 1.0), size=(420, 260))
+    img = line_chart(
+        [0.0, 1.0, 10.0],
+        [[0.0, 1.0, 0.0], [1.0, float("nan"), 1.0]],
+        series=["peak", "flat"],
+        colours=[RED, BLUE],
+        ylim=(0.0, 1.0),
+        size=(420, 260),
+    )
     red, blue = _mask(img, RED), _mask(img, BLUE)
     cols = np.nonzero(red.any(0))[0]
     legend_x = _columns(red)[-1][0]

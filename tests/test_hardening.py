@@ -180,17 +180,15 @@ def test_resume_restores_every_callback_and_neither_loses_nor_repeats_a_record(
         at2["representation_drift"]["previous_epoch"] == 1
         and at2["representation_drift"]["reference_epoch"] == 0
     )
-    assert at2["concept_attribution"]["previous_epoch"] == 1
-    assert (
-        at2["concept_permutation"]["previous_epoch"] == 1
-        and at2["concept_permutation"]["kendall_tau_prev"] is not None
-    )
     assert at2["symbolic_tree"]["fit"]["initialised"] is False
-    assert at2["diffusion_explainer"]["previous_epoch"] == 1
     # the drift series continue: epoch 2 is compared with epoch 1 (from the checkpoint), the reference stays epoch 0
     drift = [r.payload for r in keys[("drift", "epoch", 2)]]
     assert {p["method"] for p in drift} >= set(METHODS)
     assert all(p["reference_epoch"] == 0 for p in drift)
+    # a record holds its own epoch; the comparison with the checkpointed epoch 1 is the drift monitor's
+    for p in drift:
+        previous = [row["base_epoch"] for row in p["rows"] if row["against"] == "previous"]
+        assert previous and set(previous) == {1}, p["method"]
     # the generation cache on disk is reused: the resumed run renders nothing again
     assert at2["concept_permutation"]["generation"]["generated_now"] == 0
 

@@ -30,7 +30,9 @@ def test_panels_land_side_by_side_enlarged_and_sharp() -> None:
 def test_titles_are_drawn_above_their_panels_and_rows_wrap() -> None:
     panels = [_solid((0, 1, 0)) for _ in range(3)]
     plain = figure_to_array(panel_figure(panels, cols=2, panel_px=32))
-    titled = figure_to_array(panel_figure(panels, ["one", "two\nlines", ""], "all of them", cols=2, panel_px=32))
+    titled = figure_to_array(
+        panel_figure(panels, ["one", "two\nlines", ""], "all of them", cols=2, panel_px=32)
+    )
     # two rows of panels; titles add a band per row and one for the figure's title
     green = (plain[..., 1] > 240) & (plain[..., 0] < 15)
     rows = np.nonzero(green.any(1))[0]
@@ -88,7 +90,9 @@ def test_heat_overlay_picks_exactly_the_colours_of_matplotlibs_colormap(cmap: st
     # the edges of the table's bins, the ends, and values outside [0, 1] (clipped)
     heat[0, :8] = torch.tensor([0.0, 1.0, 0.5, 1 - 1e-7, 255 / 256, 1 / 256, -0.5, 1.5])
     image = torch.rand(3, 32, 32, generator=g)
-    colour = torch.from_numpy(colormaps[cmap](heat.clamp(0, 1).numpy())[..., :3].astype(np.float32)).permute(2, 0, 1)
+    colour = torch.from_numpy(colormaps[cmap](heat.clamp(0, 1).numpy())[..., :3].astype(np.float32)).permute(
+        2, 0, 1
+    )
     expected = (0.55 * image + 0.45 * colour).clamp(0, 1)
     for _ in range(2):  # the second call reads the cached table
         assert torch.equal(heat_overlay(image, heat, alpha=0.45, cmap=cmap), expected)

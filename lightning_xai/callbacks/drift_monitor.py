@@ -12,8 +12,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
-from lightning_xai.callbacks.base import ExplainResult, XAICallback, check_int, dispatcher_for, log_scalar
-from lightning_xai.concept_drift import AGAINST, DRIFT_KINDS, DriftTracker, legacy_observations, observations
+from lightning_xai.callbacks.base import XAICallback, check_int, dispatcher_for, log_scalar
+from lightning_xai.concept_drift import AGAINST, DRIFT_KINDS, DriftTracker, observations
 from lightning_xai.records import Record
 from lightning_xai.results import Result
 from lightning_xai.results.drift import DriftAlert, DriftResult, DriftRow
@@ -165,17 +165,14 @@ class ConceptDriftMonitor(Callback):
         pl_module: LightningModule,
         source: XAICallback,
         record: Record,
-        result: Result | ExplainResult,
+        result: Result,
     ) -> None:
         """Called by every lightning-xai callback (on every rank) after it explained an epoch."""
         if record.name != "epoch":
             return
         name = self._sources.get(id(source), source.method)
         try:
-            if isinstance(result, Result):
-                obs = observations(result)
-            else:
-                obs = legacy_observations(record.method, result.payload, result.extras)
+            obs = observations(result)
             rows, alerts = self.tracker.update(name, record.epoch, obs)
             if not rows:
                 return

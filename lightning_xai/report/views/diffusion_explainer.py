@@ -13,9 +13,7 @@ def view(ren: Any, rec: Record, result: DiffusionExplainerResult, used: set[str]
     if not result.targets:
         return ""
     media = ren.stored_media(rec)
-    out = [
-        '<div class="view" data-view="generated"><h4>Optimised prompts and their generated images</h4>'
-    ]
+    out = ['<div class="view" data-view="generated"><h4>Optimised prompts and their generated images</h4>']
     for t in result.targets:
         label = t.label
         badges = "".join(f' <span class="badge alert">suspected bias: {_e(f)}</span>' for f in t.flagged)
