@@ -250,11 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{r['concept']} {r['importance']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
                 for r in sorted(p["importance"], key=lambda r: r["rank"])
             )
-            tau = p["kendall_tau_prev"]
-            print(
-                f"  epoch {rec.epoch}: {cells}"
-                + (f"; Kendall tau vs epoch {p['previous_epoch']}: {tau:.2f}" if tau is not None else "")
-            )
+            print(f"  epoch {rec.epoch}: {cells}")
     trees = [r for r in records if r.method == "symbolic_tree" and r.name == "epoch"]
     if trees:
         print(
