@@ -162,20 +162,6 @@ class LogicRulesCallback(XAICallback):
             resolve_layer(pl_module, layer)  # a wrong name fails now, listing close names
 
     # ---------------------------------------------------------------- method
-    def _names(self, trainer: Trainer, pl_module: LightningModule, num_classes: int) -> list[str] | None:
-        for names in (
-            self.class_names,
-            getattr(pl_module, "classes", None),
-            getattr(getattr(trainer, "datamodule", None), "classes", None),
-        ):
-            if (
-                isinstance(names, (list, tuple))
-                and len(names) == num_classes
-                and all(isinstance(n, str) for n in names)
-            ):
-                return list(names)
-        return None
-
     @override
     def explain(
         self, trainer: Trainer, pl_module: LightningModule, sample: ValidationSample
@@ -193,7 +179,7 @@ class LogicRulesCallback(XAICallback):
             model=pl_module if grounds else None,
             images=sample.inputs if grounds else None,
             ids=sample.ids,
-            class_names=self._names(trainer, pl_module, head.num_classes),
+            class_names=self.class_names_for(trainer, pl_module, head.num_classes),
         )
         if sample.labels is None and self.logic_rules.source == "correct":
             self._warnings.warn(

@@ -202,20 +202,6 @@ class SymbolicTreeCallback(XAICallback):
         head = self._capture.head_name if self._capture is not None else self.head
         return [find_feature_layer(pl_module, example, head=head)]
 
-    def _names(self, trainer: Trainer, pl_module: LightningModule, n_classes: int) -> list[str] | None:
-        for names in (
-            self.class_names,
-            getattr(pl_module, "classes", None),
-            getattr(getattr(trainer, "datamodule", None), "classes", None),
-        ):
-            if (
-                isinstance(names, (list, tuple))
-                and len(names) == n_classes
-                and all(isinstance(n, str) for n in names)
-            ):
-                return list(names)
-        return None
-
     @override
     def explain(
         self, trainer: Trainer, pl_module: LightningModule, sample: ValidationSample
@@ -261,6 +247,6 @@ class SymbolicTreeCallback(XAICallback):
             layer=layer,
             ids=sample.ids,
             images=sample.inputs,
-            class_names=self._names(trainer, pl_module, int(sample.logits.shape[1])),
+            class_names=self.class_names_for(trainer, pl_module, int(sample.logits.shape[1])),
             device=pl_module.device,
         )
