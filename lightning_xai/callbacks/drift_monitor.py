@@ -168,8 +168,8 @@ class ConceptDriftMonitor(Callback):
         result: Result,
     ) -> None:
         """Called by every lightning-xai callback (on every rank) after it explained an epoch."""
-        if record.name != "epoch":
-            return
+        if record.name != "epoch" or not isinstance(result, Result):
+            return  # a custom callback's ExplainResult has no typed observations to track
         name = self._sources.get(id(source), source.method)
         try:
             obs = observations(result)
