@@ -39,6 +39,19 @@ def make_trainer(root: Path, callbacks: list[Callback], max_epochs: int = 2, **k
 # ----------------------------------------------------------------------------- test explainers
 
 
+class Results(Callback):
+    """Keeps every typed result the lightning-xai callbacks hand to their listeners, by callback."""
+
+    def __init__(self) -> None:
+        self.by_source: dict[int, list[Any]] = {}
+
+    def on_xai_result(self, trainer, pl_module, source, record, result) -> None:
+        self.by_source.setdefault(id(source), []).append(result)
+
+    def of(self, cb: Callback) -> list[Any]:
+        return self.by_source.get(id(cb), [])
+
+
 def _model_state(model: torch.nn.Module) -> dict[str, Any]:
     return {
         "modes": {n: m.training for n, m in model.named_modules()},
@@ -143,10 +156,12 @@ def test_two_callbacks_on_one_layer_register_one_hook(tmp_path: Path) -> None:
     a = RepresentationDriftCallback(layers=["conv"], on_error="raise")
     b = RepresentationDriftCallback(layers=["conv"], max_samples=32, on_error="raise")
     model = SmallNet()
-    make_trainer(tmp_path, [a, b, CountHooks()], max_epochs=1).fit(model, BlobData())
+    results = Results()
+    make_trainer(tmp_path, [a, b, CountHooks(), results], max_epochs=1).fit(model, BlobData())
     assert seen and set(seen) == {1}
     assert a.explained_epochs == b.explained_epochs == [0]
-    assert a.history[0]["cka_prev"] == b.history[0]["cka_prev"] == {"features": 1.0, "conv": 1.0}
+    (ra,), (rb,) = results.of(a), results.of(b)
+    assert ra.cka_prev == rb.cka_prev == {"features": 1.0, "conv": 1.0}
     # hooks are gone after fit
     assert all(len(m._forward_hooks) == 0 for m in model.modules())
 
@@ -251,14 +266,18 @@ class Reinitialise(Callback):
 def test_cka_drops_when_the_model_is_reinitialised(tmp_path: Path) -> None:
     seed_everything(0)
     cb = RepresentationDriftCallback(layers=["conv"], on_error="raise", cka_batch_size=32)
-    trainer = make_trainer(tmp_path, [cb, Reinitialise(epoch=3)], max_epochs=4, limit_train_batches=2)
+    results = Results()
+    trainer = make_trainer(
+        tmp_path, [cb, Reinitialise(epoch=3), results], max_epochs=4, limit_train_batches=2
+    )
     trainer.fit(SmallNet(lr=0.01), BlobData())
-    prev = [h["cka_prev"]["features"] for h in cb.history]
+    history = results.of(cb)
+    prev = [r.cka_prev["features"] for r in history]
     assert prev[0] == 1.0  # the first explained epoch is its own reference
     assert min(prev[1:3]) > 0.9  # small steps: the representation barely moves
     # re-initialised: the drop is an order of magnitude above the epoch-to-epoch movement
     assert 1 - prev[3] > 10 * (1 - min(prev[1:3]))
-    assert 1 - cb.history[3]["cka_ref"]["conv"] > 10 * (1 - cb.history[2]["cka_ref"]["conv"])
+    assert 1 - history[3].cka_ref["conv"] > 10 * (1 - history[2].cka_ref["conv"])
     # scalars are logged where a monitor can read them
     assert trainer.callback_metrics["xai/representation_drift/cka_prev/features"] == pytest.approx(prev[3])
     payload = read_records(tmp_path / "logs" / "version_0")[-1].payload
@@ -277,22 +296,25 @@ def test_state_dict_round_trips_through_checkpoint_and_resume(tmp_path: Path) ->
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
     assert saved[cb.state_key]["explained_epochs"] == [0, 1]
     assert saved[other.state_key]["explained_epochs"] == [1]
-    assert len(saved[cb.state_key]["explainer"]["history"]) == 2
+    assert saved[cb.state_key]["explainer"]["reference"]["epoch"] == 0
+    assert saved[cb.state_key]["explainer"]["previous"]["epoch"] == 1
 
     resumed = RepresentationDriftCallback(on_error="raise")
     resumed_other = RepresentationDriftCallback(every_n_epochs=2, on_error="raise")
+    results = Results()
     trainer2 = make_trainer(
         tmp_path,
-        [resumed, resumed_other, ModelCheckpoint(dirpath=tmp_path / "ckpt2")],
+        [resumed, resumed_other, ModelCheckpoint(dirpath=tmp_path / "ckpt2"), results],
         max_epochs=4,
         enable_checkpointing=True,
     )
     trainer2.fit(SmallNet(), BlobData(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert resumed.explained_epochs == [0, 1, 2, 3]
     assert resumed_other.explained_epochs == [1, 3]
-    assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
+    after = results.of(resumed)
+    assert [(r.reference_epoch, r.previous_epoch) for r in after] == [(0, 1), (0, 2)]
     # the reference survived the resume: epoch 2's CKA is against epoch 0, not against itself
-    assert resumed.history[2]["cka_ref"]["features"] < 1.0
+    assert after[0].cka_ref["features"] < 1.0
     assert resumed.explainer_state()["reference"]["epoch"] == 0
 
 
@@ -320,11 +342,12 @@ def test_train_epoch_end_without_validation_that_epoch_warns_and_skips(tmp_path:
 def test_on_cuda_the_sample_stays_on_cpu_and_the_model_untouched(tmp_path: Path) -> None:
     probe = GradientExplainer(on_error="raise")
     drift = RepresentationDriftCallback(on_error="raise")
-    trainer = make_trainer(tmp_path, [probe, drift], max_epochs=2, accelerator="gpu", devices=1)
+    results = Results()
+    trainer = make_trainer(tmp_path, [probe, drift, results], max_epochs=2, accelerator="gpu", devices=1)
     trainer.fit(SmallNet(frozen=True), BlobData())
     assert probe.checks == [("fit", 0), ("fit", 1)]
     assert drift.explainer_state()["previous"]["reps"]["features"].device.type == "cpu"
-    assert 0.0 < drift.history[1]["cka_prev"]["features"] <= 1.0
+    assert 0.0 < results.of(drift)[1].cka_prev["features"] <= 1.0
 
 
 class NaNAfterFirstEpoch(SmallNet):
