@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -40,7 +41,8 @@ class LogicRulesCallback(XAICallback):
     accepted regions as green boxes, the matched random rectangle in red) and ``survival_plot``, and the text
     ``rules`` (markdown). A record holds its own epoch only: how the vocabularies change between epochs is
     the :class:`~lightning_xai.callbacks.ConceptDriftMonitor`'s (kind ``rule_jaccard``). After an explained
-    epoch, ``last_result`` is its :class:`~lightning_xai.results.logic_rules.LogicRulesResult`.
+    epoch, ``last_result`` is its :class:`~lightning_xai.results.logic_rules.LogicRulesResult` (without the
+    grounded images, which were logged as media).
 
     Args:
         every_n_epochs: explain every n-th epoch. Default: 1.
@@ -100,22 +102,12 @@ class LogicRulesCallback(XAICallback):
         threshold_quantile: float = 0.0,
         max_terms: int = 3,
         class_names: Sequence[str] | None = None,
-        on: Literal["validation", "train_epoch_end"] = "validation",
-        on_error: Literal["warn", "raise"] = "warn",
-        max_failures: int | None = 3,
-        head: str | None = None,
-        batch_to_input: Any = None,
-        seed: int = 0,
+        **base: Any,
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs,
-            on=on,
             max_samples=max_samples,
-            on_error=on_error,
-            max_failures=max_failures,
-            head=head,
-            batch_to_input=batch_to_input,
-            seed=seed,
+            **base,
         )
         with misconfigured():
             self.logic_rules = LogicRules(
@@ -130,7 +122,7 @@ class LogicRulesCallback(XAICallback):
                 max_perturbation_images=max_perturbation_images,
                 perturbation_levels=perturbation_levels,
                 score_cam=score_cam,
-                seed=seed,
+                seed=self.seed,
             )
         self.grounding_every = check_int("grounding_every", grounding_every, 1)
         if class_names is not None and (
@@ -195,7 +187,8 @@ class LogicRulesCallback(XAICallback):
                 f"LogicRulesCallback: no {what} validation sample of {shown} in an explained epoch; its "
                 "vocabulary and rule are reported empty (payload 'empty_classes')."
             )
-        self.last_result = result
+        # the grounded images go out as media with this result; the callback keeps no image tensors between epochs
+        self.last_result = dataclasses.replace(result, grounded_images=None)
         return result
 
     @override
