@@ -94,5 +94,8 @@ def test_a_record_of_epoch_30_carries_no_earlier_epoch(tmp_path: Path) -> None:
             "representation_drift", "drift"} <= methods  # fmt: skip
     for key, sizes in by_key.items():
         if first in sizes and last in sizes:
-            # what varies between epochs is the explanation itself (more or fewer rules, say), not its past
-            assert sizes[last] <= 1.5 * sizes[first] + 2048, (key, sizes[first], sizes[last])
+            # what varies between epochs is the explanation itself, not its past: a model that learns gains rules
+            # and symbols (here the symbolic tree's class trees about double from epoch 5 to 30), while a record
+            # that carried its five predecessors would be about six times its first; the checks above catch
+            # smaller copies of the past by the epochs they name
+            assert sizes[last] <= 3 * sizes[first] + 2048, (key, sizes[first], sizes[last])
