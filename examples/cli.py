@@ -88,16 +88,23 @@ def configurable_callbacks() -> dict[str, type[Callback]]:
 
 
 def _init_arguments(cls: type) -> list[tuple[str, Any]]:
-    """``(name, type hint)`` of every named ``__init__`` argument of ``cls``."""
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # noqa: BLE001 - an unresolvable annotation: accept any value, the class checks it
-        hints = {}
-    return [
-        (name, hints.get(name, Any))
-        for name, p in inspect.signature(cls.__init__).parameters.items()
-        if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    ]
+    """``(name, type hint)`` of every named ``__init__`` argument of ``cls``, including those its ``**kwargs``
+    forward to a base class (as jsonargparse resolves them)."""
+    out: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        try:
+            hints = typing.get_type_hints(klass.__init__)
+        except Exception:  # noqa: BLE001 - an unresolvable annotation: accept any value, the class checks it
+            hints = {}
+        params = inspect.signature(klass.__init__).parameters.values()
+        for p in params:
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                out.setdefault(p.name, hints.get(p.name, Any))
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return list(out.items())
 
 
 class WorldCLI(LightningCLI):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import inspect
 from pathlib import Path
 
 import pytest
@@ -13,17 +12,21 @@ PRESETS = sorted((Path(__file__).resolve().parents[1] / "callbacks").glob("*.yam
 
 
 def _instantiate(spec: dict):
+    """Build a preset's callback, checking its arguments against what LightningCLI sees (jsonargparse follows
+    ``**base`` into :class:`XAICallback`)."""
+    from jsonargparse import ArgumentParser
+
     module, _, name = spec["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module), name)
     args = spec.get("init_args", {})
-    params = inspect.signature(cls).parameters
-    unknown = sorted(set(args) - set(params))
+    parser = ArgumentParser()
+    parser.add_class_arguments(cls, "cb")
+    defaults = vars(parser.get_defaults().cb)
+    unknown = sorted(set(args) - set(defaults))
     assert not unknown, f"{spec['class_path']} has no arguments {unknown}"
     for key, value in args.items():  # presets show the defaults: keep them true
-        default = params[key].default
-        if default is not inspect.Parameter.empty and not (
-            isinstance(default, tuple) and value == list(default)
-        ):
+        default = defaults[key]
+        if not (isinstance(default, tuple) and value == list(default)):
             assert value == default, f"{spec['class_path']}.{key}: preset {value!r} != default {default!r}"
     return cls(**args)
 

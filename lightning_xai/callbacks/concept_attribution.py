@@ -69,7 +69,9 @@ class ConceptAttributionCallback(XAICallback):
         concept_transform: PIL image -> tensor for folder concepts (default: resize to the input size,
             ``to_tensor``); pass the model's normalisation here.
         class_names: all class names (default: the model's or the datamodule's ``classes``, or ``class_<k>``).
-        max_samples, on, on_error, max_failures, head, batch_to_input, seed: see :class:`XAICallback`.
+        max_samples: see :class:`XAICallback`.
+        **base: ``on``, ``on_error``, ``max_failures``, ``head``, ``batch_to_input``, ``seed`` (keyword-only), passed to
+            :class:`XAICallback`.
 
     Raises:
         MisconfigurationException: an argument has the wrong type or range, a concept tensor has fewer than 2
@@ -107,23 +109,13 @@ class ConceptAttributionCallback(XAICallback):
         concept_transform: Any = None,
         class_names: Sequence[str] | None = None,
         max_samples: int = 512,
-        on: Literal["validation", "train_epoch_end"] = "validation",
-        on_error: Literal["warn", "raise"] = "warn",
-        max_failures: int | None = 3,
-        head: str | None = None,
-        batch_to_input: Any = None,
-        seed: int = 0,
+        **base: Any,
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs,
-            on=on,
             max_samples=max_samples,
-            on_error=on_error,
-            max_failures=max_failures,
             layers=(),  # our layers are explained on concept sets, not sampled from validation
-            head=head,
-            batch_to_input=batch_to_input,
-            seed=seed,
+            **base,
         )
         self.concepts = self._check_concepts(concepts)
         layers = [layers] if isinstance(layers, str) else layers

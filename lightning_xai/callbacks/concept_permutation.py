@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -104,13 +104,11 @@ class ConceptPermutationCallback(XAICallback):
         n_bootstrap: int = 200,
         show_progress: bool = True,
         autocast_dtype: str | torch.dtype | None = None,
-        on: Literal["validation", "train_epoch_end"] = "validation",
-        on_error: Literal["warn", "raise"] = "warn",
-        max_failures: int | None = 3,
-        seed: int = 0,
+        **base: Any,
     ) -> None:
         super().__init__(
-            every_n_epochs=every_n_epochs, on=on, on_error=on_error, max_failures=max_failures, seed=seed
+            every_n_epochs=every_n_epochs,
+            **base,
         )
         if generator is not None and not callable(getattr(generator, "generate", None)):
             raise MisconfigurationException(
@@ -128,7 +126,7 @@ class ConceptPermutationCallback(XAICallback):
             self.metric_name, _ = resolve_metric(metric)
             self.autocast_dtype = resolve_autocast_dtype(autocast_dtype)
             self.concept_table = self._table(
-                concept_table, caption_template, label_column, seed_column, concepts, seed
+                concept_table, caption_template, label_column, seed_column, concepts, self.seed
             )
         except (TypeError, ValueError) as exc:
             raise MisconfigurationException(str(exc)) from exc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
@@ -113,13 +113,11 @@ class DiffusionExplainerCallback(XAICallback):
         confirm: bool = True,
         min_effect: float = 0.05,
         show_progress: bool = True,
-        on: Literal["validation", "train_epoch_end"] = "validation",
-        on_error: Literal["warn", "raise"] = "warn",
-        max_failures: int | None = 3,
-        seed: int = 0,
+        **base: Any,
     ) -> None:
         super().__init__(
-            every_n_epochs=every_n_epochs, on=on, on_error=on_error, max_failures=max_failures, seed=seed
+            every_n_epochs=every_n_epochs,
+            **base,
         )
         if generator is not None and not all(
             callable(getattr(generator, m, None)) for m in ("render", "init_prompt", "images", "readout")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -61,23 +61,13 @@ class RepresentationDriftCallback(XAICallback):
         cka_batch_size: int = 256,
         every_n_epochs: int = 1,
         max_samples: int = 512,
-        on: Literal["validation", "train_epoch_end"] = "validation",
-        on_error: Literal["warn", "raise"] = "warn",
-        max_failures: int | None = 3,
-        head: str | None = None,
-        batch_to_input: Any = None,
-        seed: int = 0,
+        **base: Any,
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs,
-            on=on,
             max_samples=max_samples,
-            on_error=on_error,
-            max_failures=max_failures,
             layers=layers,
-            head=head,
-            batch_to_input=batch_to_input,
-            seed=seed,
+            **base,
         )
         if isinstance(cka_batch_size, bool) or not isinstance(cka_batch_size, int) or cka_batch_size < 4:
             raise MisconfigurationException(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -107,12 +107,7 @@ class SymbolicTreeCallback(XAICallback):
         loss_weights: Mapping[str, float] | None = None,
         class_names: Sequence[str] | None = None,
         max_samples: int = 512,
-        on: Literal["validation", "train_epoch_end"] = "validation",
-        on_error: Literal["warn", "raise"] = "warn",
-        max_failures: int | None = 3,
-        head: str | None = None,
-        batch_to_input: Any = None,
-        seed: int = 0,
+        **base: Any,
     ) -> None:
         if layer is not None and (not isinstance(layer, str) or not layer):
             raise MisconfigurationException(
@@ -120,14 +115,9 @@ class SymbolicTreeCallback(XAICallback):
             )
         super().__init__(
             every_n_epochs=every_n_epochs,
-            on=on,
             max_samples=max_samples,
-            on_error=on_error,
-            max_failures=max_failures,
             layers=[layer] if layer else [],
-            head=head,
-            batch_to_input=batch_to_input,
-            seed=seed,
+            **base,
         )
         self.layer = layer
         check_int("steps_per_epoch", steps_per_epoch, 1)
@@ -150,7 +140,7 @@ class SymbolicTreeCallback(XAICallback):
                 semantic_symbols=semantic_symbols,
                 semantic_images=semantic_images,
                 loss_weights=loss_weights,
-                seed=seed,
+                seed=self.seed,
             )
         if class_names is not None and (
             isinstance(class_names, str) or not all(isinstance(c, str) for c in class_names)
