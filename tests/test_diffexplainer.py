@@ -27,7 +27,6 @@ from lightning_xai.diffexplainer import (
     DiffusionExplainerResult,
     Readout,
     Target,
-    WorldPromptGenerator,
     ablation_effects,
     bias_report,
     optimize_prompt,
@@ -45,6 +44,7 @@ from lightning_xai.world import (
     TinyCNN,
     WorldColourMarkerDetector,
     WorldDataModule,
+    WorldPromptGenerator,
     get_task,
     render,
     render_batch,
@@ -447,6 +447,10 @@ def test_callback_logs_readouts_images_bias_reports_and_drift(
 ) -> None:
     cb = _callback()
     monitor = ConceptDriftMonitor()
+    # continue at a tenth of the training learning rate: a fresh Adam under one-cycle at 3e-3 for six steps can
+    # undo the trained model (on one host the DEPICT table's accuracy fell from 1.00 to 0.22), and these tests
+    # are about explaining a model that keeps its reasons while it trains on
+    trained_model_copy.hparams.lr = 3e-4
     trainer = _fit(tmp_path, cb, trained_model_copy, extra=[monitor])
     records = read_records(tmp_path, method="diffusion_explainer")
     assert [r.epoch for r in records] == [0, 1]
