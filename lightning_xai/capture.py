@@ -43,8 +43,7 @@ from lightning_xai.layers import (
     first_tensor,
     resolve_layer,
 )
-from lightning_xai.running import (  # TODO(lead): drop _CONTIGUOUS_ONLY once tests import it from running
-    _CONTIGUOUS_ONLY,  # noqa: F401
+from lightning_xai.running import (
     autocast_context,
     check_autocast_device,
     explanation_mode,

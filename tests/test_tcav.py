@@ -614,7 +614,7 @@ def test_layer_gradients_are_exact_and_survive_in_place_ops_and_view() -> None:
     """The graph starts at the hooked layer (the input needs no grad): an in-place ReLU right after it is
     allowed, the gradient equals the hand-derived one, and a model that cannot take channels-last images
     (``.view`` on a conv output) falls back to contiguous ones with the same values."""
-    from lightning_xai.capture import _CONTIGUOUS_ONLY
+    from lightning_xai.running import _CONTIGUOUS_ONLY
     from lightning_xai.tcav.activations import layer_gradients
 
     torch.manual_seed(0)
@@ -631,7 +631,7 @@ def test_layer_gradients_are_exact_and_survive_in_place_ops_and_view() -> None:
 
 
 def test_channels_last_images_give_the_same_activations_and_gradients(trained_model_copy: TinyCNN) -> None:
-    from lightning_xai.capture import _CONTIGUOUS_ONLY
+    from lightning_xai.running import _CONTIGUOUS_ONLY
     from lightning_xai.tcav.activations import layer_gradients
 
     model = trained_model_copy.eval()

@@ -70,7 +70,7 @@ class SymbolicTreeCallback(XAICallback):
         MisconfigurationException: an argument is out of range, or ``levels`` does not shrink (the message
             names the valid choices).
         lightning_xai.capture.LayerNotFoundError: at setup, ``layer`` is not a sub-module.
-        lightning_xai.hyperbolic.FeatureMapError: at the first explained epoch, ``layer`` is not a spatial
+        lightning_xai.feature_maps.FeatureMapError: at the first explained epoch, ``layer`` is not a spatial
             feature map; lightning_xai.hyperbolic.LevelsError: the levels do not shrink towards the number of
             classes or there are more top symbols than classes (both reported according to ``on_error``).
 

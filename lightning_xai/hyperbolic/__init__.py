@@ -50,7 +50,7 @@ from .config import (
 from .explain import SymbolicExplanation, explain_symbols, heldout_split
 from .fit import FitReport, SymbolicFitter
 from .geometry import make_ball, pairwise_dist, rowwise_dist
-from .layers import feature_maps_before_head, find_feature_layer
+from .layers import find_feature_layer
 from .metrics import fidelity, js_divergence, level_norms, norm_order_share, perplexity, rules_jaccard
 from .model import Encoding, ForwardPass, SymbolicModel
 from .render import (
@@ -87,7 +87,6 @@ __all__ = [
     "TreeNode",
     "check_feature_map",
     "explain_symbols",
-    "feature_maps_before_head",
     "fidelity",
     "find_feature_layer",
     "heldout_split",

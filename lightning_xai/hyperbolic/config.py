@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from lightning_xai.feature_maps import FeatureMapError
+
 __all__ = [
     "FeatureMapError",
     "LevelsError",
@@ -24,10 +26,6 @@ __all__ = [
 
 class LevelsError(ValueError):
     """A level list that cannot form a hierarchy ending in one symbol per class."""
-
-
-class FeatureMapError(ValueError):
-    """Activations that are not a spatial feature map ``[N, C, H, W]``."""
 
 
 @dataclass(frozen=True)
@@ -235,7 +233,7 @@ def check_feature_map(activations: Any, name: str = "layer") -> None:
         >>> check_feature_map(torch.zeros(2, 8), "pool")
         Traceback (most recent call last):
         ...
-        lightning_xai.hyperbolic.config.FeatureMapError: pool outputs shape [2, 8], not a feature map [N, C, H, W] with H * W > 1: symbols are read from one token per channel of a spatial map. Choose a convolutional layer before the global pooling (e.g. the last conv block).
+        lightning_xai.feature_maps.FeatureMapError: pool outputs shape [2, 8], not a feature map [N, C, H, W] with H * W > 1: symbols are read from one token per channel of a spatial map. Choose a convolutional layer before the global pooling (e.g. the last conv block).
     """
     shape = list(getattr(activations, "shape", []))
     if len(shape) != 4 or shape[2] * shape[3] <= 1:

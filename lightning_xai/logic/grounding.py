@@ -34,7 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_xai.capture import explanation_mode, find_head, resolve_layer, run_model
+from lightning_xai.capture import explanation_mode, find_head, first_tensor, resolve_layer, run_model
+from lightning_xai.feature_maps import (
+    FeatureMapError,
+    feature_maps,
+    is_feature_map,
+    model_device,
+    probe_outputs,
+    select_feature_maps,
+)
 from lightning_xai.logic.regions import Box, _aspect, gaussian_blur, random_rectangle, region_from_map
 from lightning_xai.logic.vocabulary import Predicate
 
@@ -56,69 +64,11 @@ DEFAULT_CUTOFFS: tuple[float, ...] = tuple(round(0.60 - 0.05 * k, 2) for k in ra
 """Fractions of the map's maximum tried in order: 0.60, 0.55, ..., 0.10."""
 
 
-class GroundingLayerError(ValueError):
+class GroundingLayerError(FeatureMapError):
     """The grounding layer is not a feature-map layer that feeds the classifier head."""
 
 
 # --------------------------------------------------------------------------------------------- layers
-def _first_tensor(value: Any) -> Tensor | None:
-    if isinstance(value, Tensor):
-        return value
-    if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
-        return value[0]
-    return None
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _probe(
-    model: nn.Module, example: Tensor, head_module: nn.Module
-) -> list[tuple[str, tuple[int, ...], bool]]:
-    """Run one example; return ``(name, output shape, ran after the head started)`` in completion order."""
-    records: list[tuple[str, tuple[int, ...], bool]] = []
-    state = {"head": False}
-    handles = []
-
-    def on_head(module: nn.Module, args: tuple) -> None:
-        state["head"] = True
-
-    for name, module in model.named_modules():
-        if not name or module is head_module:
-            continue
-
-        def hook(mod: nn.Module, args: tuple, out: Any, name: str = name) -> None:
-            t = _first_tensor(out)
-            if t is not None:
-                records.append((name, tuple(t.shape), state["head"]))
-
-        handles.append(module.register_forward_hook(hook))
-    handles.append(head_module.register_forward_pre_hook(on_head))
-    try:
-        with torch.no_grad():
-            model(example[:1].to(_device_of(model)))
-    finally:
-        for h in handles:
-            h.remove()
-    return records
-
-
-def _is_feature_map(shape: tuple[int, ...]) -> bool:
-    return len(shape) == 4 and shape[2] * shape[3] > 1
-
-
-def _feature_maps(records: list[tuple[str, tuple[int, ...], bool]]) -> dict[str, tuple[int, ...]]:
-    """Feature-map layers before the head, in completion order (a module called twice: its last call)."""
-    seen: dict[str, tuple[int, ...]] = {}
-    for name, shape, after_head in records:
-        if not after_head and _is_feature_map(shape):
-            seen.pop(name, None)
-            seen[name] = shape
-    return seen
-
-
 def feature_map_layers(
     model: nn.Module, example: Tensor, head: str | None = None
 ) -> list[tuple[str, tuple[int, ...]]]:
@@ -136,7 +86,7 @@ def feature_map_layers(
         [('0', (1, 4, 6, 6)), ('1', (1, 4, 6, 6))]
     """
     _, head_module = find_head(model, head)
-    return list(_feature_maps(_probe(model, example, head_module)).items())
+    return list(feature_maps(model, example, head_module).items())
 
 
 DEFAULT_MIN_CAM_SIZE = 7
@@ -180,8 +130,8 @@ def find_grounding_layer(
     _, head_module = find_head(model, head)
     if layer is not None:
         resolve_layer(model, layer)
-    records = _probe(model, example, head_module)
-    maps = _feature_maps(records)
+    outputs = probe_outputs(model, example, head_module)
+    maps = select_feature_maps(outputs)
     names = list(maps)
     shown = names if len(names) <= 12 else names[:4] + ["..."] + names[-7:]
     if layer is None:
@@ -196,19 +146,18 @@ def find_grounding_layer(
             return large[-1]
         best = max(maps[n][2] * maps[n][3] for n in names)
         return [n for n in names if maps[n][2] * maps[n][3] == best][-1]
-    runs = [(shape, after) for name, shape, after in records if name == layer]
-    if not runs:
+    if layer not in outputs:
         raise GroundingLayerError(
             f"grounding_layer={layer!r} did not run during the forward pass. Feature-map layers of "
             f"{type(model).__name__}: {shown}"
         )
-    shape, after = runs[-1]
+    shape, after = outputs[layer].shape, outputs[layer].after_head
     if after:
         raise GroundingLayerError(
             f"grounding_layer={layer!r} runs after the classifier head starts, so the head's input does not "
             f"depend on it. Choose a feature-map layer before the head: {shown}"
         )
-    if not _is_feature_map(shape):
+    if not is_feature_map(shape):
         raise GroundingLayerError(
             f"grounding_layer={layer!r} outputs shape {list(shape)}, not a feature map [N, C, H, W] with "
             f"H*W > 1, so a CAM cannot localise anything there. Feature-map layers of "
@@ -228,7 +177,7 @@ class _Runner:
         self.head_module = head_module
         self.layer_module = layer_module
         self.batch_size = max(1, int(batch_size))
-        self.device = _device_of(model)
+        self.device = model_device(model)
         self.forward_calls = 0
 
     def _run(self, x: Tensor, grad_layer: bool, any_layout: bool = False) -> tuple[Tensor, Tensor | None]:
@@ -242,8 +191,9 @@ class _Runner:
             store["z"] = args[0].flatten(1)
 
         def on_layer(module: nn.Module, args: tuple, out: Any) -> Any:
-            t = _first_tensor(out)
-            if t is None:
+            try:
+                t = first_tensor(out)
+            except TypeError:
                 return None
             if not grad_layer:
                 store["act"] = t.detach()

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_xai.capture import explanation_mode, resolve_layer, run_model
+from lightning_xai.capture import explanation_mode, first_tensor, resolve_layer, run_model
+from lightning_xai.feature_maps import feature_maps, model_device
 from lightning_xai.tcav.data import fingerprint
 
 __all__ = [
@@ -36,15 +37,6 @@ __all__ = [
     "model_device",
     "model_version",
 ]
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (or buffer); CPU for a model without either."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 def model_version(model: nn.Module) -> tuple:
@@ -60,16 +52,6 @@ def model_version(model: nn.Module) -> tuple:
         False
     """
     return tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
-
-
-def _first_tensor(value: Any, what: str) -> Tensor:
-    if isinstance(value, Tensor):
-        return value
-    if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
-        return value[0]
-    raise TypeError(
-        f"{what} produced {type(value).__name__}, expected a Tensor (or a tuple starting with one)."
-    )
 
 
 class _Hooks:
@@ -88,7 +70,7 @@ class _Hooks:
             module = resolve_layer(model, name)
 
             def hook(mod: nn.Module, args: tuple, output: Any, name: str = name) -> Any:
-                out = _first_tensor(output, f"Layer {name!r}")
+                out = first_tensor(output, f"Layer {name!r}")
                 self.calls[name] += 1
                 if detach:
                     self.outputs[name] = out.detach()
@@ -127,7 +109,7 @@ def _forward_checked(model: nn.Module, x: Tensor, what: str) -> Tensor:
     """``model(x)`` (first tensor of the output, channels-last on the CPU: see
     :func:`~lightning_xai.capture.run_model`), with an error that names ``what`` when the images do not fit."""
     try:
-        return _first_tensor(run_model(model, x), "The model")
+        return first_tensor(run_model(model, x), "The model")
     except (RuntimeError, ValueError) as exc:
         raise ValueError(
             f"The model cannot run on {what} (input batch of shape {list(x.shape)}): {exc}. Do the images have the "
@@ -245,32 +227,7 @@ def last_feature_map_layer(model: nn.Module, example: Tensor) -> str:
         >>> last_feature_map_layer(net, torch.rand(1, 3, 8, 8))
         '1'
     """
-    order: list[str] = []
-    calls: dict[str, int] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if not name:
-            continue
-
-        def hook(mod: nn.Module, args: tuple, output: Any, name: str = name) -> None:
-            calls[name] = calls.get(name, 0) + 1
-            if isinstance(output, Tensor):
-                shapes[name] = tuple(output.shape)
-            order.append(name)
-
-        handles.append(module.register_forward_hook(hook))
-    try:
-        with explanation_mode(model), torch.no_grad():
-            model(example[:1].to(model_device(model)))
-    finally:
-        for h in handles:
-            h.remove()
-    best: str | None = None
-    for name in order:  # order of completion: later is deeper in the forward pass
-        shape = shapes.get(name)
-        if calls.get(name) == 1 and shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1:
-            best = name
+    best = next(reversed(feature_maps(model, example)), None)
     if best is None:
         raise ValueError(
             f"{type(model).__name__} has no module that outputs a spatial feature map [B, C, H, W]; pass layers=[...] "
