@@ -23,8 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from lightning_xai.permutation import ConceptPermutation, world_concept_table
-from lightning_xai.world import TinyCNN, WorldGenerator
+from lightning_xai.permutation import ConceptPermutation
+from lightning_xai.world import TinyCNN, WorldGenerator, world_concept_table
 
 
 def one(name: str, generator: Any, rows: int, repeats: int, later: int) -> dict[str, Any]:

@@ -24,8 +24,8 @@ import time
 
 import torch
 
-from lightning_xai.diffexplainer import WorldPromptGenerator, optimize_prompt, pixel_activation_maximisation
-from lightning_xai.world import train_tiny_cnn
+from lightning_xai.diffexplainer import optimize_prompt, pixel_activation_maximisation
+from lightning_xai.world import WorldPromptGenerator, train_tiny_cnn
 
 
 def nll(model: torch.nn.Module, images: torch.Tensor, c: int) -> float:

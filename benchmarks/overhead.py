@@ -54,9 +54,13 @@ def _configs() -> dict[str, Callable[[], list]]:
         RepresentationDriftCallback,
         SymbolicTreeCallback,
     )
-    from lightning_xai.diffexplainer import WorldPromptGenerator
-    from lightning_xai.permutation import world_concept_table
-    from lightning_xai.world import WorldGenerator, concept_set, random_set
+    from lightning_xai.world import (
+        WorldGenerator,
+        WorldPromptGenerator,
+        concept_set,
+        random_set,
+        world_concept_table,
+    )
 
     def tcav() -> ConceptAttributionCallback:
         concepts = {c: concept_set(c, 100, seed=11) for c in ("shape:circle", "texture:striped")}

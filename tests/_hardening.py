@@ -26,16 +26,16 @@ from lightning_xai.callbacks import (
     SymbolicTreeCallback,
     XAICallback,
 )
-from lightning_xai.diffexplainer import WorldPromptGenerator
-from lightning_xai.permutation import world_concept_table
 from lightning_xai.world import (
     TinyCNN,
     WorldColourMarkerDetector,
     WorldDataModule,
     WorldGenerator,
+    WorldPromptGenerator,
     concept_set,
     get_task,
     random_set,
+    world_concept_table,
 )
 
 #: every method the set below explains with (the drift monitor's records are ``drift``)

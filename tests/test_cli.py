@@ -196,8 +196,7 @@ def test_preset_runs_with_lightning_cli(cli: ModuleType, tmp_path: Path, preset:
 
 def test_world_overlay_gives_the_world_inputs(cli: ModuleType) -> None:
     """``--config callbacks/all.yaml --config examples/world.yaml`` as a user types it (parsed, not run)."""
-    from lightning_xai.diffexplainer import WorldPromptGenerator
-    from lightning_xai.world import WorldGenerator
+    from lightning_xai.world import WorldGenerator, WorldPromptGenerator
     from lightning_xai.world.cli_helpers import (
         WorldConceptScores,
         WorldConceptSet,

@@ -523,7 +523,8 @@ def test_pickle_round_trip(gen):
 
 def test_default_lr_is_a_few_percent_of_a_token_and_optimize_prompt_takes_it(pipe, gen):
     """Adam moves every coordinate by about lr, so the default step is scaled to the token embeddings."""
-    from lightning_xai.diffexplainer import WorldPromptGenerator, optimize_prompt
+    from lightning_xai.diffexplainer import optimize_prompt
+    from lightning_xai.world import WorldPromptGenerator
 
     norms = pipe.text_encoder.get_input_embeddings().weight.detach().norm(dim=-1)
     assert gen.default_lr == pytest.approx(0.03 * float(norms.median()))

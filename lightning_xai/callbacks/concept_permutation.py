@@ -75,8 +75,7 @@ class ConceptPermutationCallback(XAICallback):
             template column, a table without labels.
 
     Example:
-        >>> from lightning_xai.world import WorldGenerator
-        >>> from lightning_xai.permutation import world_concept_table
+        >>> from lightning_xai.world import WorldGenerator, world_concept_table
         >>> cb = ConceptPermutationCallback(WorldGenerator(), world_concept_table(200), n_repeats=5)
         >>> cb.concept_table.concepts
         ['shape', 'colour', 'texture', 'marker']

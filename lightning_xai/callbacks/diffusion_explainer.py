@@ -45,7 +45,7 @@ class DiffusionExplainerCallback(XAICallback):
 
     Args:
         generator: A :class:`~lightning_xai.diffexplainer.PromptGenerator`:
-            :class:`~lightning_xai.diffexplainer.WorldPromptGenerator` for the planted-concept world, or
+            :class:`~lightning_xai.world.WorldPromptGenerator` for the planted-concept world, or
             :class:`~lightning_xai.diffexplainer.DiffusersPromptGenerator` around a Stable Diffusion pipeline.
         targets: Class indices, ``"class:3"``, ``"neuron:12"`` (input feature of the linear head) or
             ``"channel:<layer>:5"``. Default: every class.
@@ -57,7 +57,7 @@ class DiffusionExplainerCallback(XAICallback):
         core_concepts: The declared core concepts of each class: ``{class index or name: [concepts]}`` or a
             callable ``class index -> concepts``. Needed with a detector.
         lr: Adam learning rate; None (default): the generator's ``default_lr`` (0.1 for
-            :class:`~lightning_xai.diffexplainer.WorldPromptGenerator`, 3% of a token embedding's length for
+            :class:`~lightning_xai.world.WorldPromptGenerator`, 3% of a token embedding's length for
             soft tokens).
         proximity: Weight of the prior ``||P - P0||^2``; None: the generator's default.
         early_stop: Consecutive steps with the target predicted (probability >= ``min_prob``) that end a
@@ -79,8 +79,7 @@ class DiffusionExplainerCallback(XAICallback):
         MisconfigurationException: a bad argument; the message names it and the valid choices.
 
     Example:
-        >>> from lightning_xai.diffexplainer import WorldPromptGenerator
-        >>> from lightning_xai.world import WorldColourMarkerDetector, get_task
+        >>> from lightning_xai.world import WorldColourMarkerDetector, WorldPromptGenerator, get_task
         >>> rule = get_task("shape_texture")
         >>> cb = DiffusionExplainerCallback(WorldPromptGenerator(), targets=[0, 1], steps=100,
         ...     concept_detector=WorldColourMarkerDetector().scores, core_concepts=rule.positive_concepts)
@@ -124,7 +123,7 @@ class DiffusionExplainerCallback(XAICallback):
         ):
             raise MisconfigurationException(
                 "generator must be a prompt generator with render/init_prompt/images/readout (e.g. "
-                f"lightning_xai.diffexplainer.WorldPromptGenerator or DiffusersPromptGenerator), got {type(generator).__name__}."
+                f"lightning_xai.world.WorldPromptGenerator or DiffusersPromptGenerator), got {type(generator).__name__}."
             )
         if isinstance(targets, (str, int)):  # one target, not an iterable of characters
             targets = [targets]

@@ -7,13 +7,13 @@ those images. This package holds the method without any Lightning code:
 * :class:`PromptGenerator`: ``render(prompt) -> images``, differentiable in the prompt, with a
   :class:`Readout` of the prompt in words. Two implementations:
 
-  - :class:`WorldPromptGenerator`: the planted-concept world; the prompt is a set of logits over
+  - :class:`~lightning_xai.world.WorldPromptGenerator`: the planted-concept world; the prompt is a set of logits over
     each caption slot's words, the image the exact softmax mixture of the slot values (CPU, known
     ground truth).
   - :class:`DiffusersPromptGenerator`: soft tokens in a diffusers pipeline's text-encoder input
     space, a fixed initial latent, a differentiable few-step sampler over ``unet``,
     ``scheduler.step`` and ``vae.decode`` (frozen components; optional checkpointing, bf16/fp16).
-  - :class:`WorldDiffusionPromptGenerator`: soft tokens of the world diffusion model that ships with
+  - :class:`~lightning_xai.world.WorldDiffusionPromptGenerator`: soft tokens of the world diffusion model that ships with
     the package, laid out as a world caption and started neutral (readout among the world's words,
     ``ablate`` for the bias report's effect check).
 
@@ -29,7 +29,7 @@ those images. This package holds the method without any Lightning code:
   class's core concepts are flagged as suspected spurious features.
 
 Example:
-    >>> from lightning_xai.world import TinyCNN
+    >>> from lightning_xai.world import TinyCNN, WorldPromptGenerator
     >>> gen = WorldPromptGenerator(seeds=(0, 1))
     >>> res = optimize_prompt(TinyCNN(num_classes=6), gen, target=0, steps=3)
     >>> res.readout.positions
@@ -51,11 +51,8 @@ from .optimize import (
 )
 from .pixel import PixelImage, pixel_activation_maximisation, total_variation
 from .prompt import PromptGenerator, Readout
-from .world_diffusion_prompt import WORLD_PROMPT_POSITIONS, WorldDiffusionPromptGenerator
-from .world_prompt import WorldPromptGenerator
 
 __all__ = [
-    "WORLD_PROMPT_POSITIONS",
     "BiasReport",
     "ClassifierInput",
     "ConceptDetector",
@@ -69,8 +66,6 @@ __all__ = [
     "Target",
     "TargetExplanation",
     "TargetObjective",
-    "WorldDiffusionPromptGenerator",
-    "WorldPromptGenerator",
     "ablation_effects",
     "bias_report",
     "optimize_prompt",

@@ -20,7 +20,7 @@ from lightning_xai.results.diffusion_explainer import (
 )
 
 from .bias import bias_report, suspects
-from .optimize import PromptResult, _first_tensor, ablation_effects, optimize_prompt
+from .optimize import PromptResult, ablation_effects, classifier_logits, optimize_prompt
 from .prompt import PromptGenerator
 
 __all__ = ["DiffExplainer"]
@@ -69,8 +69,7 @@ class DiffExplainer:
             a detector without core concepts.
 
     Example:
-        >>> from lightning_xai.diffexplainer import WorldPromptGenerator
-        >>> from lightning_xai.world import TinyCNN
+        >>> from lightning_xai.world import TinyCNN, WorldPromptGenerator
         >>> dx = DiffExplainer(WorldPromptGenerator(seeds=(0,)), targets=[1], steps=3, n_images=2)
         >>> result = dx.explain(TinyCNN(num_classes=6))
         >>> [t.label for t in result.targets], sorted(dx.prompts)
@@ -141,7 +140,7 @@ class DiffExplainer:
         device = next(iter(model.parameters()), torch.empty(0)).device
         with explanation_mode(model), torch.no_grad():
             probe = self.generator.render(self.generator.init_prompt(None))[:1]
-            logits = _first_tensor(model(probe.to(device)))
+            logits = classifier_logits(model(probe.to(device)))
         return [Target("class", c) for c in range(int(logits.shape[1]))]
 
     def _init_for(self, target: Target) -> str | None:

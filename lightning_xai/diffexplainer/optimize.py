@@ -75,7 +75,7 @@ class ClassifierInput:
         return f"ClassifierInput(size={self.size}, mean={self.mean is not None}, std={self.std is not None})"
 
 
-def _first_tensor(out: Any) -> Tensor:
+def classifier_logits(out: Any) -> Tensor:
     """The logits of a classifier output: a tensor, a tuple starting with one, or a dict with ``logits``."""
     if isinstance(out, dict):
         for key in ("logits", "out", "output"):
@@ -134,7 +134,9 @@ class TargetObjective:
         if self.target.kind == "neuron":
             handle = self._module.register_forward_pre_hook(lambda m, args: store.append(args[0]))  # type: ignore[union-attr]
         elif self.target.kind == "channel":
-            handle = self._module.register_forward_hook(lambda m, a, out: store.append(_first_tensor(out)))  # type: ignore[union-attr]
+            handle = self._module.register_forward_hook(
+                lambda m, a, out: store.append(classifier_logits(out))
+            )  # type: ignore[union-attr]
         try:
             yield store
         finally:
@@ -143,7 +145,7 @@ class TargetObjective:
 
     def _forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         with self._tap() as store:
-            logits = _first_tensor(run_model(self.classifier, self.preprocess(images.to(self.device))))
+            logits = classifier_logits(run_model(self.classifier, self.preprocess(images.to(self.device))))
         return logits, (store[-1] if store else None)
 
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -298,8 +300,7 @@ def optimize_prompt(
         ValueError: A target out of range for this classifier, or an argument out of range.
 
     Example:
-        >>> from lightning_xai.world import TinyCNN
-        >>> from lightning_xai.diffexplainer import WorldPromptGenerator
+        >>> from lightning_xai.world import TinyCNN, WorldPromptGenerator
         >>> net = TinyCNN(num_classes=6)
         >>> res = optimize_prompt(net, WorldPromptGenerator(seeds=(0,)), target=2, steps=5, image_seeds=(7,))
         >>> len(res.loss_curve), res.images.shape
@@ -392,8 +393,7 @@ def ablation_effects(
     gives ``{}``.
 
     Example:
-        >>> from lightning_xai.world import TinyCNN
-        >>> from lightning_xai.diffexplainer import WorldPromptGenerator
+        >>> from lightning_xai.world import TinyCNN, WorldPromptGenerator
         >>> net, gen = TinyCNN(num_classes=6), WorldPromptGenerator(seeds=(0,))
         >>> res = optimize_prompt(net, gen, 1, steps=2, image_seeds=(3,))
         >>> sorted(ablation_effects(net, gen, res, ["colour:red", "sky:blue"], image_seeds=(3,)))

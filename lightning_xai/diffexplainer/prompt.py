@@ -21,7 +21,7 @@ class PromptGenerator(Protocol):
     DiffExplainer optimises the prompt so that the generated images maximise a classifier's class
     (or a neuron). Implementations:
 
-    * :class:`~lightning_xai.diffexplainer.WorldPromptGenerator`: the planted-concept world; the
+    * :class:`~lightning_xai.world.WorldPromptGenerator`: the planted-concept world; the
       prompt is a set of logits over each caption slot's words and the image is the
       softmax-weighted mixture of the slot values (exact ground truth, CPU).
     * :class:`~lightning_xai.diffexplainer.DiffusersPromptGenerator`: soft tokens in a diffusers

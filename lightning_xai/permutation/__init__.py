@@ -1,7 +1,7 @@
 """DEPICT: concept permutation importance through a text-to-image generator (no Lightning imports).
 
 * :class:`ConceptTable` holds rows of concept values, labels, per-row seeds and a caption template, and
-  builds seeded column permutations (:func:`world_concept_table` for the planted-concept world).
+  builds seeded column permutations (:func:`~lightning_xai.world.world_concept_table` for the planted-concept world).
 * :class:`GenerationCache` generates every (generator, caption, seed) image once.
 * :class:`ConceptPermutation` scores a classifier: metric on unpermuted minus permuted images; its
   :meth:`~ConceptPermutation.explain` returns a :class:`ConceptPermutationResult` (the record's typed result,
@@ -20,7 +20,7 @@ from lightning_xai.permutation.importance import (
     resolve_metric,
     summarise,
 )
-from lightning_xai.permutation.table import ConceptTable, Permutation, world_concept_table
+from lightning_xai.permutation.table import ConceptTable, Permutation
 from lightning_xai.results.concept_permutation import (
     ConceptImportance,
     ConceptPermutationResult,
@@ -44,5 +44,4 @@ __all__ = [
     "resolve_autocast_dtype",
     "resolve_metric",
     "summarise",
-    "world_concept_table",
 ]

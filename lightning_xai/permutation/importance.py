@@ -256,8 +256,7 @@ class ConceptPermutation:
         TypeError: ``table`` is not a :class:`ConceptTable`.
 
     Example:
-        >>> from lightning_xai.world import TinyCNN, WorldGenerator
-        >>> from lightning_xai.permutation import world_concept_table
+        >>> from lightning_xai.world import TinyCNN, WorldGenerator, world_concept_table
         >>> depict = ConceptPermutation(WorldGenerator(), world_concept_table(8), n_repeats=2, show_progress=False)
         >>> result = depict.explain(TinyCNN(num_classes=6))
         >>> result.concepts, result.drops.shape

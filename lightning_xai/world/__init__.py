@@ -70,6 +70,7 @@ from .concept_detector import (
     WorldConceptDetector,
     train_world_concept_detector,
 )
+from .concept_table import world_concept_table
 from .data import (
     CONCEPT_SET_KINDS,
     SPLITS,
@@ -84,9 +85,11 @@ from .data import (
     scene_seeds,
 )
 from .detector import WorldColourMarkerDetector
+from .diffusion_prompt import WORLD_PROMPT_POSITIONS, WorldDiffusionPromptGenerator
 from .effects import EffectTable, interventional_effects, model_logits
 from .generator import WorldGenerator
 from .model import DEFAULT_TRAINING, TinyCNN, TrainedWorld, train_tiny_cnn
+from .prompt import WorldPromptGenerator
 from .render import RENDERER_VERSION, Scene, render, render_batch
 from .rules import DEFAULT_TASK, TASKS, LabelRule, get_task, resolve_rule
 from .vocab import (
@@ -121,6 +124,7 @@ __all__ = [
     "TASKS",
     "TEXTURES",
     "VOCABULARY",
+    "WORLD_PROMPT_POSITIONS",
     "DetectorReport",
     "EffectTable",
     "LabelRule",
@@ -132,7 +136,9 @@ __all__ = [
     "WorldConceptDetector",
     "WorldDataModule",
     "WorldDataset",
+    "WorldDiffusionPromptGenerator",
     "WorldGenerator",
+    "WorldPromptGenerator",
     "all_concepts",
     "all_slot_combinations",
     "concept_name",
@@ -154,4 +160,5 @@ __all__ = [
     "scene_seeds",
     "train_tiny_cnn",
     "train_world_concept_detector",
+    "world_concept_table",
 ]

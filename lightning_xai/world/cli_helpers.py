@@ -1,7 +1,7 @@
 """World inputs for callbacks, as classes a config file can name (LightningCLI / jsonargparse).
 
 A YAML config cannot call :func:`~lightning_xai.world.concept_set` or
-:func:`~lightning_xai.permutation.world_concept_table`: jsonargparse builds objects from a
+:func:`~lightning_xai.world.world_concept_table`: jsonargparse builds objects from a
 ``class_path`` and ``init_args``. These thin classes wrap those functions so that a config can give the
 planted-concept world's inputs to the callbacks that need them (``examples/world.yaml``):
 
@@ -36,7 +36,8 @@ from collections.abc import Sequence
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_xai.permutation.table import ConceptTable, world_concept_table
+from lightning_xai.permutation.table import ConceptTable
+from lightning_xai.world.concept_table import world_concept_table
 
 from .data import concept_set, random_set
 from .detector import WorldColourMarkerDetector
@@ -113,7 +114,7 @@ class WorldRandomSet(_ImageSet):
 
 
 class WorldConceptTable(ConceptTable):
-    """:func:`~lightning_xai.permutation.world_concept_table` as a class: ``n`` world scenes for DEPICT.
+    """:func:`~lightning_xai.world.world_concept_table` as a class: ``n`` world scenes for DEPICT.
 
     Columns ``shape``, ``colour``, ``texture``, ``marker``; template
     ``"a {colour} {shape} on a {texture} background{marker}"``, which

@@ -21,7 +21,7 @@ __all__ = ["WorldColourMarkerDetector"]
 class WorldColourMarkerDetector:
     """``images [N, 3, H, W] in [0, 1] -> {"colour": [...], "marker": [...]}`` from pixel rules.
 
-    ``marker`` values are ``" with a marker"`` / ``""``, as in :func:`~lightning_xai.permutation.world_concept_table`.
+    ``marker`` values are ``" with a marker"`` / ``""``, as in :func:`~lightning_xai.world.world_concept_table`.
 
     Example:
         >>> from lightning_xai.world import WorldGenerator

@@ -19,9 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..world.vocab import COLOURS, SHAPES, TEXTURES
-from .diffusers_prompt import DiffusersPromptGenerator
-from .prompt import Readout
+from lightning_xai.diffexplainer.diffusers_prompt import DiffusersPromptGenerator
+from lightning_xai.diffexplainer.prompt import Readout
+
+from .vocab import COLOURS, SHAPES, TEXTURES
 
 __all__ = ["WORLD_PROMPT_POSITIONS", "WorldDiffusionPromptGenerator"]
 
@@ -80,10 +81,10 @@ class WorldDiffusionPromptGenerator(DiffusersPromptGenerator):
                 "for another layout"
             )
         if pipeline is None:
-            from ..world.diffusion import load_world_diffusion
+            from .diffusion import load_world_diffusion
 
             pipeline = load_world_diffusion()
-        from ..world.diffusion import WORLD_WORDS
+        from .diffusion import WORLD_WORDS
 
         super().__init__(
             pipeline,

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_xai.world.render import RENDERER_VERSION, render_batch
-from lightning_xai.world.vocab import COLOURS, MARKER_VALUES, SHAPES, TEXTURES, Slots
+from lightning_xai.diffexplainer.prompt import Readout
 
-from .prompt import Readout
+from .render import RENDERER_VERSION, render_batch
+from .vocab import COLOURS, MARKER_VALUES, SHAPES, TEXTURES, Slots
 
 __all__ = ["WorldPromptGenerator"]
 
@@ -131,7 +131,7 @@ class WorldPromptGenerator:
     @property
     def fingerprint(self) -> str:
         return (
-            f"lightning_xai.diffexplainer.WorldPromptGenerator(renderer={RENDERER_VERSION},size={self.size},seeds={list(self.seeds)},"
+            f"lightning_xai.world.WorldPromptGenerator(renderer={RENDERER_VERSION},size={self.size},seeds={list(self.seeds)},"
             f"relaxation={self.relaxation},gumbel_tau={self.gumbel_tau},noise_seed={self.noise_seed},temperature={self.temperature})"
         )
 
