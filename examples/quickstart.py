@@ -40,18 +40,17 @@ from lightning_xai.callbacks import (
     RepresentationDriftCallback,
     SymbolicTreeCallback,
 )
-from lightning_xai.diffexplainer import WorldPromptGenerator
-from lightning_xai.permutation import world_concept_table
 from lightning_xai.records import read_records
-from lightning_xai.wandb_offline import find_offline_runs, logged_images, logged_tables
 from lightning_xai.world import (
     TinyCNN,
     WorldColourMarkerDetector,
     WorldDataModule,
     WorldGenerator,
+    WorldPromptGenerator,
     concept_set,
     get_task,
     random_set,
+    world_concept_table,
 )
 
 # Concepts for TCAV: matched sets (each image is a random scene with the concept planted in it, the random
@@ -81,8 +80,8 @@ def _generative_callbacks(generator: str) -> list:
             DiffusionExplainerCallback(WorldPromptGenerator(), steps=100, every_n_epochs=2, **explainer_args),
         ]
     # the shipped diffusion model draws 32x32 scenes, the size main() trains the classifier at in this mode
-    from lightning_xai.diffexplainer import WorldDiffusionPromptGenerator
     from lightning_xai.generators import DiffusersGenerator
+    from lightning_xai.world import WorldDiffusionPromptGenerator
     from lightning_xai.world.diffusion import load_world_diffusion
 
     pipe = load_world_diffusion()
@@ -181,22 +180,18 @@ def main(argv: list[str] | None = None) -> dict:
     elapsed = time.perf_counter() - start
 
     records = read_records(out)
-    runs = find_offline_runs(out)
-    tables = logged_tables(runs[0]) if runs else {}
-    images = logged_images(runs[0]) if runs else []
+    runs = sorted((out / "wandb").glob("offline-run-*"))
     summary = {
         "val_acc": float(trainer.callback_metrics["val_acc"]),
         "fit_seconds": elapsed,
         "records": len(records),
         "wandb_run": str(runs[0]) if runs else None,
-        "wandb_tables": len(tables),
-        "wandb_images": len(images),
     }
     print()
     print(f"Trained {args.epochs} epochs in {elapsed:.0f} s: validation accuracy {summary['val_acc']:.3f}")
     print(f"Explanations (local store): {out / 'xai' / 'records.jsonl'} ({len(records)} records)")
     print(f"Media:                      {out / 'xai' / 'media'}")
-    print(f"W&B offline run:            {summary['wandb_run']} ({len(tables)} tables, {len(images)} images)")
+    print(f"W&B offline run:            {summary['wandb_run']}")
     print(f"CSV metrics:                {out / 'csv'}")
     print()
     print("Representation drift (linear CKA; 1 = unchanged):")

@@ -716,9 +716,8 @@ def test_no_extra_forward_pass_for_rules(trained_world, tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.wandb
 def test_callback_on_trained_world_logs_everything(trained_world, tmp_path: Path, monkeypatch) -> None:
+    from _wandb_offline import find_offline_runs, logged_images, logged_tables
     from lightning.pytorch.loggers import WandbLogger
-
-    from lightning_xai.wandb_offline import find_offline_runs, logged_images, logged_tables
 
     for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))

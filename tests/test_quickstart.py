@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _wandb_offline import find_offline_runs, logged_images, logged_tables
 from PIL import Image
 
 from lightning_xai.records import read_records
-from lightning_xai.wandb_offline import find_offline_runs, logged_images, logged_tables
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
 
@@ -113,7 +113,7 @@ def test_scalars_reach_the_csv_logger(quickstart_run: tuple[Path, dict]) -> None
 def test_wandb_tables_keep_their_keys_and_columns_across_epochs(quickstart_run: tuple[Path, dict]) -> None:
     """Runs compare in the W&B UI: a method that explains two epochs logs the same table keys, with the same
     columns, at both (the local records say which methods ran when)."""
-    from lightning_xai.wandb_offline import logged_table_history
+    from _wandb_offline import logged_table_history
 
     out, _ = quickstart_run
     (run,) = find_offline_runs(out)
@@ -144,8 +144,8 @@ def test_quickstart_diffusion_mode_explains_through_the_shipped_model() -> None:
         ConceptPermutationCallback,
         DiffusionExplainerCallback,
     )
-    from lightning_xai.diffexplainer import WorldDiffusionPromptGenerator
     from lightning_xai.generators import DiffusersGenerator
+    from lightning_xai.world import WorldDiffusionPromptGenerator
 
     spec = importlib.util.spec_from_file_location("quickstart_module", QUICKSTART)
     module = importlib.util.module_from_spec(spec)

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from _wandb_offline import find_offline_runs, logged_images, logged_tables
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
@@ -26,7 +27,6 @@ from lightning_xai.sinks import (
     chart_to_figure,
     table_to_markdown,
 )
-from lightning_xai.wandb_offline import find_offline_runs, logged_images, logged_tables
 
 METHOD = "demo"
 ROWS = [["striped", 0.75], ["dotted", 0.25], ["plain", -0.5]]
