@@ -17,7 +17,7 @@
    ``training.json`` and ``held_out.png`` (one generated image per held-out caption above its render).
 
 The shipped model (``lightning_xai/assets/world_diffusion``) came from two runs, the first with the text
-encoder trained (see the README's diffusion section for why it is now frozen)::
+encoder trained (docs/world.md says why it is now frozen)::
 
     python examples/train_world_diffusion.py --out runs/wd_joint --text-encoder train --unet-steps 4000 --stop-after 2000
     python examples/train_world_diffusion.py --out runs/wd --resume runs/wd_joint --new-text-encoder --unet-steps 2500

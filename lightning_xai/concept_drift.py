@@ -8,7 +8,7 @@ epoch and at a reference epoch, as a *drift distance* (0: unchanged, larger: mor
 alert when a distance passes its kind's threshold.
 
 Drift kinds (default thresholds in :data:`DRIFT_KINDS`, chosen on the planted-concept world, see the
-README's "Concept drift" section):
+docs/drift.md and docs/benchmarks/world-and-overhead.md):
 
 ================  ====================  ===========================================================
 kind              source method         distance
@@ -88,7 +88,7 @@ DRIFT_KINDS: dict[str, DriftKind] = {
             "relative change of a TCAV magnitude's share of the layer's",
         ),
         # tracked but silent by default: on the world, a stable model's vocabularies swap neurons and its
-        # per-class fidelities swing by up to 0.6 between epochs (README, "Concept drift")
+        # per-class fidelities swing by up to 0.6 between epochs (docs/benchmarks/world-and-overhead.md)
         DriftKind("rule_jaccard", "logic_rules", None, "1 - Jaccard of a class's predicate vocabulary"),
         DriftKind("rule_fidelity", "logic_rules", None, "drop of a class's rule fidelity"),
         DriftKind("symbol_js", "symbolic_tree", 0.2, "Jensen-Shannon divergence of a level's symbol usage"),

@@ -100,7 +100,7 @@ class ExplainResult:
     """What :meth:`XAICallback.explain` returns for one explained epoch.
 
     Attributes:
-        payload: JSON-serialisable content of the record (documented per method in the README).
+        payload: JSON-serialisable content of the record (each method's typed result documents its fields).
         scalars: logged with ``pl_module.log`` as ``xai/<method>/<key>`` (monitorable).
         tables, charts, media, text: sent to every logger and kept in the local store.
         name: the record's name (``"epoch"`` for the per-epoch explanation).

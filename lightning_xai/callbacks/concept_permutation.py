@@ -68,7 +68,8 @@ class ConceptPermutationCallback(XAICallback):
             Default ``None``: float32. bfloat16 made a later epoch about 1.5x cheaper on a CPU with
             AVX512-BF16 and left the quickstart's importances unchanged; see
             :class:`~lightning_xai.permutation.ConceptPermutation` for the trade-off.
-        on, on_error, max_failures, seed: see :class:`XAICallback` (``seed`` also seeds the permutations).
+        **base: ``on``, ``on_error``, ``max_failures``, ``seed``: see :class:`XAICallback` (``seed`` also seeds the
+            permutations).
 
     Raises:
         MisconfigurationException: a bad argument (the message names it and the valid choices), an unknown

@@ -73,7 +73,8 @@ class DiffusionExplainerCallback(XAICallback):
             ``ablate``, e.g. the world's): one the classifier does not use is reported, not flagged.
         min_effect: Rise of the objective (mean ``-log p``) on removal that confirms a flag. Default: 0.05.
         show_progress: A progress bar over targets and steps (rank 0). Default: True.
-        on, on_error, max_failures, seed: See :class:`XAICallback`; ``seed`` picks the display seeds.
+        **base: ``on``, ``on_error``, ``max_failures``, ``seed``: see :class:`XAICallback`; ``seed`` picks the display
+            seeds.
 
     Raises:
         MisconfigurationException: a bad argument; the message names it and the valid choices.

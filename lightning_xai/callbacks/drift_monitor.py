@@ -38,9 +38,9 @@ class ConceptDriftMonitor(Callback):
     Every value is logged with ``pl_module.log`` on every rank (so ``EarlyStopping`` and
     ``ModelCheckpoint`` can monitor it) as ``xai/drift/<source>/<kind>/<prev|ref>/<key>``, plus the
     largest value of each kind, ``xai/drift/<source>/<kind>/max_<prev|ref>``, and the number of alerts,
-    ``xai/drift/alerts``. On rank 0, each source's explained epoch gives a ``drift`` record (rows and a
-    line chart of its series) and each alert an ``alert`` record and a warning naming what drifted, from
-    what to what.
+    ``xai/drift/<source>/alerts``. On rank 0, each source's explained epoch gives a ``drift`` record (its
+    rows, logged as the table ``xai/drift/<source>/rows``) and each alert an ``alert`` record and a warning
+    naming what drifted, from what to what.
 
     Args:
         thresholds: alert thresholds by drift kind (``None``: track without alerts), over the defaults

@@ -67,7 +67,8 @@ class LogicRulesCallback(XAICallback):
         threshold_quantile: 0 (reference min/max thresholds) or a quantile in (0, 0.5) against outliers.
         max_terms: DNF terms shown per global rule. Default: 3.
         class_names: class names for rules; default the model's or the datamodule's ``classes``.
-        on, on_error, max_failures, head, batch_to_input, seed: see :class:`~lightning_xai.callbacks.XAICallback`.
+        **base: ``on``, ``on_error``, ``max_failures``, ``head``, ``batch_to_input``, ``seed``: see
+            :class:`~lightning_xai.callbacks.XAICallback`.
 
     Raises:
         MisconfigurationException: an argument is out of range (the message names the valid choices).

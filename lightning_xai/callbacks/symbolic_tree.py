@@ -64,7 +64,8 @@ class SymbolicTreeCallback(XAICallback):
             0.25, 0.3, 0.5, 4, 4, 4, ``None``); ``semantic_symbols=0`` also keeps no images in the sample.
         class_names: class names; default the model's or the datamodule's ``classes``.
         max_samples: validation samples kept per explained epoch. Default: 512.
-        on, on_error, max_failures, head, batch_to_input, seed: see :class:`~lightning_xai.callbacks.XAICallback`.
+        **base: ``on``, ``on_error``, ``max_failures``, ``head``, ``batch_to_input``, ``seed``: see
+            :class:`~lightning_xai.callbacks.XAICallback`.
 
     Raises:
         MisconfigurationException: an argument is out of range, or ``levels`` does not shrink (the message

@@ -184,7 +184,14 @@ class WorldDataset(Dataset):
         cache: Reuse a previously rendered identical split (images are shared, read-only).
 
     Attributes:
-        slots, seeds, captions, labels (LongTensor), classes, rule, size, split.
+        slots: the scenes' slot values, one per item.
+        seeds: the scenes' render seeds.
+        captions: the scenes' captions.
+        labels: the class indices (``LongTensor``).
+        classes: the class names of the task.
+        rule: the task's :class:`LabelRule`.
+        size: the image side in pixels.
+        split: the split name.
 
     Example:
         >>> ds = WorldDataset(12, task="shape_texture", split="val", seed=0)
