@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 CONSTRAINTS := requirements/constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv benchmark clean
+.PHONY: demo test venv benchmark docs figures clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,19 @@ demo: $(VENV)/.installed-test
 test: $(VENV)/.installed-test
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet -d site
 	WANDB_MODE=offline WANDB_SILENT=true $(PY) -m pytest $(PYTEST_ARGS)
 
 benchmark: $(VENV)/.installed-test
 	WANDB_MODE=offline WANDB_SILENT=true $(PY) benchmarks/overhead.py
 
+# the documentation site, into site/ (a broken reference or a stale API name fails the build)
+docs: $(VENV)/.installed-test
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d site
+
+# the docs' figures, from a fresh run of the demo (about 3 minutes on a CPU)
+figures: $(VENV)/.installed-test
+	WANDB_MODE=offline WANDB_SILENT=true $(PY) docs/figures.py
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

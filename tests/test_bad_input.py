@@ -1,4 +1,4 @@
-"""The README's troubleshooting table of bad inputs is true and complete.
+"""The troubleshooting table of bad inputs (docs/troubleshooting.md) is true and complete.
 
 True: every row raises, with the message shown. Complete: every ``raise MisconfigurationException`` that a
 callback's ``__init__`` can reach is reached by some row, and every argument that ``__init__`` range-checks
@@ -25,14 +25,14 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning_xai import callbacks
 from lightning_xai.callbacks.base import XAICallback
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+TABLE_PAGE = Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md"
 CALLBACK_DIR = Path(callbacks.__file__).resolve().parent
 #: what a row's values may name besides literals (tensors of a wrong shape, objects of a wrong type)
 _NAMES = {"torch": torch, "__builtins__": builtins}
 
 
 def _rows() -> list[tuple[str, str, str]]:
-    text = README.read_text()
+    text = TABLE_PAGE.read_text()
     block = text.split("<!-- bad-input-table:start -->")[1].split("<!-- bad-input-table:end -->")[0]
     rows = []
     for line in block.strip().splitlines()[2:]:  # header and rule
@@ -161,7 +161,7 @@ def test_every_misconfiguration_raised_in_init_has_a_row() -> None:
         for f, first, last, fn in sites
         if not any((f, line) in seen for line in range(first, last + 1))
     )
-    assert not missing, f"raises no row of the README's table reaches: {missing}"
+    assert not missing, f"raises no row of the troubleshooting table reaches: {missing}"
 
 
 def _range_checked(cls: type, cores: bool = True) -> set[str]:
@@ -211,4 +211,4 @@ def test_every_range_checked_argument_has_a_row() -> None:
         missing += sorted(f"{cls}.{name}" for name in own - {name for c, name in first if c == cls})
     found = sum(len(_range_checked(getattr(callbacks, c))) for c in PUBLIC)
     assert len(shared) >= 3 and found >= 30  # the scan works
-    assert not missing, f"range-checked arguments without a row in the README's table: {missing}"
+    assert not missing, f"range-checked arguments without a row in the troubleshooting table: {missing}"
