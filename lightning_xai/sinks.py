@@ -445,17 +445,38 @@ class CSVSink(Sink):
                     w.writerow([json.dumps(v) if isinstance(v, (list, dict)) else v for v in row])
 
 
-def sink_for_logger(logger: Any) -> Sink | None:
-    """The sink for a Lightning logger, or ``None`` if its type is not supported."""
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+#: the packages whose loggers are Lightning's: ``lightning.pytorch`` and its standalone mirror ``pytorch_lightning``
+LIGHTNING_NAMESPACES = ("lightning", "pytorch_lightning")
 
-    if isinstance(logger, WandbLogger):
-        return WandbSink(logger)
-    if isinstance(logger, TensorBoardLogger):
-        return TensorBoardSink(logger)
-    if isinstance(logger, CSVLogger):
-        return CSVSink(logger)
+
+def logger_kind(logger: Any) -> str | None:
+    """Which supported Lightning logger ``logger`` is (one of :data:`SUPPORTED_LOGGERS`), in either namespace.
+
+    ``pytorch_lightning.loggers.WandbLogger`` is not a subclass of ``lightning.pytorch.loggers.WandbLogger``
+    (the two packages hold separate copies), so the class is matched by name and package along its MRO; a
+    user's subclass of either counts as its base.
+
+    Example:
+        >>> from lightning.pytorch.loggers import CSVLogger
+        >>> logger_kind(CSVLogger("runs")), logger_kind(object())
+        ('CSVLogger', None)
+    """
+    for cls in type(logger).__mro__:
+        if cls.__name__ in SUPPORTED_LOGGERS and cls.__module__.split(".")[0] in LIGHTNING_NAMESPACES:
+            return cls.__name__
     return None
+
+
+def sink_for_logger(logger: Any) -> Sink | None:
+    """The sink for a Lightning logger (``lightning.pytorch`` or ``pytorch_lightning``), or ``None`` if its type
+    is not supported."""
+    sinks: dict[str, type[Sink]] = {
+        "WandbLogger": WandbSink,
+        "TensorBoardLogger": TensorBoardSink,
+        "CSVLogger": CSVSink,
+    }
+    kind = logger_kind(logger)
+    return sinks[kind](logger) if kind is not None else None
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import warnings
 from pathlib import Path
@@ -13,8 +14,7 @@ import pytest
 import torch
 from _wandb_offline import find_offline_runs, logged_images, logged_tables
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.demos.boring_classes import BoringModel
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from PIL import Image
 
 from lightning_xai.records import Chart, Explanation, LocalStore, Media, Record, Table, read_records
@@ -92,22 +92,31 @@ class DispatchOnce(Callback):
         self.written.append(self.dispatcher.dispatch(explanation, step=trainer.global_step))
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One real fit with W&B (offline), TensorBoard and CSV loggers; shared by the end-to-end tests."""
+# Lightning ships the same classes twice: ``lightning.pytorch`` and the standalone ``pytorch_lightning``
+NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
+
+
+@pytest.fixture(scope="module", params=NAMESPACES)
+def trained(request, tmp_path_factory):
+    """One real fit with W&B (offline), TensorBoard and CSV loggers of one namespace (its Trainer, model and
+    loggers); shared by the end-to-end tests."""
     import wandb
 
+    pl = importlib.import_module(request.param)
+    pl_loggers = importlib.import_module(f"{request.param}.loggers")
+    boring = importlib.import_module(f"{request.param}.demos.boring_classes").BoringModel
     root = tmp_path_factory.mktemp("run")
     with pytest.MonkeyPatch.context() as mp:
         _wandb_env(mp, root)
         loggers = [
-            WandbLogger(offline=True, save_dir=str(root / "wb"), project="xai-test"),
-            TensorBoardLogger(str(root), name="tb"),
-            CSVLogger(str(root), name="csv"),
+            pl_loggers.WandbLogger(offline=True, save_dir=str(root / "wb"), project="xai-test"),
+            pl_loggers.TensorBoardLogger(str(root), name="tb"),
+            pl_loggers.CSVLogger(str(root), name="csv"),
         ]
+        assert type(loggers[0]).__module__.startswith(request.param)
         (root / "wb").mkdir()
         cb = DispatchOnce()
-        trainer = Trainer(
+        trainer = pl.Trainer(
             default_root_dir=root,
             logger=loggers,
             callbacks=[cb],
@@ -120,7 +129,7 @@ def trained(tmp_path_factory):
         )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            trainer.fit(BoringModel())
+            trainer.fit(boring())
         wandb.finish()
     return {"root": root, "trainer": trainer, "cb": cb, "loggers": loggers, "warnings": caught}
 
