@@ -27,6 +27,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_xai import checks
+from lightning_xai.callbacks.loop_checks import note_fit_start
 from lightning_xai.capture import (
     ActivationCapture,
     ValidationSample,
@@ -429,8 +430,8 @@ class XAICallback(Callback):
         return not self.layers and type(self).default_layers is not XAICallback.default_layers
 
     def should_explain(self, trainer: Trainer) -> bool:
-        """Whether the current epoch is explained (never during the sanity check)."""
-        if trainer.sanity_checking or self.disabled:
+        """Whether the current epoch is explained (never during the sanity check or under ``fast_dev_run``)."""
+        if trainer.sanity_checking or self.disabled or getattr(trainer, "fast_dev_run", False):
             return False
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
@@ -448,6 +449,10 @@ class XAICallback(Callback):
         if self.needs_sample:
             self._acquire(pl_module)
         self._model_ref = weakref.ref(pl_module)
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        note_fit_start(trainer, pl_module, [cb for cb in trainer.callbacks if isinstance(cb, XAICallback)])
 
     def _acquire(self, pl_module: torch.nn.Module) -> None:
         self._capture = ActivationCapture.acquire(
