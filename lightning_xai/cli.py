@@ -45,8 +45,13 @@ def _megabytes(text: str) -> float:
     return value
 
 
+#: subcommands run by :class:`lightning_xai.lightning_cli.XAICLI` (``lightning-xai fit --config ...``)
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``lightning-xai`` (subcommands ``report`` and ``compare``).
+    """The argument parser of ``lightning-xai`` (subcommands ``report`` and ``compare``; ``fit``, ``validate``,
+    ``test`` and ``predict`` go to :class:`~lightning_xai.lightning_cli.XAICLI`).
 
     Example:
         >>> build_parser().parse_args(["report", "runs/quickstart"]).command
@@ -54,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     """
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Review lightning-xai explanation records offline as one self-contained HTML page.",
+        description="Review lightning-xai explanation records offline as one self-contained HTML page; "
+        "'lightning-xai fit --config ...' trains with the callback presets (LightningCLI).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -121,6 +127,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         wrote /tmp/report.html (9 records, 6 methods, 0 errors, 0 alerts; 4.7 MB)
         0
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_SUBCOMMANDS:  # a training run: LightningCLI with the callback overlay
+        from lightning_xai.lightning_cli import main as lightning_main
+
+        try:
+            lightning_main(argv)
+        except SystemExit as exc:  # jsonargparse exits on --help and usage errors
+            return int(exc.code) if isinstance(exc.code, int) else USAGE_ERROR
+        return 0
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -128,7 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code) if isinstance(exc.code, int) else USAGE_ERROR
     if args.command is None:
         parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: choose a command: report or compare", file=sys.stderr)
+        print(
+            f"{PROG}: error: choose a command: report, compare, or fit/validate/test/predict", file=sys.stderr
+        )
         return USAGE_ERROR
     max_bytes = int(args.max_media_mb * 1e6)
     try:

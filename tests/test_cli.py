@@ -296,3 +296,41 @@ def test_callback_args_merge_across_configs_and_flags(cli: ModuleType) -> None:
     )  # fmt: skip
     (diffx,) = [cb for cb in run.trainer.callbacks if type(cb).__name__ == "DiffusionExplainerCallback"]
     assert diffx.steps == 7 and diffx.generator is not None and diffx.core_concepts is not None
+
+
+def test_the_package_cli_runs_a_preset_and_the_world_overlay_on_a_model_given_by_class_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``lightning-xai fit`` is the same CLI, shipped in the package: any model and data by class path, the
+    presets and the ``callback_args`` overlay as ``examples/cli.py`` takes them."""
+    from lightning_xai.cli import main as lightning_xai_main
+
+    fast = tmp_path / "fast.yaml"
+    fast.write_text(yaml.safe_dump({"callback_args": FAST}))
+    preset = ROOT / "callbacks" / "concept_attribution.yaml"
+    args = ["fit", "--config", str(preset), "--config", str(WORLD), "--config", str(fast)]
+    args += [
+        "--model.class_path", "lightning_xai.world.TinyCNN", "--model.init_args.width", "8",
+        "--data.class_path", "lightning_xai.world.WorldDataModule",
+        "--data.init_args.n_train", "64", "--data.init_args.n_val", "64", "--data.init_args.batch_size", "32",
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
+        "--trainer.num_sanity_val_steps", "0", "--trainer.enable_checkpointing", "false",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path),
+    ]  # fmt: skip
+    assert lightning_xai_main(args) == 0
+    (records_file,) = tmp_path.rglob("records.jsonl")
+    records = read_records(records_file)
+    # the overlay gave the callback its world concept sets: a real explanation, not a missing-input error
+    assert [(r.method, r.name, r.epoch) for r in records] == [("concept_attribution", "epoch", 0)]
+    assert sorted(records[0].payload["concepts"]) == [
+        "colour:red",
+        "shape:circle",
+        "texture:dotted",
+        "texture:striped",
+    ]
+    # a bad overlay key is a usage error naming the valid classes, as in examples/cli.py
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"callback_args": {"NoSuchCallback": {"seed": 1}}}))
+    assert lightning_xai_main(["fit", "--config", str(preset), "--config", str(bad)]) == 2
+    assert "NoSuchCallback" in capsys.readouterr().err
