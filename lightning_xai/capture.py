@@ -302,10 +302,12 @@ class ActivationCapture:
         self._wanted: set[Any] = set()
         self._pending: set[Any] = set()  # owners armed this epoch that have not taken the sample yet
         self._inputs_for: set[Any] = set()  # owners armed this epoch that want the input images
-        self._reservoir: _Reservoir | None = None
+        # one sample per validation dataloader an owner asked for: loaders are never mixed in one sample
+        self._reservoirs: dict[int, _Reservoir] = {}
+        self._loader_of: dict[Any, int] = {}  # owner armed this epoch -> its dataloader index
         self._epoch_key: Any = None
         self._seen_batches: set[Any] = set()
-        self._counter = 0
+        self._counters: dict[int, int] = {}
         self.rank = 0
         self.world_size = 1
         self.head_checked = False
@@ -370,7 +372,7 @@ class ActivationCapture:
         if self._head_tap is not None:
             self._head_tap.remove()
             self._head_tap = None
-        self._reservoir = None
+        self._reservoirs.clear()
 
     def _sync_taps(self) -> None:
         model = self._model_ref()
@@ -410,18 +412,22 @@ class ActivationCapture:
         self._pending.clear()
         self._inputs_for.clear()
         self._seen_batches.clear()
-        self._counter = 0
+        self._counters.clear()
+        self._loader_of.clear()
         self.rank, self.world_size = rank, world_size
-        self._reservoir = _Reservoir(self.capacity, self.seed)
+        self._reservoirs = {}
 
-    def arm(self, owner: Any, inputs: bool | None = None) -> None:
-        """``owner`` wants this epoch's sample: hooks start storing activations.
+    def arm(self, owner: Any, inputs: bool | None = None, dataloader_idx: int = 0) -> None:
+        """``owner`` wants this epoch's sample of validation dataloader ``dataloader_idx``: hooks start storing
+        activations.
 
         ``inputs``: whether it needs the input images this epoch (default: what it registered). The images
         are the largest part of a sample; an owner that needs them only on some epochs (the logic rules'
         grounding) spares the copies on the others. Call before the epoch's first batch.
         """
         self._wanted.add(owner)
+        self._loader_of[owner] = dataloader_idx
+        self._reservoirs.setdefault(dataloader_idx, _Reservoir(self.capacity, self.seed))
         registered = self._owners.get(owner, ((), 0, False))[2]
         if registered if inputs is None else inputs:
             self._inputs_for.add(owner)
@@ -438,18 +444,26 @@ class ActivationCapture:
         (rather than held until the next validation epoch)."""
         self._pending.discard(owner)
         if not self._pending and not self._wanted:
-            self._reservoir = None
+            self._reservoirs.clear()
 
     def _all_taps(self) -> Iterator[_Tap]:
         yield from self._taps.values()
         if self._head_tap is not None:
             yield self._head_tap
 
-    def collect(self, inputs: Tensor | None, labels: Tensor | None, batch_key: Any) -> None:
-        """Add the batch that just ran to the sample (once per ``batch_key``, however many callers)."""
-        if not self.armed or batch_key in self._seen_batches or self._reservoir is None:
+    def collect(
+        self, inputs: Tensor | None, labels: Tensor | None, batch_key: Any, dataloader_idx: int = 0
+    ) -> None:
+        """Add the batch that just ran to its dataloader's sample (once per ``batch_key``, however many callers);
+        batches of a dataloader no owner asked for are not kept."""
+        if not self.armed or batch_key in self._seen_batches:
             return
         self._seen_batches.add(batch_key)
+        reservoir = self._reservoirs.get(dataloader_idx)
+        if reservoir is None:
+            for tap in self._all_taps():
+                tap.clear()
+            return
         head = self._head_tap
         assert head is not None
         if head.latest_output is None:
@@ -462,8 +476,9 @@ class ActivationCapture:
             return
         self.head_checked = True
         n = head.latest_output.shape[0]
-        ids = torch.arange(self._counter, self._counter + n) * self.world_size + self.rank
-        self._counter += n
+        start = self._counters.get(dataloader_idx, 0)
+        ids = torch.arange(start, start + n) * self.world_size + self.rank
+        self._counters[dataloader_idx] = start + n
         fields: dict[str, Tensor] = {"features": head.latest_input.flatten(1), "logits": head.latest_output}
         if labels is not None and labels.shape[:1] == (n,):
             fields["labels"] = labels.detach()
@@ -483,17 +498,18 @@ class ActivationCapture:
         def fetch(rows: Tensor) -> dict[str, Tensor]:
             return {k: v[rows.to(v.device)] for k, v in fields.items()}
 
-        self._reservoir.offer(ids, fetch)
+        reservoir.offer(ids, fetch)
         for tap in self._all_taps():
             tap.clear()
 
-    def sample(self, max_samples: int | None = None) -> ValidationSample | None:
-        """This epoch's sample on this process (sorted by id), or ``None`` if nothing was collected.
+    def sample(self, max_samples: int | None = None, dataloader_idx: int = 0) -> ValidationSample | None:
+        """This epoch's sample of validation dataloader ``dataloader_idx`` on this process (sorted by id), or
+        ``None`` if nothing was collected.
 
         With ``max_samples`` smaller than the capacity, the samples with the smallest keys are kept,
         which is again a uniform sample, and the same one every epoch.
         """
-        res = self._reservoir
+        res = self._reservoirs.get(dataloader_idx)
         if res is None or not res.data:
             return None
         data, keys = res.data, res.keys

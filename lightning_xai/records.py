@@ -74,6 +74,8 @@ class Record:
         payload: method-specific content; must be convertible by :func:`to_jsonable`.
         schema: version of the payload's layout, set by the method's typed result
             (:mod:`lightning_xai.results`); ``None`` for records written before records carried one.
+        dataloader_idx: the validation dataloader the explained sample came from (written to the file only
+            when it is not the first, 0).
     """
 
     method: str
@@ -83,6 +85,7 @@ class Record:
     time_s: float = 0.0
     payload: dict = field(default_factory=dict)
     schema: int | None = None
+    dataloader_idx: int = 0
 
     def __post_init__(self) -> None:
         for attr in ("method", "name"):
@@ -119,6 +122,8 @@ class Record:
         }
         if self.schema is not None:
             out["schema"] = self.schema
+        if self.dataloader_idx:
+            out["dataloader_idx"] = self.dataloader_idx
         out["payload"] = to_jsonable(self.payload, "payload")
         return out
 
@@ -148,6 +153,7 @@ class Record:
             time_s=data.get("time_s", 0.0),
             payload=dict(data.get("payload") or {}),
             schema=data.get("schema"),
+            dataloader_idx=int(data.get("dataloader_idx", 0)),
         )
 
 
@@ -532,6 +538,7 @@ class LocalStore:
                 time_s=rec.time_s,
                 payload=payload,
                 schema=rec.schema,
+                dataloader_idx=rec.dataloader_idx,
             )
             self._append_line(written.to_json())
         return written

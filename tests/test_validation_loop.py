@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from _models import BlobData, SmallNet, make_trainer
+from _models import BlobData, SmallNet, blob_data, make_trainer
 from lightning.pytorch import LightningModule
+from torch.utils.data import DataLoader
 
 from lightning_xai.callbacks import ConceptDriftMonitor, LogicRulesCallback, RepresentationDriftCallback
 from lightning_xai.records import read_records
+from lightning_xai.results import read_result
 
 
 def _callbacks() -> list:
@@ -96,3 +98,63 @@ def test_a_fit_with_validation_says_nothing_and_explains(tmp_path: Path) -> None
     trainer = make_trainer(tmp_path, _callbacks(), max_epochs=1)
     assert _fit(trainer, SmallNet(), datamodule=BlobData()) == []
     assert {r.method for r in read_records(trainer.log_dir)} >= {"logic_rules", "representation_drift"}
+
+
+class TwoLoaderNet(SmallNet):
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.cross_entropy(self(x), y))
+
+
+def _two_loaders() -> list[DataLoader]:
+    return [
+        DataLoader(blob_data(64, seed=2), batch_size=16),
+        DataLoader(blob_data(32, seed=3), batch_size=16),
+    ]
+
+
+def test_each_callback_explains_the_validation_dataloader_it_names_and_never_mixes_them(
+    tmp_path: Path,
+) -> None:
+    first, second = RepresentationDriftCallback(), RepresentationDriftCallback(dataloader_idx=1)
+    trainer = make_trainer(tmp_path, [first, second], max_epochs=1)
+    data = blob_data(64, seed=1)
+    assert _fit(trainer, TwoLoaderNet(), train_dataloaders=DataLoader(data, batch_size=16),
+                val_dataloaders=_two_loaders()) == []  # fmt: skip
+    records = read_records(trainer.log_dir, method="representation_drift")
+    by_loader = {r.dataloader_idx: read_result(r) for r in records}
+    # 64 and 32 samples: each loader's own (they used to be merged into one sample of 96)
+    assert {k: v.n_samples for k, v in by_loader.items()} == {0: 64, 1: 32}
+    raw = (Path(trainer.log_dir) / "xai" / "records.jsonl").read_text().splitlines()
+    assert sum('"dataloader_idx":1' in line for line in raw) == 1  # recorded for the second loader
+
+
+def test_a_dataloader_idx_beyond_the_loaders_is_an_error_naming_the_valid_ones(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, [RepresentationDriftCallback(dataloader_idx=2)], max_epochs=1)
+    with pytest.warns(
+        UserWarning, match=r"dataloader_idx=2 does not exist: .* 2 dataloaders; choose one of \[0, 1\]"
+    ):
+        trainer.fit(TwoLoaderNet(), DataLoader(blob_data(32, seed=1), batch_size=16), _two_loaders())
+    (error,) = read_records(trainer.log_dir, method="representation_drift")
+    assert error.name == "error" and "choose one of [0, 1]" in error.payload["message"]
+
+
+def test_with_several_validation_runs_an_epoch_only_the_first_is_explained(tmp_path: Path) -> None:
+    trainer = make_trainer(
+        tmp_path, _callbacks(), max_epochs=2, val_check_interval=0.5, limit_train_batches=4
+    )
+    assert _fit(trainer, SmallNet(), datamodule=BlobData()) == []
+    records = [r for r in read_records(trainer.log_dir) if r.name == "epoch" and r.method != "drift"]
+    for method in ("logic_rules", "representation_drift"):
+        runs = [(r.epoch, r.global_step) for r in records if r.method == method]
+        assert runs == [(0, 2), (1, 6)], (method, runs)  # the mid-epoch validation of each epoch
+
+
+def test_fewer_validation_samples_than_classes_are_named_in_one_warning(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, [RepresentationDriftCallback()], max_epochs=2, limit_val_batches=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(SmallNet(classes=6), datamodule=BlobData(batch_size=4, classes=6))
+    ours = [str(w.message) for w in caught if "validation samples" in str(w.message)]
+    assert len(ours) == 1 and "from 4 validation samples, fewer than the model's 6 classes" in ours[0], ours
+    assert len(read_records(trainer.log_dir, method="representation_drift")) == 2  # warned, still explained

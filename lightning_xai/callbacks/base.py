@@ -274,6 +274,8 @@ class XAICallback(Callback):
         batch_to_input: ``batch -> (inputs, labels or None)`` for batches that are not a tensor, an
             ``(x, y, ...)`` sequence or a dict with an ``"image"``/``"input"``/``"x"`` key.
         seed: seed of the validation sample and of any randomness of the method. Default: 0.
+        dataloader_idx: which validation dataloader the sample comes from, when the validation loop has
+            several (their samples are never mixed); records of another than the first carry it. Default: 0.
 
     Raises:
         MisconfigurationException: an argument is out of range; the message names the valid choices.
@@ -298,10 +300,12 @@ class XAICallback(Callback):
         head: str | None = None,
         batch_to_input: Callable[[Any], tuple[Tensor, Tensor | None]] | None = None,
         seed: int = 0,
+        dataloader_idx: int = 0,
     ) -> None:
         super().__init__()
         with misconfigured():
             checks.check_int("every_n_epochs", every_n_epochs, 1)
+            checks.check_int("dataloader_idx", dataloader_idx, 0)
             checks.check_choice("on", on, _ON_CHOICES)
             checks.check_int("max_samples", max_samples, 2)
             checks.check_choice("on_error", on_error, _ON_ERROR_CHOICES)
@@ -332,17 +336,19 @@ class XAICallback(Callback):
         self.head = head
         self.batch_to_input = batch_to_input or default_batch_to_input
         self.seed = int(seed)
+        self.dataloader_idx = dataloader_idx
         self.explained_epochs: list[int] = []
         self._capture: ActivationCapture | None = None
         self._model_ref: weakref.ref[torch.nn.Module] | None = None
         self._armed = False
+        self._validated_epoch: tuple[int, int] | None = None
         self._warned_error = False
         self._warnings = WarningCache()
 
     # ------------------------------------------------------------------ identity and state
     def _state_key_fields(self) -> dict[str, Any]:
         """Configuration that tells two instances of this class apart in a checkpoint."""
-        return {
+        fields = {
             "every_n_epochs": self.every_n_epochs,
             "on": self.on,
             "layers": list(self._given_layers),
@@ -350,6 +356,9 @@ class XAICallback(Callback):
             "max_samples": self.max_samples,
             "seed": self.seed,
         }
+        if self.dataloader_idx:  # only then: the keys of checkpoints written before the argument stay valid
+            fields["dataloader_idx"] = self.dataloader_idx
+        return fields
 
     @property
     @override
@@ -435,6 +444,17 @@ class XAICallback(Callback):
             return False
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
+    def _first_validation_of_epoch(self, trainer: Trainer) -> bool:
+        """In ``fit``, only an epoch's first validation run is explained: with ``val_check_interval < 1`` there
+        are several, and one explanation per epoch keeps every record and drift series one per epoch."""
+        if trainer.state.fn != "fit":
+            return True
+        key = (id(trainer), trainer.current_epoch)
+        if self._validated_epoch == key:
+            return False
+        self._validated_epoch = key
+        return True
+
     def wants_inputs(self, trainer: Trainer) -> bool:
         """Whether this explained epoch needs the input images in its sample (only asked when
         ``needs_inputs``). Override for methods that use them on some epochs only."""
@@ -489,7 +509,10 @@ class XAICallback(Callback):
         cap = self._capture
         if cap is None:
             self._armed = (
-                not self.needs_sample and self._model_ref is not None and self.should_explain(trainer)
+                not self.needs_sample
+                and self._model_ref is not None
+                and self.should_explain(trainer)
+                and self._first_validation_of_epoch(trainer)
             )
             return
         key = (
@@ -500,9 +523,13 @@ class XAICallback(Callback):
             trainer.sanity_checking,
         )
         cap.begin_epoch(key, rank=trainer.global_rank, world_size=trainer.world_size)
-        self._armed = self.should_explain(trainer)
+        self._armed = self.should_explain(trainer) and self._first_validation_of_epoch(trainer)
         if self._armed:
-            cap.arm(self, inputs=self.needs_inputs and self.wants_inputs(trainer))
+            cap.arm(
+                self,
+                inputs=self.needs_inputs and self.wants_inputs(trainer),
+                dataloader_idx=self.dataloader_idx,
+            )
 
     @override
     def on_validation_batch_start(
@@ -519,7 +546,7 @@ class XAICallback(Callback):
             not self._armed
             or self._capture is None
             or batch_idx != 0
-            or dataloader_idx != 0
+            or dataloader_idx != self.dataloader_idx
             or not self._finds_layers()
         ):
             return
@@ -547,7 +574,7 @@ class XAICallback(Callback):
         if not self._armed or self._capture is None:
             return
         inputs, labels = self.batch_to_input(batch)
-        self._capture.collect(inputs, labels, (dataloader_idx, batch_idx))
+        self._capture.collect(inputs, labels, (dataloader_idx, batch_idx), dataloader_idx)
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -582,6 +609,12 @@ class XAICallback(Callback):
             if self._layers_error is not None:
                 raise self._layers_error
             sample = self._gathered_sample(trainer, pl_module) if self.needs_sample else None
+            loaders = len(getattr(trainer, "num_val_batches", None) or [])
+            if self.needs_sample and loaders and self.dataloader_idx >= loaders:
+                raise ValueError(
+                    f"dataloader_idx={self.dataloader_idx} does not exist: this validation loop has {loaders} "
+                    f"dataloader{'s' if loaders > 1 else ''}; choose one of {list(range(loaders))}."
+                )
             if self.needs_sample and (sample is None or len(sample) < 2):
                 raise RuntimeError(
                     f"{type(self).__name__} collected {0 if sample is None else len(sample)} validation samples "
@@ -590,6 +623,12 @@ class XAICallback(Callback):
                 )
             if sample is not None:
                 _check_finite(sample, epoch)
+                if sample.logits.shape[1] > len(sample):
+                    self._warnings.warn(
+                        f"{type(self).__name__} explains from {len(sample)} validation samples, fewer "
+                        f"than the model's {sample.logits.shape[1]} classes, so some classes have no example; raise "
+                        "limit_val_batches (or max_samples)."
+                    )
             with explanation_mode(pl_module):
                 result = self.explain(trainer, pl_module, sample)
             if isinstance(result, Result):
@@ -598,6 +637,8 @@ class XAICallback(Callback):
             else:  # an ExplainResult of a callback not yet moved to a typed result
                 logged = Logged(result.scalars, result.tables, result.charts, result.media, result.text)
                 record = Record(self.method, result.name, epoch, step, 0.0, result.payload)
+            if self.needs_sample:
+                record.dataloader_idx = self.dataloader_idx
             elapsed = record.time_s = time.perf_counter() - start
         except Exception as exc:  # noqa: BLE001 - reported, then raised or survived by choice
             error = exc
@@ -671,7 +712,7 @@ class XAICallback(Callback):
     def _gathered_sample(self, trainer: Trainer, pl_module: LightningModule) -> ValidationSample | None:
         """This epoch's validation sample from all ranks, bottom-k over all of them (same on every rank)."""
         assert self._capture is not None
-        local = self._capture.sample(self.max_samples)
+        local = self._capture.sample(self.max_samples, self.dataloader_idx)
         if trainer.world_size <= 1:
             return local
         fields = local.tensors() if local is not None else {}
