@@ -45,6 +45,13 @@ def _run_demo(directory: Path, epochs: int) -> Path:
     return directory
 
 
+def _records_dir(out: Path) -> Path:
+    """The run dir of the demo's records (the W&B run's own folder below ``--out``)."""
+    if (out / "xai" / "records.jsonl").is_file():
+        return out
+    return next(out.rglob("xai/records.jsonl")).parent.parent
+
+
 def _media(run: Path, method: str, keys: tuple[str, ...]) -> Path | None:
     from lightning_xai.records import read_records
 
@@ -102,9 +109,10 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a finished quickstart run to take the figures from")
     parser.add_argument("--epochs", type=int, default=4, help="epochs of the demo run (default: 4)")
     args = parser.parse_args()
-    run = args.run or _run_demo(
+    out = args.run or _run_demo(
         Path(tempfile.mkdtemp(prefix="lightning-xai-figures-")) / "quickstart", args.epochs
     )
+    run = _records_dir(out)
     OUT.mkdir(parents=True, exist_ok=True)
     for method, keys in FIGURES.items():
         source = _media(run, method, keys)

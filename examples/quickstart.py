@@ -11,8 +11,9 @@ run is a few minutes slower on a CPU.
 
 Everything the run writes goes below ``--out``:
 
-* ``<out>/xai/records.jsonl``: one JSON record per explanation (method, name, epoch, step, payload);
-* ``<out>/xai/media/``: the PNGs (charts, maps) the records point to;
+* ``<out>/lightning-xai-quickstart/<W&B run id>/xai/records.jsonl``: one JSON record per explanation (method,
+  name, epoch, step, run id, payload), in the W&B run's own folder, so two runs never share a file;
+* ``.../xai/media/``: the PNGs (charts, maps) the records point to;
 * ``<out>/wandb/offline-run-*``: the W&B run (tables as JSON, images as PNG); ``wandb sync`` uploads it;
 * ``<out>/csv/``: Lightning's CSV metrics, including every ``xai/...`` scalar.
 """
@@ -40,7 +41,7 @@ from lightning_xai.callbacks import (
     RepresentationDriftCallback,
     SymbolicTreeCallback,
 )
-from lightning_xai.records import read_records
+from lightning_xai.records import read_records, run_dir_of
 from lightning_xai.world import (
     TinyCNN,
     WorldColourMarkerDetector,
@@ -179,9 +180,11 @@ def main(argv: list[str] | None = None) -> dict:
     wandb_logger.experiment.finish()
     elapsed = time.perf_counter() - start
 
-    records = read_records(out)
+    run_dir = run_dir_of(trainer)  # the W&B run's own folder: <out>/lightning-xai-quickstart/<run id>
+    records = read_records(run_dir)
     runs = sorted((out / "wandb").glob("offline-run-*"))
     summary = {
+        "run_dir": str(run_dir),
         "val_acc": float(trainer.callback_metrics["val_acc"]),
         "fit_seconds": elapsed,
         "records": len(records),
@@ -189,8 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print()
     print(f"Trained {args.epochs} epochs in {elapsed:.0f} s: validation accuracy {summary['val_acc']:.3f}")
-    print(f"Explanations (local store): {out / 'xai' / 'records.jsonl'} ({len(records)} records)")
-    print(f"Media:                      {out / 'xai' / 'media'}")
+    print(f"Explanations (local store): {run_dir / 'xai' / 'records.jsonl'} ({len(records)} records)")
+    print(f"Media:                      {run_dir / 'xai' / 'media'}")
     print(f"W&B offline run:            {summary['wandb_run']}")
     print(f"CSV metrics:                {out / 'csv'}")
     print()

@@ -28,6 +28,7 @@ from lightning_xai.report import (
     compare,
     load_run,
 )
+from lightning_xai.runs import MixedRunsError
 
 __all__ = ["build_parser", "main"]
 
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTML file to write (default: RUN_DIR/xai/report.html)",
     )
     rep.add_argument("--title", default=None, help="page title")
+    rep.add_argument(
+        "--run", default=None, metavar="ID", help="the run to show when the records file holds several"
+    )
     rep.add_argument(
         "--max-media-mb", type=_megabytes, default=DEFAULT_MAX_MEDIA_BYTES / 1e6, help=media_help
     )
@@ -150,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     max_bytes = int(args.max_media_mb * 1e6)
     try:
         if args.command == "report":
-            run = load_run(args.run_dir)
+            run = load_run(args.run_dir, run_id=args.run)
             out = build_report(run, args.output, title=args.title, max_media_bytes=max_bytes)
             counts = ", ".join(
                 (
@@ -164,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             out = compare(args.run_a, args.run_b, args.output, title=args.title, max_media_bytes=max_bytes)
             print(f"wrote {out} (comparing {args.run_a} with {args.run_b}; {_size(out)})")
-    except RecordsNotFoundError as exc:
+    except (RecordsNotFoundError, MixedRunsError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     except OSError as exc:  # e.g. an output directory that cannot be written

@@ -76,6 +76,8 @@ class Record:
             (:mod:`lightning_xai.results`); ``None`` for records written before records carried one.
         dataloader_idx: the validation dataloader the explained sample came from (written to the file only
             when it is not the first, 0).
+        run_id: the run that wrote the record (set by the store; ``None`` in records written before records
+            carried one).
     """
 
     method: str
@@ -86,6 +88,7 @@ class Record:
     payload: dict = field(default_factory=dict)
     schema: int | None = None
     dataloader_idx: int = 0
+    run_id: str | None = None
 
     def __post_init__(self) -> None:
         for attr in ("method", "name"):
@@ -124,6 +127,8 @@ class Record:
             out["schema"] = self.schema
         if self.dataloader_idx:
             out["dataloader_idx"] = self.dataloader_idx
+        if self.run_id is not None:
+            out["run_id"] = self.run_id
         out["payload"] = to_jsonable(self.payload, "payload")
         return out
 
@@ -154,6 +159,7 @@ class Record:
             payload=dict(data.get("payload") or {}),
             schema=data.get("schema"),
             dataloader_idx=int(data.get("dataloader_idx", 0)),
+            run_id=data.get("run_id"),
         )
 
 
@@ -472,10 +478,12 @@ class LocalStore:
 
     Args:
         root: directory of the store; created on first write.
+        run_id: the run every written record is stamped with (see :mod:`lightning_xai.runs`).
     """
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, run_id: str | None = None) -> None:
         self.root = Path(root)
+        self.run_id = run_id
         self._lock = threading.Lock()
 
     @property
@@ -539,6 +547,7 @@ class LocalStore:
                 payload=payload,
                 schema=rec.schema,
                 dataloader_idx=rec.dataloader_idx,
+                run_id=self.run_id if self.run_id is not None else rec.run_id,
             )
             self._append_line(written.to_json())
         return written
@@ -680,14 +689,20 @@ def run_dir_of(trainer: Any) -> Path:
     """The run directory of ``trainer``: its log dir, else its ``default_root_dir`` (else the cwd).
 
     For a Lightning ``Trainer`` this mirrors ``Trainer.log_dir`` (the first logger's ``log_dir`` for
-    TensorBoard/CSV loggers, its ``save_dir`` for others, ``default_root_dir`` without loggers) but
+    TensorBoard/CSV loggers, ``<save_dir>/<project>/<run id>`` for a ``WandbLogger`` (where Lightning keeps
+    that run's checkpoints), the ``save_dir`` of others, ``default_root_dir`` without loggers) but
     *without* the ``strategy.broadcast`` that ``Trainer.log_dir`` performs, so it is safe to call on
     rank 0 alone under DDP. Objects without ``loggers`` are read through their ``log_dir`` attribute.
     """
+    from lightning_xai.runs import wandb_run_dir
+
     loggers = _safe_getattr(trainer, "loggers")
     if isinstance(loggers, Sequence) and not isinstance(loggers, str):
         if loggers:
             first = loggers[0]
+            own = wandb_run_dir(first)  # a W&B run's own folder, not the save_dir that every run shares
+            if own is not None:
+                return own
             # Lightning uses log_dir only for TensorBoard/CSV loggers (whose log_dir includes the version)
             names = {c.__name__ for c in type(first).__mro__}
             attrs = ("log_dir", "save_dir") if names & {"TensorBoardLogger", "CSVLogger"} else ("save_dir",)

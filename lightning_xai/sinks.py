@@ -51,6 +51,7 @@ from lightning_xai.records import (
     to_jsonable,
 )
 from lightning_xai.results.errors import ExplainerError
+from lightning_xai.runs import SUPPORTED_LOGGERS, choose_store, logger_kind, logger_run_id
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -71,7 +72,6 @@ __all__ = [
 
 #: Most images sent to W&B in one ``log`` call.
 MAX_IMAGES_PER_CALL = 50
-SUPPORTED_LOGGERS = ("WandbLogger", "TensorBoardLogger", "CSVLogger")
 _PALETTE = np.array([rgb(c) for c in TAB10], dtype=np.float32)  # mask overlays: class id k gets colour k - 1
 
 
@@ -445,26 +445,11 @@ class CSVSink(Sink):
                     w.writerow([json.dumps(v) if isinstance(v, (list, dict)) else v for v in row])
 
 
-#: the packages whose loggers are Lightning's: ``lightning.pytorch`` and its standalone mirror ``pytorch_lightning``
-LIGHTNING_NAMESPACES = ("lightning", "pytorch_lightning")
-
-
-def logger_kind(logger: Any) -> str | None:
-    """Which supported Lightning logger ``logger`` is (one of :data:`SUPPORTED_LOGGERS`), in either namespace.
-
-    ``pytorch_lightning.loggers.WandbLogger`` is not a subclass of ``lightning.pytorch.loggers.WandbLogger``
-    (the two packages hold separate copies), so the class is matched by name and package along its MRO; a
-    user's subclass of either counts as its base.
-
-    Example:
-        >>> from lightning.pytorch.loggers import CSVLogger
-        >>> logger_kind(CSVLogger("runs")), logger_kind(object())
-        ('CSVLogger', None)
-    """
-    for cls in type(logger).__mro__:
-        if cls.__name__ in SUPPORTED_LOGGERS and cls.__module__.split(".")[0] in LIGHTNING_NAMESPACES:
-            return cls.__name__
-    return None
+def _safe_ckpt_path(trainer: Any) -> Any:
+    try:
+        return getattr(trainer, "ckpt_path", None)
+    except Exception:  # noqa: BLE001 - a half-built trainer
+        return None
 
 
 def sink_for_logger(logger: Any) -> Sink | None:
@@ -501,7 +486,17 @@ class SinkDispatcher:
     def __init__(
         self, trainer: Any, extra_sinks: Iterable[Sink] = (), root: str | Path | None = None
     ) -> None:
-        self.store = LocalStore(Path(root) if root is not None else run_dir_of(trainer) / "xai")
+        if root is not None:
+            self.store = LocalStore(Path(root))
+        else:
+            first = (list(getattr(trainer, "loggers", None) or []) or [None])[0]
+            resuming = _safe_ckpt_path(trainer) is not None
+            store_root, run_id, moved = choose_store(
+                run_dir_of(trainer) / "xai", logger_run_id(first), resuming
+            )
+            self.store = LocalStore(store_root, run_id=run_id)
+            if moved is not None:
+                _warn(moved)
         self.sinks: list[Sink] = []
         unsupported = []
         for logger in list(getattr(trainer, "loggers", None) or []):

@@ -49,7 +49,7 @@ from lightning_xai.logic import (
     region_from_map,
     vocabulary_jaccard,
 )
-from lightning_xai.records import read_records
+from lightning_xai.records import read_records, run_dir_of
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -735,7 +735,7 @@ def test_callback_on_trained_world_logs_everything(trained_world, tmp_path: Path
     )
     trainer.validate(copy.deepcopy(model), dm, verbose=False)
     wandb_logger.experiment.finish()
-    (rec,) = read_records(tmp_path / "wb", method="logic_rules")
+    (rec,) = read_records(run_dir_of(trainer), method="logic_rules")  # <save_dir>/<project>/<run id>
     p = rec.payload
     # held-out (cross-fitted) fidelity of the chosen scoring, on the callback's 512-image sample
     assert p["n_samples"] == 512 and p["evaluation"][p["scoring"]]["fidelity"] >= 0.90
@@ -749,7 +749,7 @@ def test_callback_on_trained_world_logs_everything(trained_world, tmp_path: Path
     assert set(p["perturbation"]["survival"]) == {"noise", "blur", "colour_jitter", "occlusion"}
     grounding_media = [m for m in p["media"] if m["key"] == "grounding_images"]
     assert len(grounding_media) == 8 and any(m.get("boxes") for m in grounding_media)
-    assert (tmp_path / "wb" / "xai" / grounding_media[0]["path"]).is_file()
+    assert (run_dir_of(trainer) / "xai" / grounding_media[0]["path"]).is_file()
     metrics = trainer.callback_metrics
     for key in (
         "fidelity",

@@ -16,16 +16,26 @@ from lightning_xai.records import read_records
 QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
 
 
+def _records_dir(quickstart_run: tuple[Path, dict]) -> Path:
+    """The run dir of the quickstart's records: its W&B run's own folder."""
+    return Path(quickstart_run[1]["run_dir"])
+
+
 @pytest.mark.slow
 @pytest.mark.wandb
 def test_quickstart_writes_one_record_per_explained_epoch(quickstart_run: tuple[Path, dict]) -> None:
     out, summary = quickstart_run
-    lines = (out / "xai" / "records.jsonl").read_text().splitlines()
+    lines = (_records_dir(quickstart_run) / "xai" / "records.jsonl").read_text().splitlines()
     # representation drift, logic rules and symbol trees explain both epochs; concept attribution, permutation and
     # DiffExplainer every second; the drift monitor compares epoch 1 of the first three with their epoch 0
-    records = read_records(out)
+    records = read_records(_records_dir(quickstart_run))
     alerts = [r for r in records if r.method == "drift" and r.name == "alert"]
     assert len(lines) == 12 + len(alerts) == summary["records"]
+    # the records are in the W&B run's own folder, <save_dir>/<project>/<run id>, and carry that run id
+    (wandb_run,) = find_offline_runs(out)
+    run_id = wandb_run.name.rsplit("-", 1)[-1]
+    assert _records_dir(quickstart_run) == out / "lightning-xai-quickstart" / run_id
+    assert {r.run_id for r in records} == {run_id}
     assert sorted((r.method, r.epoch) for r in records if r.name == "epoch") == [
         ("concept_attribution", 1),
         ("concept_permutation", 1),
@@ -51,7 +61,7 @@ def test_quickstart_writes_one_record_per_explained_epoch(quickstart_run: tuple[
         for row in drift["representation_drift"]["rows"]
         if row["against"] == "previous"
     } == pytest.approx({rep: 1 - v for rep, v in cka.items()})
-    records = read_records(out, method="representation_drift")
+    records = read_records(_records_dir(quickstart_run), method="representation_drift")
     assert [(r.method, r.name, r.epoch) for r in records] == [
         ("representation_drift", "epoch", 0),
         ("representation_drift", "epoch", 1),
@@ -62,10 +72,10 @@ def test_quickstart_writes_one_record_per_explained_epoch(quickstart_run: tuple[
     assert second.payload["n_samples"] == 512
     assert second.global_step > first.global_step > 0
     # the media a record points to exist and are real images
-    permutation = read_records(out, method="concept_permutation", name="epoch")[-1]
+    permutation = read_records(_records_dir(quickstart_run), method="concept_permutation", name="epoch")[-1]
     assert permutation.payload["media"]
     for rel in [m["path"] for m in permutation.payload["media"]]:
-        with Image.open(out / "xai" / rel) as img:
+        with Image.open(_records_dir(quickstart_run) / "xai" / rel) as img:
             assert img.size[0] > 100 and img.size[1] > 100
     # each line holds its own epoch only (no history copied forward) and says which schema wrote it
     drift_lines = [json.loads(line) for line in lines if json.loads(line)["method"] == "representation_drift"]
@@ -82,7 +92,7 @@ def test_wandb_offline_run_holds_the_logged_tables_and_images(quickstart_run: tu
     tables = logged_tables(runs[0])
     # the last logged CKA table is the last record's CKA
     table = tables["xai/representation_drift/cka"]
-    record = read_records(out, method="representation_drift")[-1]
+    record = read_records(_records_dir(quickstart_run), method="representation_drift")[-1]
     rows = {row[0]: row for row in table["data"]}
     col = table["columns"].index("cka_prev")
     assert {rep: row[col] for rep, row in rows.items()} == pytest.approx(record.payload["cka_prev"])
@@ -103,7 +113,10 @@ def test_scalars_reach_the_csv_logger(quickstart_run: tuple[Path, dict]) -> None
         for r in rows
         if r.get("xai/representation_drift/cka_ref/features")
     ]
-    expected = [r.payload["cka_ref"]["features"] for r in read_records(out, method="representation_drift")]
+    expected = [
+        r.payload["cka_ref"]["features"]
+        for r in read_records(_records_dir(quickstart_run), method="representation_drift")
+    ]
     assert logged == pytest.approx(expected)
     assert 0.0 <= summary["val_acc"] <= 1.0
 
@@ -118,7 +131,7 @@ def test_wandb_tables_keep_their_keys_and_columns_across_epochs(quickstart_run: 
     out, _ = quickstart_run
     (run,) = find_offline_runs(out)
     history = logged_table_history(run)
-    records = read_records(out)
+    records = read_records(_records_dir(quickstart_run))
     twice = {r.method for r in records if r.name == "epoch" and r.epoch == 0} & {
         r.method for r in records if r.name == "epoch" and r.epoch == 1
     }

@@ -449,7 +449,7 @@ def test_a_truncated_last_line_is_counted_not_fatal(synthetic_run: Path) -> None
 # ----------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def quickstart_dir(quickstart_run: tuple[Path, dict]) -> Path:
-    return quickstart_run[0]  # shared with tests/test_quickstart.py (conftest); copied before any edit
+    return Path(quickstart_run[1]["run_dir"])  # shared (conftest): copied before any edit
 
 
 @pytest.fixture(scope="module")

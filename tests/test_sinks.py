@@ -139,10 +139,12 @@ def trained(request, tmp_path_factory):
 def test_fit_writes_local_records(trained):
     cb = trained["cb"]
     assert len(cb.written) == 1 and cb.steps == [2]
-    run_dir = trained["root"] / "wb"  # the first logger is W&B: Lightning's log_dir is its save_dir
+    # the first logger is W&B: the records go to that run's own folder, <save_dir>/<project>/<run id>
+    run_id = trained["loggers"][0].version
+    run_dir = trained["root"] / "wb" / "xai-test" / run_id
     assert cb.dispatcher.store.root == run_dir / "xai"
     (rec,) = read_records(run_dir, method=METHOD)
-    assert rec == cb.written[0]
+    assert rec == cb.written[0] and rec.run_id == run_id
     assert (rec.epoch, rec.global_step, rec.payload["best"]) == (0, 2, "striped")
     assert rec.payload["tables"]["scores"]["rows"] == ROWS
     assert rec.payload["tables"]["curve"]["rows"] == CURVE

@@ -8,16 +8,17 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_xai.runs import LIGHTNING_NAMESPACES
+
 __all__ = ["missing_validation", "note_fit_start"]
 
 _NOTED: weakref.WeakSet[Any] = weakref.WeakSet()
-_LIGHTNING_PACKAGES = ("lightning", "pytorch_lightning")
 
 
 def _user_defines(pl_module: Any, name: str) -> bool:
     """``pl_module``'s class (not Lightning's base class) defines ``name``: in either Lightning namespace."""
     for cls in type(pl_module).__mro__:
-        if cls.__module__.split(".")[0] in _LIGHTNING_PACKAGES:
+        if cls.__module__.split(".")[0] in LIGHTNING_NAMESPACES:
             return False
         if name in cls.__dict__:
             return True

@@ -14,6 +14,7 @@ from lightning_xai.records import MEDIA_DIR, RECORDS_FILE, Record, read_records
 from lightning_xai.results import Result, SchemaError, result_type
 from lightning_xai.results.drift import DriftAlert, DriftResult
 from lightning_xai.results.untyped import UntypedResult
+from lightning_xai.runs import MixedRunsError
 
 __all__ = ["KNOWN_METHODS", "METHOD_TITLES", "RecordsNotFoundError", "RunRecords", "load_run"]
 
@@ -159,16 +160,20 @@ def _locate(path: Path) -> tuple[Path, Path]:
     return run_dir, root
 
 
-def load_run(path: str | os.PathLike, label: str | None = None) -> RunRecords:
+def load_run(path: str | os.PathLike, label: str | None = None, run_id: str | None = None) -> RunRecords:
     """Read a run's records for the report.
 
     Args:
         path: a run directory (holding ``xai/records.jsonl``), an ``xai`` store dir or the records file.
         label: name shown for the run; default the run directory's name.
+        run_id: the run to read, when the file holds the records of several (older files, or one written
+            into by hand); default: the file's only run.
 
     Raises:
         RecordsNotFoundError: if there is no ``records.jsonl`` (the message names the path looked at and
             says how records get there).
+        lightning_xai.runs.MixedRunsError: the file holds several runs and ``run_id`` names none of them (the
+            message lists them).
 
     Example:
         >>> run = load_run("runs/quickstart")  # doctest: +SKIP
@@ -186,4 +191,19 @@ def load_run(path: str | os.PathLike, label: str | None = None) -> RunRecords:
             skipped += int(m.group(1))
         else:  # not ours to swallow
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    # records without a run id come from writers that stamp none (older files, a LocalStore used directly):
+    # they are not a run of their own
+    runs = [r for r in dict.fromkeys(r.run_id for r in records) if r is not None]
+    named = ", ".join(repr(r) for r in runs) or "none with a run id"
+    if run_id is not None:
+        records = [r for r in records if r.run_id == run_id]
+        if not records:
+            raise MixedRunsError(
+                f"{root / RECORDS_FILE} holds no records of run {run_id!r}; its runs: {named}"
+            )
+    elif len(runs) > 1:
+        raise MixedRunsError(
+            f"{root / RECORDS_FILE} holds the records of {len(runs)} runs ({named}); a report shows one: "
+            "choose it with `lightning-xai report --run ID` (load_run(..., run_id=ID))"
+        )
     return RunRecords(run_dir, root, records, skipped, label or run_dir.name or str(run_dir))

@@ -364,6 +364,7 @@ def build_report(
     title: str | None = None,
     max_media_bytes: int = DEFAULT_MAX_MEDIA_BYTES,
     max_total_media_bytes: int = DEFAULT_MAX_TOTAL_MEDIA_BYTES,
+    run_id: str | None = None,
 ) -> Path:
     """Write the report of a run to one self-contained HTML file and return its path.
 
@@ -372,6 +373,7 @@ def build_report(
             (or a run loaded with :func:`load_run`).
         out: the HTML file; default ``<run dir>/xai/report.html`` (next to ``records.jsonl``).
         title, max_media_bytes, max_total_media_bytes: see :func:`render_report`.
+        run_id: the run to show when the records file holds several (see :func:`load_run`).
 
     Raises:
         RecordsNotFoundError: if the run has no ``records.jsonl``.
@@ -380,7 +382,7 @@ def build_report(
         >>> build_report("runs/quickstart")  # doctest: +SKIP
         PosixPath('runs/quickstart/xai/report.html')
     """
-    run = run_dir if isinstance(run_dir, RunRecords) else load_run(run_dir)
+    run = run_dir if isinstance(run_dir, RunRecords) else load_run(run_dir, run_id=run_id)
     page = render_report(
         run, title=title, max_media_bytes=max_media_bytes, max_total_media_bytes=max_total_media_bytes
     )
