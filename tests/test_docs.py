@@ -213,5 +213,6 @@ def test_pages_open_in_headless_chromium_without_console_errors(
     console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line]
     errors = [line for line in console if re.search(r"error|uncaught|failed", line, re.IGNORECASE)]
     assert not errors, errors
-    failed = [line for line in proc.stderr.splitlines() if "net::ERR_" in line or "404" in line]
+    # a resource the browser could not reach (missing files are checked on the built site above)
+    failed = [line for line in proc.stderr.splitlines() if "net::ERR_" in line]
     assert not failed, failed
