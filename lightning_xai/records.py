@@ -33,6 +33,7 @@ import numpy as np
 
 from lightning_xai.images import _to_box, _to_mask, _to_rgb_uint8, figure_to_array
 from lightning_xai.jsonable import _is_torch_tensor, to_jsonable
+from lightning_xai.runs import safe_getattr, wandb_run_dir
 
 __all__ = [
     "Chart",
@@ -678,13 +679,6 @@ def _as_dir(value: Any) -> Path | None:
         return None
 
 
-def _safe_getattr(obj: Any, name: str) -> Any:
-    try:
-        return getattr(obj, name, None)
-    except Exception:  # noqa: BLE001 - properties of half-configured loggers/trainers may raise
-        return None
-
-
 def run_dir_of(trainer: Any) -> Path:
     """The run directory of ``trainer``: its log dir, else its ``default_root_dir`` (else the cwd).
 
@@ -694,9 +688,7 @@ def run_dir_of(trainer: Any) -> Path:
     *without* the ``strategy.broadcast`` that ``Trainer.log_dir`` performs, so it is safe to call on
     rank 0 alone under DDP. Objects without ``loggers`` are read through their ``log_dir`` attribute.
     """
-    from lightning_xai.runs import wandb_run_dir
-
-    loggers = _safe_getattr(trainer, "loggers")
+    loggers = safe_getattr(trainer, "loggers")
     if isinstance(loggers, Sequence) and not isinstance(loggers, str):
         if loggers:
             first = loggers[0]
@@ -707,12 +699,12 @@ def run_dir_of(trainer: Any) -> Path:
             names = {c.__name__ for c in type(first).__mro__}
             attrs = ("log_dir", "save_dir") if names & {"TensorBoardLogger", "CSVLogger"} else ("save_dir",)
             for attr in attrs:
-                d = _as_dir(_safe_getattr(first, attr))
+                d = _as_dir(safe_getattr(first, attr))
                 if d is not None:
                     return d
     else:
-        d = _as_dir(_safe_getattr(trainer, "log_dir"))
+        d = _as_dir(safe_getattr(trainer, "log_dir"))
         if d is not None:
             return d
-    d = _as_dir(_safe_getattr(trainer, "default_root_dir"))
+    d = _as_dir(safe_getattr(trainer, "default_root_dir"))
     return d if d is not None else Path.cwd()

@@ -24,6 +24,7 @@ __all__ = [
     "logger_run_id",
     "new_run_id",
     "run_ids_in",
+    "safe_getattr",
     "wandb_run_dir",
 ]
 
@@ -55,10 +56,12 @@ def logger_kind(logger: Any) -> str | None:
     return None
 
 
-def _get(obj: Any, name: str) -> Any:
+def safe_getattr(obj: Any, name: str) -> Any:
+    """``getattr(obj, name, None)``, also ``None`` when the attribute raises (properties of half-configured
+    loggers and trainers do)."""
     try:
         return getattr(obj, name, None)
-    except Exception:  # noqa: BLE001 - properties of half-configured loggers may raise
+    except Exception:  # noqa: BLE001 - any error of a property means "not available"
         return None
 
 
@@ -73,10 +76,10 @@ def logger_run_id(logger: Any) -> str | None:
     kind = logger_kind(logger)
     if kind == "WandbLogger":
         # the id of the started run (or of the one it resumes); a run not started yet is not started here
-        version = _get(logger, "version")
+        version = safe_getattr(logger, "version")
         return str(version) if version else None
     if kind in ("TensorBoardLogger", "CSVLogger"):
-        version = _get(logger, "version")
+        version = safe_getattr(logger, "version")
         if version is None:
             return None
         return f"version_{version}" if isinstance(version, int) else str(version)
@@ -88,10 +91,10 @@ def wandb_run_dir(logger: Any) -> Path | None:
     if logger_kind(logger) != "WandbLogger":
         return None
     run_id = logger_run_id(logger)
-    save_dir = _get(logger, "save_dir")
+    save_dir = safe_getattr(logger, "save_dir")
     if not run_id or not save_dir:
         return None
-    return Path(save_dir) / str(_get(logger, "name") or "lightning_logs") / run_id
+    return Path(save_dir) / str(safe_getattr(logger, "name") or "lightning_logs") / run_id
 
 
 def new_run_id() -> str:

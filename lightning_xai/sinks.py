@@ -51,7 +51,7 @@ from lightning_xai.records import (
     to_jsonable,
 )
 from lightning_xai.results.errors import ExplainerError
-from lightning_xai.runs import SUPPORTED_LOGGERS, choose_store, logger_kind, logger_run_id
+from lightning_xai.runs import SUPPORTED_LOGGERS, choose_store, logger_kind, logger_run_id, safe_getattr
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -445,13 +445,6 @@ class CSVSink(Sink):
                     w.writerow([json.dumps(v) if isinstance(v, (list, dict)) else v for v in row])
 
 
-def _safe_ckpt_path(trainer: Any) -> Any:
-    try:
-        return getattr(trainer, "ckpt_path", None)
-    except Exception:  # noqa: BLE001 - a half-built trainer
-        return None
-
-
 def sink_for_logger(logger: Any) -> Sink | None:
     """The sink for a Lightning logger (``lightning.pytorch`` or ``pytorch_lightning``), or ``None`` if its type
     is not supported."""
@@ -490,7 +483,7 @@ class SinkDispatcher:
             self.store = LocalStore(Path(root))
         else:
             first = (list(getattr(trainer, "loggers", None) or []) or [None])[0]
-            resuming = _safe_ckpt_path(trainer) is not None
+            resuming = safe_getattr(trainer, "ckpt_path") is not None
             store_root, run_id, moved = choose_store(
                 run_dir_of(trainer) / "xai", logger_run_id(first), resuming
             )

@@ -112,3 +112,31 @@ def make_trainer(root, callbacks: list, max_epochs: int = 2, **kwargs):
     }
     defaults.update(kwargs)
     return Trainer(callbacks=callbacks, **defaults)
+
+
+def channel_net(pl):
+    """conv (a ``Sequential`` of Conv2d and ReLU, so ``"conv.1"`` is a layer) -> pool -> head, as a
+    LightningModule of the namespace ``pl`` (``lightning.pytorch`` or ``pytorch_lightning``)."""
+
+    class ChannelNet(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+            self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.pool(self.conv(x)))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.cross_entropy(self(x), y)
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val_loss", nn.functional.cross_entropy(self(x), y))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    return ChannelNet()

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
+from _models import channel_net
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_xai.callbacks import ConceptDriftMonitor, LogicRulesCallback, RepresentationDriftCallback
@@ -19,30 +18,6 @@ from lightning_xai.records import read_records
 from lightning_xai.results import read_result
 
 pl = pytest.importorskip("pytorch_lightning")
-
-
-class BlobNet(pl.LightningModule):
-    """A small CNN whose class is the brightest colour channel: learnable in a few steps."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.conv(x)))
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", F.cross_entropy(self(x), y))
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=1e-2)
 
 
 def _blobs(n: int, seed: int) -> DataLoader:
@@ -74,7 +49,7 @@ def test_a_pytorch_lightning_trainer_runs_the_callbacks_and_its_loggers_get_the_
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer.fit(BlobNet(), _blobs(96, 0), _blobs(64, 1))
+        trainer.fit(channel_net(pl), _blobs(96, 0), _blobs(64, 1))
     ours = [str(w.message) for w in caught if "lightning-xai" in str(w.message) or "xai" in str(w.message)]
     assert not ours, ours
     run_dir = Path(csv_logger.log_dir)

@@ -8,9 +8,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
-from _models import blob_data
-from torch import nn
+from _models import blob_data, channel_net
 from torch.utils.data import DataLoader
 
 from lightning_xai.callbacks import (
@@ -24,31 +22,6 @@ from lightning_xai.records import read_records
 from lightning_xai.results import read_result
 
 NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
-
-
-def _net(pl):
-    class Net(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
-            self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-            self.head = nn.Linear(8, 3)
-
-        def forward(self, x):
-            return self.head(self.pool(self.conv(x)))
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return nn.functional.cross_entropy(self(x), y)
-
-        def validation_step(self, batch, batch_idx):
-            x, y = batch
-            self.log("val_loss", nn.functional.cross_entropy(self(x), y))
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.05)
-
-    return Net()
 
 
 def _callbacks() -> list[XAICallback]:
@@ -82,7 +55,7 @@ def _fit(pl, root: Path, epochs: int, ckpt_path: str | None = None):
     val = DataLoader(blob_data(48, seed=2), batch_size=16)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer.fit(_net(pl), train, val, ckpt_path=ckpt_path)
+        trainer.fit(channel_net(pl), train, val, ckpt_path=ckpt_path)
     return trainer, [str(w.message) for w in caught]
 
 
