@@ -15,7 +15,7 @@ Everything the run writes goes below ``--out``:
   name, epoch, step, run id, payload), in the W&B run's own folder, so two runs never share a file;
 * ``.../xai/media/``: the PNGs (charts, maps) the records point to;
 * ``<out>/wandb/offline-run-*``: the W&B run (tables as JSON, images as PNG); ``wandb sync`` uploads it;
-* ``<out>/csv/``: Lightning's CSV metrics, including every ``xai/...`` scalar.
+* ``<out>/csv/``: Lightning's CSV metrics, including the ``xai/...`` scalars (each callback's summary set).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def build_callbacks(generator: str = "renderer") -> list:
         SymbolicTreeCallback(steps_per_epoch=50, warmup_steps=50),
         diffexplainer,
         # concept drift: every callback above, compared with its previous explained epoch; alerts are warnings
-        # and "alert" records, every value is logged as xai/drift/... (monitorable)
+        # and "alert" records; the largest drift of each kind is logged as xai/drift/... (monitorable)
         ConceptDriftMonitor(),
     ]
 

@@ -481,8 +481,16 @@ def test_callback_logs_readouts_images_bias_reports_and_drift(
         assert drift[entry["label"]] == len(changed) / 4
     assert "a" in second["targets"][0]["readout"]["caption"]
     assert first["targets"][0]["readout"]["words"][0] == "circle"  # class 0 is circle/lined
-    assert "xai/diffusion_explainer/probability/class_0" in trainer.callback_metrics
-    assert "xai/drift/diffusion_explainer/readout/prev/class 0" in trainer.callback_metrics
+    # the summary set: over the targets, not per target (log_scalars="all" adds those)
+    mean_probability = sum(t["mean_probability"] for t in second["targets"]) / len(second["targets"])
+    assert float(trainer.callback_metrics["xai/diffusion_explainer/probability"]) == pytest.approx(
+        mean_probability
+    )
+    assert "xai/diffusion_explainer/probability/class_0" not in trainer.callback_metrics
+    assert float(trainer.callback_metrics["xai/drift/diffusion_explainer/readout/max_prev"]) == pytest.approx(
+        max(drift.values())
+    )
+    assert "xai/drift/diffusion_explainer/readout/prev/class 0" not in trainer.callback_metrics
     media = [m["path"] for m in second["media"]]
     assert len(media) == 2 and all((tmp_path / "xai" / p).is_file() for p in media)
     assert set(second["tables"]) == {"readout", "bias_report", "loss_curves"}

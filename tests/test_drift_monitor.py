@@ -164,7 +164,7 @@ def _rules(**kwargs) -> LogicRulesCallback:
 
 def test_two_instances_of_a_callback_are_tracked_apart_and_logged(tmp_path: Path) -> None:
     seed_everything(0)
-    monitor = ConceptDriftMonitor(on_error="raise")
+    monitor = ConceptDriftMonitor(on_error="raise", log_scalars="all")
     callbacks = [
         _rules(),
         _rules(max_samples=256, crossfit_folds=0),

@@ -797,7 +797,10 @@ def test_vocabulary_drift_survives_checkpoint_and_resume(tmp_path: Path) -> None
     resumed = LogicRulesCallback(on_error="raise", max_grounding_images=0, max_perturbation_images=0)
     assert resumed.state_key == cb.state_key
     trainer2 = make_trainer(
-        tmp_path, [resumed, ConceptDriftMonitor()], max_epochs=3, logger=CSVLogger(tmp_path, name="resumed")
+        tmp_path,
+        [resumed, ConceptDriftMonitor(log_scalars="all")],
+        max_epochs=3,
+        logger=CSVLogger(tmp_path, name="resumed"),
     )
     trainer2.fit(SmallNet(), BlobData(), ckpt_path=tmp_path / "ckpt" / "old.ckpt")
     assert resumed.explained_epochs == [0, 1, 2]

@@ -454,7 +454,9 @@ def test_callback_generates_once_and_rescores_every_epoch(
         if (r["source"], r["kind"], r["against"]) == ("concept_permutation", "permutation_tau", "previous")
     }
     assert sorted(tau) == [1, 2] and all(0.0 <= v <= 1.0 for v in tau.values()), tau
-    assert "xai/drift/concept_permutation/permutation_tau/prev/ranking" in trainer.callback_metrics
+    assert float(trainer.callback_metrics["xai/drift/concept_permutation/permutation_tau/max_prev"]) == (
+        pytest.approx(tau[2])
+    )
     rows = {r["concept"]: r for r in third["importance"]}
     assert set(rows) == {"shape", "colour", "texture", "marker"}
     # a few more batches move the trained model, but shape and texture still decide its classes
@@ -463,7 +465,12 @@ def test_callback_generates_once_and_rescores_every_epoch(
     assert rows["shape"]["low"] <= rows["shape"]["importance"] <= rows["shape"]["high"]
     ranking = read_result(records[2]).ranking()
     assert ranking[:2] == sorted(["shape", "texture"], key=lambda c: -rows[c]["importance"])
-    assert "xai/concept_permutation/importance/shape" in trainer.callback_metrics
+    assert float(trainer.callback_metrics["xai/concept_permutation/max_importance"]) == pytest.approx(
+        max(r["importance"] for r in rows.values())
+    )
+    assert (
+        "xai/concept_permutation/importance/shape" not in trainer.callback_metrics
+    )  # log_scalars="all" only
     media = [m["path"] for m in third["media"]]
     assert media and all((tmp_path / "xai" / p).is_file() for p in media)
     # one epoch per record: nothing about other epochs, and every record laid out like the first

@@ -158,3 +158,32 @@ def test_fewer_validation_samples_than_classes_are_named_in_one_warning(tmp_path
     ours = [str(w.message) for w in caught if "validation samples" in str(w.message)]
     assert len(ours) == 1 and "from 4 validation samples, fewer than the model's 6 classes" in ours[0], ours
     assert len(read_records(trainer.log_dir, method="representation_drift")) == 2  # warned, still explained
+
+
+@pytest.mark.parametrize("on", ["validation", "train_epoch_end"])
+def test_with_check_val_every_n_epoch_the_epochs_that_validate_are_explained(tmp_path: Path, on: str) -> None:
+    callbacks = [
+        LogicRulesCallback(max_grounding_images=0, max_perturbation_images=0, on=on),
+        RepresentationDriftCallback(on=on),
+        ConceptDriftMonitor(),
+    ]
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=4, check_val_every_n_epoch=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(SmallNet(), datamodule=BlobData())
+    skipped = [str(w.message) for w in caught if "no validation ran" in str(w.message)]
+    records = read_records(trainer.log_dir)
+    for method in ("logic_rules", "representation_drift"):
+        assert [r.epoch for r in records if r.method == method and r.name == "epoch"] == [1, 3], method
+    assert not [r for r in records if r.name == "error"]
+    # the drift monitor compares epoch 3 with epoch 1, the previous explained one
+    drift = [r for r in records if r.method == "drift" and r.name == "epoch"]
+    assert {(r.epoch, row["base_epoch"]) for r in drift for row in r.payload["rows"]} >= {(3, 1)}
+    cka = read_result(next(r for r in records if r.method == "representation_drift" and r.epoch == 3))
+    assert cka.previous_epoch == 1
+    if on == "validation":
+        assert skipped == []
+    else:  # epochs 0 and 2 end without a validation run: said once per callback, with the way out
+        assert len(skipped) == 2 and all(
+            "from epoch 0 on" in m and "check_val_every_n_epoch" in m for m in skipped
+        )

@@ -37,6 +37,7 @@ from lightning_xai.capture import (
 )
 from lightning_xai.records import Chart, Explanation, Media, Record, Table
 from lightning_xai.results import Logged, Result
+from lightning_xai.scalar_sets import check_scalar_set, select_scalars, unmatched_patterns
 from lightning_xai.sinks import SinkDispatcher
 
 __all__ = [
@@ -276,6 +277,11 @@ class XAICallback(Callback):
         seed: seed of the validation sample and of any randomness of the method. Default: 0.
         dataloader_idx: which validation dataloader the sample comes from, when the validation loop has
             several (their samples are never mixed); records of another than the first carry it. Default: 0.
+        log_scalars: which scalars go to ``pl_module.log`` (and so to the loggers and ``EarlyStopping``):
+            ``"summary"`` (the method's keys that do not grow with the classes, concepts or targets, and
+            ``time_s``), ``"all"``, ``"none"``, or a list of key patterns after ``xai/<method>/`` such as
+            ``["fidelity", "importance/*"]``. Tables, charts and media are logged whatever the choice.
+            Default: ``"summary"``.
 
     Raises:
         MisconfigurationException: an argument is out of range; the message names the valid choices.
@@ -301,9 +307,11 @@ class XAICallback(Callback):
         batch_to_input: Callable[[Any], tuple[Tensor, Tensor | None]] | None = None,
         seed: int = 0,
         dataloader_idx: int = 0,
+        log_scalars: str | Sequence[str] = "summary",
     ) -> None:
         super().__init__()
         with misconfigured():
+            self.log_scalars = check_scalar_set(log_scalars)
             checks.check_int("every_n_epochs", every_n_epochs, 1)
             checks.check_int("dataloader_idx", dataloader_idx, 0)
             checks.check_choice("on", on, _ON_CHOICES)
@@ -344,6 +352,8 @@ class XAICallback(Callback):
         self._validated_epoch: tuple[int, int] | None = None
         self._warned_error = False
         self._warnings = WarningCache()
+        self._keys_seen: set[str] = set()
+        self._warned_skip = False
 
     # ------------------------------------------------------------------ identity and state
     def _state_key_fields(self) -> dict[str, Any]:
@@ -488,6 +498,13 @@ class XAICallback(Callback):
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._release()
+        unmatched = unmatched_patterns(self.log_scalars, self._keys_seen) if self._keys_seen else []
+        if unmatched:
+            rank_zero_warn(
+                f"{type(self).__name__}(log_scalars=...): the pattern(s) {unmatched} matched none of the keys this "
+                f"run had under xai/{self.method}/: {sorted(self._keys_seen)}."
+            )
+            self._keys_seen = set()  # said once per run
         disp = _DISPATCHERS.get(trainer)
         if disp is not None and trainer.is_global_zero:
             disp.finish_epoch()  # the last epoch's records are complete (idempotent across callbacks)
@@ -588,10 +605,13 @@ class XAICallback(Callback):
         if self.on != "train_epoch_end" or not self.should_explain(trainer):
             return
         if not self._armed:  # no validation ran this epoch, so there is no fresh sample to explain
-            self._warnings.warn(
-                f"{type(self).__name__} skipped epoch {trainer.current_epoch}: no validation ran in it. With "
-                "on='train_epoch_end', choose every_n_epochs as a multiple of the Trainer's check_val_every_n_epoch."
-            )
+            if not self._warned_skip:
+                self._warned_skip = True
+                rank_zero_warn(
+                    f"{type(self).__name__} skips the epochs in which no validation ran (from epoch "
+                    f"{trainer.current_epoch} on). With on='train_epoch_end', choose every_n_epochs as a multiple of the "
+                    "Trainer's check_val_every_n_epoch."
+                )
             return
         self._run(trainer, pl_module)
 
@@ -640,6 +660,7 @@ class XAICallback(Callback):
             if self.needs_sample:
                 record.dataloader_idx = self.dataloader_idx
             elapsed = record.time_s = time.perf_counter() - start
+            scalars = self._chosen_scalars(result, {"time_s": elapsed, **logged.scalars})
         except Exception as exc:  # noqa: BLE001 - reported, then raised or survived by choice
             error = exc
             # the traceback's frames hold the failed attempt's tensors: drop them (the text survives), so an
@@ -655,8 +676,7 @@ class XAICallback(Callback):
             self._handle_error(trainer, agreed, epoch, step)
             return
         try:  # only now: a rank must not log an epoch that another rank failed (their metrics would differ)
-            log_scalar(trainer, pl_module, f"xai/{self.method}/time_s", elapsed)
-            for key, value in logged.scalars.items():
+            for key, value in scalars.items():
                 log_scalar(trainer, pl_module, f"xai/{self.method}/{key}", value)
         except Exception as exc:  # noqa: BLE001 - the same values on every rank, so every rank gets here alike
             self._handle_error(trainer, exc, epoch, step)
@@ -672,6 +692,13 @@ class XAICallback(Callback):
         # after the record is out, so a listener's own records follow it; a listener handles its own errors
         for listener in result_listeners(trainer):
             listener.on_xai_result(trainer, pl_module, self, record, result)
+
+    def _chosen_scalars(self, result: Any, scalars: dict[str, float]) -> dict[str, float]:
+        """The scalars ``log_scalars`` asks for (the keys are remembered: a pattern that matched none of the
+        run's keys warns at teardown, naming them)."""
+        self._keys_seen.update(scalars)
+        summary = type(result).summary_scalars if isinstance(result, Result) else ("*",)
+        return select_scalars(scalars, self.log_scalars, summary)
 
     def _handle_error(
         self, trainer: Trainer, exc: BaseException, epoch: int, step: int, count: bool = True

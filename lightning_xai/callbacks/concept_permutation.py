@@ -35,7 +35,8 @@ class ConceptPermutationCallback(XAICallback):
     The record of an explained epoch is a :class:`~lightning_xai.results.concept_permutation.ConceptPermutationResult`
     (its docstring documents every field); what it logs is :meth:`ConceptPermutationResult.logged
     <lightning_xai.results.concept_permutation.ConceptPermutationResult.logged>`: scalars
-    ``xai/concept_permutation/importance/<concept>`` and ``base_<metric>`` (monitorable), tables
+    ``xai/concept_permutation/base_<metric>`` and ``max_importance`` (monitorable; with ``log_scalars="all"``
+    also ``importance/<concept>``), tables
     ``permutation_importance`` and ``ranking``, a bar chart and a figure with the bootstrap intervals. A record
     holds its own epoch only: how the ranking changes between epochs is the
     :class:`~lightning_xai.callbacks.ConceptDriftMonitor`'s (kind ``permutation_tau``).

@@ -34,8 +34,9 @@ class DiffusionExplainerCallback(XAICallback):
     :class:`~lightning_xai.results.diffusion_explainer.DiffusionExplainerResult` (its docstring documents every
     field); what it logs is :meth:`DiffusionExplainerResult.logged
     <lightning_xai.results.diffusion_explainer.DiffusionExplainerResult.logged>`: per target a figure of its
-    images with the readout caption and target probabilities (media ``images``), scalars
-    ``objective/<target>``, ``probability/<target>`` (class targets) and ``flagged/<target>`` (with a detector),
+    images with the readout caption and target probabilities (media ``images``), scalars ``objective``,
+    ``probability`` and ``flagged`` over the targets (with ``log_scalars="all"`` also ``objective/<target>``,
+    ``probability/<target>`` and ``flagged/<target>``),
     tables ``readout`` and ``bias_report``, and a line chart of every target's loss curve. A record holds its
     own epoch only: how the readouts change between epochs is the
     :class:`~lightning_xai.callbacks.ConceptDriftMonitor`'s (kind ``readout``).

@@ -10,13 +10,15 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_deprecation
 from typing_extensions import override
 
-from lightning_xai.callbacks.base import XAICallback, check_int, dispatcher_for, log_scalar
+from lightning_xai.callbacks.base import XAICallback, check_int, dispatcher_for, log_scalar, misconfigured
 from lightning_xai.concept_drift import AGAINST, DRIFT_KINDS, DriftTracker, observations
 from lightning_xai.records import Record
 from lightning_xai.results import Result
 from lightning_xai.results.drift import DriftAlert, DriftResult, DriftRow
+from lightning_xai.scalar_sets import check_scalar_set, select_scalars, unmatched_patterns
 
 __all__ = ["ConceptDriftMonitor"]
 
@@ -53,7 +55,10 @@ class ConceptDriftMonitor(Callback):
             or both. Drift from the reference accumulates during normal learning, so it is logged but only
             alerts when asked.
         stop_on_alert: stop training (``trainer.should_stop``) at the first alert. Default: False.
-        log_keys: log one scalar per series (``True``) or only the per-kind maxima. Default: True.
+        log_scalars: ``"summary"`` (the per-kind maxima and the alert count of each source), ``"all"`` (also
+            one scalar per series, ``xai/drift/<source>/<kind>/<prev|ref>/<key>``), ``"none"``, or a list of
+            key patterns after ``xai/drift/``, e.g. ``["logic_rules/*"]``. Default: ``"summary"``.
+        log_keys: deprecated: ``True`` is ``log_scalars="all"``, ``False`` is ``"summary"``.
         on_error: ``"warn"`` (record the error, keep training) or ``"raise"``.
 
     Raises:
@@ -75,10 +80,19 @@ class ConceptDriftMonitor(Callback):
         start_epoch: int = 0,
         alert_on: Sequence[Literal["previous", "reference"]] = ("previous",),
         stop_on_alert: bool = False,
-        log_keys: bool = True,
+        log_scalars: str | Sequence[str] = "summary",
         on_error: Literal["warn", "raise"] = "warn",
+        log_keys: bool | None = None,
     ) -> None:
         super().__init__()
+        if log_keys is not None:
+            rank_zero_deprecation(
+                f"ConceptDriftMonitor(log_keys={log_keys!r}) is deprecated; use "
+                f"log_scalars={'all' if log_keys else 'summary'!r}."
+            )
+            log_scalars = "all" if log_keys else "summary"
+        with misconfigured():
+            log_scalars = check_scalar_set(log_scalars)
         thresholds = dict(thresholds or {})
         unknown = sorted(set(thresholds) - set(DRIFT_KINDS))
         if unknown:
@@ -120,7 +134,8 @@ class ConceptDriftMonitor(Callback):
         self.start_epoch = start_epoch
         self.alert_on = tuple(alert_on)
         self.stop_on_alert = bool(stop_on_alert)
-        self.log_keys = bool(log_keys)
+        self.log_scalars = log_scalars
+        self._keys_seen: set[str] = set()
         self.on_error = on_error
         self.tracker = DriftTracker(
             thresholds, reference=reference, start_epoch=start_epoch, alert_on=self.alert_on
@@ -158,6 +173,16 @@ class ConceptDriftMonitor(Callback):
                 "ConceptDriftMonitor: no lightning-xai callback is attached to this Trainer, so there is nothing to "
                 "track. Add e.g. LogicRulesCallback() or ConceptAttributionCallback(...) to the callbacks."
             )
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        unmatched = unmatched_patterns(self.log_scalars, self._keys_seen) if self._keys_seen else []
+        if unmatched:
+            rank_zero_warn(
+                f"ConceptDriftMonitor(log_scalars=...): the pattern(s) {unmatched} matched none of the keys this "
+                f"run had under xai/drift/, such as {sorted(self._keys_seen)[:8]}."
+            )
+            self._keys_seen = set()  # said once per run
 
     def on_xai_result(
         self,
@@ -201,18 +226,18 @@ class ConceptDriftMonitor(Callback):
     def _log(
         self, trainer: Trainer, pl_module: LightningModule, source: str, rows: list[dict], alerts: list[dict]
     ) -> None:
-        maxima: dict[tuple[str, str], float] = {}
+        series: dict[str, float] = {}
+        summary: dict[str, float] = {}
         for r in rows:
             short = _SHORT[r["against"]]
-            if self.log_keys:
-                log_scalar(
-                    trainer, pl_module, f"xai/drift/{source}/{r['kind']}/{short}/{r['key']}", r["value"]
-                )
-            k = (r["kind"], short)
-            maxima[k] = max(maxima.get(k, -math.inf), r["value"])
-        for (kind, short), value in maxima.items():
-            log_scalar(trainer, pl_module, f"xai/drift/{source}/{kind}/max_{short}", value)
-        log_scalar(trainer, pl_module, f"xai/drift/{source}/alerts", float(len(alerts)))
+            series[f"{source}/{r['kind']}/{short}/{r['key']}"] = r["value"]
+            key = f"{source}/{r['kind']}/max_{short}"
+            summary[key] = max(summary.get(key, -math.inf), r["value"])
+        summary[f"{source}/alerts"] = float(len(alerts))
+        scalars = {**series, **summary}
+        self._keys_seen.update(scalars)
+        for key, value in select_scalars(scalars, self.log_scalars, tuple(summary)).items():
+            log_scalar(trainer, pl_module, f"xai/drift/{key}", value)
 
     def _write(
         self, trainer: Trainer, source: str, record: Record, rows: list[dict], alerts: list[dict]

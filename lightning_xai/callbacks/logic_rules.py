@@ -34,8 +34,9 @@ class LogicRulesCallback(XAICallback):
     Each explained epoch writes one record ``{"method": "logic_rules", "name": "epoch"}`` whose payload is a
     :class:`~lightning_xai.results.logic_rules.LogicRulesResult` (its fields are documented there), and
     logs what :meth:`LogicRulesResult.logged <lightning_xai.results.logic_rules.LogicRulesResult.logged>`
-    lists: scalars ``xai/logic_rules/...`` (monitorable: ``fidelity``, ``accuracy``, ``fidelity/<scoring>``,
-    ``vocab_size``, ``n80``, ``grounding/guided_success``, ``survival/<kind>``, ..., plus ``time_s``), the
+    lists: scalars ``xai/logic_rules/...`` (monitorable: ``fidelity``, ``accuracy``, ``vocab_size``, ``n80``,
+    ``grounding/guided_success``, ``survival/<kind>``, ..., plus ``time_s``; with ``log_scalars="all"`` also
+    ``fidelity/<scoring>`` and ``accuracy/<scoring>``), the
     tables ``rules``, ``local_rules``, ``fidelity``, ``grounding`` and ``survival``, the chart
     ``predicate_survival``, the media ``grounding_images`` (each image next to its blurred counterpart,
     accepted regions as green boxes, the matched random rectangle in red) and ``survival_plot``, and the text

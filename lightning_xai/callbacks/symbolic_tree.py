@@ -34,8 +34,9 @@ class SymbolicTreeCallback(XAICallback):
     The record of an explained epoch is a :class:`~lightning_xai.results.symbolic_tree.SymbolicTreeResult`
     (its docstring documents every field); what it logs is :meth:`SymbolicTreeResult.logged
     <lightning_xai.results.symbolic_tree.SymbolicTreeResult.logged>`: scalars ``xai/symbolic_tree/...``
-    (monitorable: ``fidelity``, ``macro_f1``, ``train_fidelity``, ``norm/level_<l>``, ``norm_order_share``,
-    ``edge_agreement``, ``perplexity/level_<l>``, ``routed_edges``, ``fit_loss``, ``fit_steps``), tables ``rules``
+    (monitorable: ``fidelity``, ``macro_f1``, ``train_fidelity``, ``norm_order_share``, ``edge_agreement``,
+    ``routed_edges``, ``fit_loss``, ``fit_steps``; with ``log_scalars="all"`` also ``norm/level_<l>`` and
+    ``perplexity/level_<l>``), tables ``rules``
     and ``usage``, bar charts ``usage_level_<l>``, media ``class_tree`` (one per class), ``usage_histogram`` and
     ``semantics_level_<l>``, text ``rules`` and ``dot/class_<k>`` (Graphviz). A record holds its own epoch only:
     the drift of symbol usage between epochs is the :class:`~lightning_xai.callbacks.ConceptDriftMonitor`'s

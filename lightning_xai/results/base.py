@@ -115,6 +115,9 @@ class Result:
     oldest_schema: ClassVar[int] = LEGACY_SCHEMA
     #: the record's ``name``
     name: ClassVar[str] = "epoch"
+    #: key patterns (``fnmatch``) of the scalars logged by default (``log_scalars="summary"``): the keys whose
+    #: number does not grow with the classes, concepts or targets; ``time_s`` is always among them
+    summary_scalars: ClassVar[tuple[str, ...]] = ("*",)
     #: values an older schema stored about *other* epochs (e.g. ``kendall_tau_prev``): read from old records so
     #: the report still shows them as recorded, never written again (comparisons across epochs are the drift
     #: monitor's)

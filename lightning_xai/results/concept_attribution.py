@@ -181,7 +181,7 @@ class ConceptAttributionResult(Result):
         >>> r = ConceptAttributionResult(["conv5"], ["striped"], ["zebra"], "mean", 10, 0.05, 1, {"zebra": 8},
         ...                              "tensor [20, 3, 64, 64]", [entry])
         >>> r.logged(0).scalars
-        {'n_significant': 1.0}
+        {'n_significant': 1.0, 'tcav/conv5/striped/zebra': 0.9, 'magnitude/conv5/striped/zebra': 1.5}
         >>> [(o.kind, o.key) for o in r.observations()]
         [('tcav_score', 'conv5/striped/zebra'), ('tcav_magnitude', 'conv5/striped/zebra')]
         >>> r.to_payload()["scores"][0]["class"]
@@ -189,6 +189,7 @@ class ConceptAttributionResult(Result):
     """
 
     method: ClassVar[str] = "concept_attribution"
+    summary_scalars: ClassVar[tuple[str, ...]] = ("n_significant", "time_s")
     schema: ClassVar[int] = 2
 
     layers: list[str]
@@ -251,7 +252,8 @@ class ConceptAttributionResult(Result):
         )
 
     def logged(self, epoch: int) -> Logged:
-        """The scalar ``n_significant``; the tables ``tcav_scores``, ``global_attribution`` and (with probes)
+        """The scalars ``n_significant`` and, per (layer, concept, class), ``tcav/<layer>/<concept>/<class>`` and
+        ``magnitude/<layer>/<concept>/<class>`` (not in the summary set); the tables ``tcav_scores``, ``global_attribution`` and (with probes)
         ``local_attribution``; a TCAV bar chart per (layer, class) whose labels carry ``*`` for significant
         concepts; per layer the media ``tcav_plot`` (scores with their run-to-run SD and significance marks)
         and ``attribution_plot`` (global attributions with their 2-SE intervals); and per probe image (when
@@ -288,9 +290,13 @@ class ConceptAttributionResult(Result):
             media.append(Media("attribution_plot", image, caption=caption))
         if self.local is not None and self.probe_images is not None:
             media += figures.probe_media(self.local, self.probe_images)
-        return Logged(
-            scalars={"n_significant": float(self.n_significant)}, tables=tables, charts=charts, media=media
-        )
+        scalars = {"n_significant": float(self.n_significant)}
+        for s in self.scores:
+            if math.isfinite(s.tcav):
+                scalars[f"tcav/{s.layer}/{s.concept}/{s.class_name}"] = float(s.tcav)
+            if math.isfinite(s.magnitude):
+                scalars[f"magnitude/{s.layer}/{s.concept}/{s.class_name}"] = float(s.magnitude)
+        return Logged(scalars=scalars, tables=tables, charts=charts, media=media)
 
     # ------------------------------------------------------------------------------------ what it tracks
     def observations(self) -> list[Observation]:

@@ -134,12 +134,13 @@ class ConceptPermutationResult(Result):
         >>> row = ConceptImportance("shape", 1, 0.4, 0.02, 0.37, 0.43, 0.36, 0.44, 0.5, 0.67, False)
         >>> r = ConceptPermutationResult("accuracy", 0.9, [row], n_rows=200, n_repeats=10, interval=0.95)
         >>> r.logged(0).scalars
-        {'importance/shape': 0.4, 'base_accuracy': 0.9}
+        {'importance/shape': 0.4, 'base_accuracy': 0.9, 'max_importance': 0.4}
         >>> ConceptPermutationResult.from_payload(r.to_payload(), schema=2) == r
         True
     """
 
     method: ClassVar[str] = "concept_permutation"
+    summary_scalars: ClassVar[tuple[str, ...]] = ("base_*", "max_importance", "time_s")
     schema: ClassVar[int] = 2
 
     metric: str
@@ -235,11 +236,13 @@ class ConceptPermutationResult(Result):
 
     # ------------------------------------------------------------------------------------ what it logs
     def logged(self, epoch: int) -> Logged:
-        """Scalars ``importance/<concept>`` and ``base_<metric>``; tables ``permutation_importance`` (one row per
+        """Scalars ``importance/<concept>``, ``max_importance`` (the largest) and ``base_<metric>``; tables ``permutation_importance`` (one row per
         concept, the columns of :class:`ConceptImportance` and ``base``) and ``ranking``; the bar chart
         ``importance`` and the figure ``importance_plot`` (importances with their bootstrap intervals)."""
         scalars = {f"importance/{r.concept}": float(r.importance) for r in self.importance}
         scalars[f"base_{self.metric}"] = float(self.base)
+        if self.importance:
+            scalars["max_importance"] = max(float(r.importance) for r in self.importance)
         rows = [[getattr(r, c) if c != "base" else self.base for c in TABLE_COLUMNS] for r in self.importance]
         ranked = sorted(self.importance, key=lambda r: r.rank)
         tables = [

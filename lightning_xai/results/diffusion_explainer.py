@@ -11,6 +11,7 @@ imports neither torch nor diffusers, so a report reads these records without the
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -248,6 +249,16 @@ class TargetExplanation:
         return cls(**parsed, bias=None if bias is None else BiasReport.from_dict(bias))
 
 
+def _over_targets(scalars: dict[str, float]) -> dict[str, float]:
+    """The summary keys: the mean objective and probability over the targets and the total flagged."""
+    out: dict[str, float] = {}
+    for name in ("objective", "probability", "flagged"):
+        values = [v for k, v in scalars.items() if k.startswith(f"{name}/") and math.isfinite(v)]
+        if values:
+            out[name] = float(sum(values) if name == "flagged" else sum(values) / len(values))
+    return out
+
+
 def _key(label: str) -> str:
     return label.replace(" ", "_")
 
@@ -277,7 +288,7 @@ class DiffusionExplainerResult(Result):
         ...                           [0.9], [2.0, 1.0, 0.5, 0.2, 0.1])
         >>> r = DiffusionExplainerResult([entry], generator="world-prompt")
         >>> r.logged(0).scalars
-        {'objective/class_0': 0.1, 'probability/class_0': 0.9}
+        {'objective/class_0': 0.1, 'probability/class_0': 0.9, 'objective': 0.1, 'probability': 0.9}
         >>> [(o.kind, o.key, o.value) for o in r.observations()]
         [('readout', 'class 0', {'colour': 'red', 'shape': 'circle'})]
         >>> DiffusionExplainerResult.from_payload(r.to_payload(), schema=2) == r
@@ -285,6 +296,7 @@ class DiffusionExplainerResult(Result):
     """
 
     method: ClassVar[str] = "diffusion_explainer"
+    summary_scalars: ClassVar[tuple[str, ...]] = ("objective", "probability", "flagged", "time_s")
     schema: ClassVar[int] = 2
 
     targets: list[TargetExplanation]
@@ -340,7 +352,8 @@ class DiffusionExplainerResult(Result):
     def logged(self, epoch: int) -> Logged:
         """Scalars ``objective/<target>``, ``probability/<target>`` (class targets) and ``flagged/<target>``
         (with a bias report: the number of suspected spurious concepts), targets named by label with ``_`` for
-        spaces; tables ``readout`` (target, caption, top words with scores, steps, objective, probability) and,
+        spaces, and over the targets (the summary set) ``objective`` (mean), ``probability`` (mean over the
+        class targets) and ``flagged`` (total); tables ``readout`` (target, caption, top words with scores, steps, objective, probability) and,
         with bias reports, ``bias_report`` (target, concept, score, reference, excess, core, effect, flagged);
         the line chart ``loss_curves``; media ``images`` (per target, its display images with the readout,
         while the images are in memory)."""
@@ -399,6 +412,7 @@ class DiffusionExplainerResult(Result):
                     title=f"DiffExplainer objective per step, epoch {epoch}",
                 )
             )
+        scalars.update(_over_targets(scalars))
         return Logged(scalars=scalars, tables=tables, charts=charts, media=media)
 
     def _figure(self, e: TargetExplanation, epoch: int, max_images: int = 8) -> Any:

@@ -271,6 +271,20 @@ class LogicRulesResult(Result):
     """
 
     method: ClassVar[str] = "logic_rules"
+    summary_scalars: ClassVar[tuple[str, ...]] = (
+        "fidelity",
+        "accuracy",
+        "model_accuracy",
+        "coverage",
+        "vocab_size",
+        "n80",
+        "n80_fraction",
+        "empty_classes",
+        "pathway_length",
+        "grounding/*",
+        "survival/*",
+        "time_s",
+    )
     schema: ClassVar[int] = 2
 
     n_samples: int

@@ -36,6 +36,8 @@ class RepresentationDriftResult(Result):
     """
 
     method: ClassVar[str] = "representation_drift"
+    #: one key per tracked layer: the user names the layers, so all of them
+    summary_scalars: ClassVar[tuple[str, ...]] = ("cka_prev/*", "cka_ref/*", "time_s")
     schema: ClassVar[int] = 2
 
     reference_epoch: int

@@ -293,6 +293,17 @@ class SymbolicTreeResult(Result):
     """
 
     method: ClassVar[str] = "symbolic_tree"
+    summary_scalars: ClassVar[tuple[str, ...]] = (
+        "fidelity",
+        "macro_f1",
+        "train_fidelity",
+        "norm_order_share",
+        "edge_agreement",
+        "routed_edges",
+        "fit_loss",
+        "fit_steps",
+        "time_s",
+    )
     schema: ClassVar[int] = 2
 
     layer: str | None
