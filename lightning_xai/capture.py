@@ -135,6 +135,9 @@ class ValidationSample:
         labels: labels if the batches carried them, else ``None``.
         inputs: model inputs if a subscriber asked for them, else ``None``.
         layers: activations of the requested layers, ``{name: [N, ...]}``.
+        computed_in: the dtype the model computed its logits in: ``torch.float32``, or ``torch.bfloat16`` /
+            ``torch.float16`` under mixed precision. The tensors above are float32 (or wider) whatever it was,
+            so explanations compute in float32; checks that recompute the model's values allow for it.
     """
 
     ids: Tensor
@@ -143,6 +146,7 @@ class ValidationSample:
     labels: Tensor | None = None
     inputs: Tensor | None = None
     layers: dict[str, Tensor] = field(default_factory=dict)
+    computed_in: torch.dtype = torch.float32
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -158,9 +162,15 @@ class ValidationSample:
         return out
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, Tensor]) -> ValidationSample:
+    def from_tensors(
+        cls, tensors: dict[str, Tensor], computed_in: torch.dtype | None = None
+    ) -> ValidationSample:
+        """A sample from its flat view (:meth:`tensors`), sorted by id; reduced-precision floating tensors
+        (kept so in the reservoir, at half the memory) become float32. ``computed_in``: default, the logits'
+        dtype."""
         order = torch.argsort(tensors["ids"])
-        t = {k: v[order] for k, v in tensors.items()}
+        computed_in = tensors["logits"].dtype if computed_in is None else computed_in
+        t = {k: _at_least_float32(v[order]) for k, v in tensors.items()}
         return cls(
             ids=t["ids"],
             features=t["features"],
@@ -168,7 +178,22 @@ class ValidationSample:
             labels=t.get("labels"),
             inputs=t.get("inputs"),
             layers={k[len("layer:") :]: v for k, v in t.items() if k.startswith("layer:")},
+            computed_in=computed_in,
         )
+
+
+def _check_logits(head: str | None, logits: Tensor) -> None:
+    """The head's output must be logits ``[N, C]`` (``[N, C, 1, ...]`` from a pooled convolution is flattened)."""
+    if logits.dim() >= 2 and all(s == 1 for s in logits.shape[2:]):
+        return
+    raise HeadNotFoundError(
+        f"The head {head!r} outputs shape {list(logits.shape)}, not logits [N, classes]. Pass head='<name>' naming "
+        "the module whose output is the logits (for a 1x1-convolution head, the module that also pools it)."
+    )
+
+
+def _at_least_float32(t: Tensor) -> Tensor:
+    return t.float() if t.is_floating_point() and t.element_size() < 4 else t
 
 
 class _Reservoir:
@@ -470,16 +495,21 @@ class ActivationCapture:
             if not self.head_checked:
                 raise HeadNotFoundError(
                     f"The head {self.head_name!r} did not run during the forward pass, so it is not the "
-                    f"classifier head. Pass head='<name>' naming the nn.Linear that produces the logits; "
+                    f"classifier head. Pass head='<name>' naming the module that produces the logits; "
                     f"linear layers: {_linear_names(self._model_ref())}"
                 )
             return
+        if not self.head_checked:
+            _check_logits(self.head_name, head.latest_output)
         self.head_checked = True
         n = head.latest_output.shape[0]
         start = self._counters.get(dataloader_idx, 0)
         ids = torch.arange(start, start + n) * self.world_size + self.rank
         self._counters[dataloader_idx] = start + n
-        fields: dict[str, Tensor] = {"features": head.latest_input.flatten(1), "logits": head.latest_output}
+        fields: dict[str, Tensor] = {
+            "features": head.latest_input.flatten(1),
+            "logits": head.latest_output.flatten(1),
+        }
         if labels is not None and labels.shape[:1] == (n,):
             fields["labels"] = labels.detach()
         if self._inputs_for and inputs is not None:

@@ -6,6 +6,7 @@ Plain PyTorch (no Lightning import).
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -29,7 +30,7 @@ class LayerNotFoundError(ValueError):
 
 
 class HeadNotFoundError(ValueError):
-    """The model has no usable ``nn.Linear`` classifier head."""
+    """No classifier head can be found: the model has no ``nn.Linear`` and ``head=`` names none."""
 
 
 # --------------------------------------------------------------------------------------------- layers
@@ -66,16 +67,19 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     )
 
 
-def find_head(model: nn.Module, name: str | None = None) -> tuple[str, nn.Linear]:
-    """Find the classifier head: the ``nn.Linear`` called ``name``, else the last ``nn.Linear``.
+def find_head(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
+    """Find the classifier head: the module called ``name``, else the last ``nn.Linear``.
 
-    Without a name, the head is the last ``nn.Linear`` in registration order, which is the last one on
-    the forward path for ordinary classifiers (ResNet ``fc``, MobileNet ``classifier.3``). The shared
-    capture checks on the first batch that this module really ran; if it did not, it asks for
-    ``head=``.
+    A named head may be any module whose output is the logits: an ``nn.Linear``, a 1x1 convolution with
+    pooling in an ``nn.Sequential``, a module returning a tuple, a dict or an object with ``.logits``; its
+    input is the explained "features". Without a name, the head is the last ``nn.Linear`` in registration
+    order, which is the last one on the forward path for ordinary classifiers (ResNet ``fc``, MobileNet
+    ``classifier.3``). The shared capture checks on the first batch that this module really ran; if it
+    did not, it asks for ``head=``. Methods that read the weights of a linear head (VisionLogic) check
+    for an ``nn.Linear`` themselves.
 
     Raises:
-        HeadNotFoundError: no ``nn.Linear`` exists, or ``name`` is not one.
+        HeadNotFoundError: no name, and the model has no ``nn.Linear``.
         LayerNotFoundError: ``name`` is not a sub-module.
 
     Example:
@@ -85,19 +89,14 @@ def find_head(model: nn.Module, name: str | None = None) -> tuple[str, nn.Linear
         '3'
     """
     if name is not None:
-        module = resolve_layer(model, name)
-        if not isinstance(module, nn.Linear):
-            raise HeadNotFoundError(
-                f"head={name!r} is a {type(module).__name__}, not an nn.Linear. Name the linear layer "
-                f"that produces the logits; linear layers of this model: {_linear_names(model)}"
-            )
-        return name, module
+        return name, resolve_layer(model, name)
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
+        children = [n for n, _ in model.named_children()]
         raise HeadNotFoundError(
-            f"{type(model).__name__} has no nn.Linear layer, so no classifier head can be found. "
-            "lightning-xai explains the input of a linear head (the 'features') and its logits; add an "
-            "nn.Linear head, or pass head='<name of the linear layer>' if it is wrapped."
+            f"{type(model).__name__} has no nn.Linear layer, so its classifier head cannot be guessed. Pass "
+            "head='<name>' naming the module whose output is the logits (a 1x1-convolution head, an "
+            f"nn.Sequential...); its input is what is explained as the features. Top-level modules: {children}"
         )
     return linears[-1]
 
@@ -107,7 +106,9 @@ def _linear_names(model: nn.Module) -> list[str]:
 
 
 def first_tensor(value: Any, where: str = "the module") -> Tensor:
-    """A module's output as one tensor: the tensor itself, or the first element of a tuple or list.
+    """A module's output as one tensor: the tensor itself, the first element of a tuple or list, the
+    ``"logits"`` entry of a dict (else its first tensor), or the ``.logits`` of an output object (as
+    Hugging Face models return).
 
     Raises:
         TypeError: ``value`` holds no tensor there (the message names ``where``).
@@ -116,11 +117,22 @@ def first_tensor(value: Any, where: str = "the module") -> Tensor:
         >>> import torch
         >>> first_tensor((torch.zeros(2), None)).shape
         torch.Size([2])
+        >>> first_tensor({"aux": torch.zeros(1), "logits": torch.zeros(3)}).shape
+        torch.Size([3])
     """
     if isinstance(value, Tensor):
         return value
     if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
         return value[0]
+    if isinstance(value, Mapping):
+        if isinstance(value.get("logits"), Tensor):
+            return value["logits"]
+        found = next((v for v in value.values() if isinstance(v, Tensor)), None)
+        if found is not None:
+            return found
+    if isinstance(getattr(value, "logits", None), Tensor):
+        return value.logits
     raise TypeError(
-        f"{where} produced {type(value).__name__}, expected a Tensor (or a tuple starting with one)."
+        f"{where} produced {type(value).__name__}, expected a Tensor (or a tuple starting with one, a dict with "
+        "'logits', an object with .logits)."
     )

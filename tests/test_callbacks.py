@@ -119,21 +119,44 @@ def test_bad_arguments_are_rejected_in_init(kwargs: dict, match: str) -> None:
 
 
 def test_unknown_layer_name_lists_close_names(tmp_path: Path) -> None:
-    trainer = make_trainer(tmp_path, [RepresentationDriftCallback(layers=["cnv"])], max_epochs=1)
+    cb = RepresentationDriftCallback(layers=["cnv"], on_error="raise")
+    trainer = make_trainer(tmp_path, [cb], max_epochs=1)
     with pytest.raises(LayerNotFoundError, match=r"'cnv'.*Closest valid names: \['conv'"):
         trainer.fit(SmallNet(), BlobData())
 
 
+def test_a_setup_error_under_warn_disables_the_callback_and_training_goes_on(tmp_path: Path) -> None:
+    broken, working = RepresentationDriftCallback(layers=["cnv"]), RepresentationDriftCallback()
+    trainer = make_trainer(tmp_path, [broken, working], max_epochs=2)
+    with pytest.warns(
+        UserWarning, match=r"cannot explain this model and is disabled .*'cnv'.*Closest valid names"
+    ):
+        trainer.fit(SmallNet(), BlobData())
+    assert trainer.current_epoch == 2 and broken.disabled and broken.explained_epochs == []
+    assert working.explained_epochs == [0, 1]
+    records = read_records(trainer.log_dir, method="representation_drift")
+    (error,) = [r for r in records if r.name == "error"]
+    assert error.payload["type"] == "LayerNotFoundError" and "'cnv'" in error.payload["message"]
+
+
 def test_model_without_linear_head_is_rejected(tmp_path: Path) -> None:
-    trainer = make_trainer(tmp_path, [RepresentationDriftCallback()], max_epochs=1)
+    trainer = make_trainer(tmp_path, [RepresentationDriftCallback(on_error="raise")], max_epochs=1)
     with pytest.raises(HeadNotFoundError, match="has no nn.Linear layer"):
         trainer.fit(NoHeadNet(), BlobData())
 
 
 def test_unreadable_batch_says_how_to_pass_batch_to_input(tmp_path: Path) -> None:
-    trainer = make_trainer(tmp_path, [RepresentationDriftCallback()], max_epochs=1, num_sanity_val_steps=0)
+    cb = RepresentationDriftCallback(on_error="raise")
+    trainer = make_trainer(tmp_path, [cb], max_epochs=1, num_sanity_val_steps=0)
     with pytest.raises(TypeError, match=r"keys \['cls', 'pixels'\].*batch_to_input=lambda batch"):
         trainer.fit(DictBatchNet(), DictBatchData())
+    # under on_error="warn" validation and training go on; the epoch's error record says the same
+    trainer = make_trainer(tmp_path / "warn", [RepresentationDriftCallback()], max_epochs=2)
+    with pytest.warns(UserWarning, match=r"keys \['cls', 'pixels'\].*batch_to_input=lambda batch"):
+        trainer.fit(DictBatchNet(), DictBatchData())
+    assert trainer.current_epoch == 2 and "val_loss" in trainer.callback_metrics
+    errors = read_records(trainer.log_dir, name="error")
+    assert [e.epoch for e in errors] == [0, 1] and "batch_to_input" in errors[0].payload["message"]
 
 
 def test_batch_to_input_reads_custom_batches(tmp_path: Path) -> None:

@@ -920,9 +920,12 @@ def test_bad_layer_and_too_many_top_symbols_are_reported_in_a_trainer(tmp_path: 
         make_trainer(tmp_path, [cb], max_epochs=1, logger=False).fit(SmallNet(), BlobData())
     # a name that is not a sub-module fails at setup, listing close names
     with pytest.raises(LayerNotFoundError, match="Closest valid names"):
-        make_trainer(tmp_path, [SymbolicTreeCallback(layer="bnn", **SMALL)], max_epochs=1, logger=False).fit(
-            SmallNet(), BlobData()
-        )
+        make_trainer(
+            tmp_path,
+            [SymbolicTreeCallback(layer="bnn", on_error="raise", **SMALL)],
+            max_epochs=1,
+            logger=False,
+        ).fit(SmallNet(), BlobData())
     # more top symbols than the model's 3 classes (known only once the logits are seen)
     cb = SymbolicTreeCallback(layer="conv", on_error="raise", **{**SMALL, "levels": (8, 6)}, top_symbols=5)
     with pytest.raises(RuntimeError, match="top_symbols=5 is more than the 3 classes"):

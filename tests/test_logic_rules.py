@@ -637,9 +637,9 @@ def test_grounding_layer_that_is_not_a_feature_map_is_rejected(tmp_path: Path) -
         find_grounding_layer(nn.Sequential(nn.Flatten(), nn.Linear(192, 3)), x)
     # in a Trainer: a wrong name fails at setup with close names; a non-feature-map layer at the first epoch
     with pytest.raises(LayerNotFoundError, match="Closest valid names"):
-        make_trainer(tmp_path, [LogicRulesCallback(grounding_layer="cnv")], max_epochs=1).fit(
-            SmallNet(), BlobData()
-        )
+        make_trainer(
+            tmp_path, [LogicRulesCallback(grounding_layer="cnv", on_error="raise")], max_epochs=1
+        ).fit(SmallNet(), BlobData())
     trainer = make_trainer(
         tmp_path, [LogicRulesCallback(grounding_layer="pool", on_error="raise")], max_epochs=1
     )
@@ -649,8 +649,12 @@ def test_grounding_layer_that_is_not_a_feature_map_is_rejected(tmp_path: Path) -
 
 
 def test_model_without_linear_head_is_rejected(tmp_path: Path) -> None:
-    trainer = make_trainer(tmp_path, [LogicRulesCallback()], max_epochs=1)
+    trainer = make_trainer(tmp_path, [LogicRulesCallback(on_error="raise")], max_epochs=1)
     with pytest.raises(HeadNotFoundError, match="has no nn.Linear layer"):
+        trainer.fit(NoHeadNet(), BlobData())
+    # a head that is not linear, named: VisionLogic needs W and b, and says so
+    trainer = make_trainer(tmp_path, [LogicRulesCallback(head="classifier", on_error="raise")], max_epochs=1)
+    with pytest.raises(HeadNotFoundError, match="needs a linear head.*head='classifier' is a Conv2d"):
         trainer.fit(NoHeadNet(), BlobData())
 
 

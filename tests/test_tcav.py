@@ -891,12 +891,18 @@ def test_callback_rejects_bad_arguments(kwargs: dict, match: str) -> None:
 def test_callback_checks_folders_and_layers_at_setup(tmp_path: Path) -> None:
     from _models import BlobData, SmallNet
 
-    cb = ConceptAttributionCallback({"striped": tmp_path / "missing"})
+    cb = ConceptAttributionCallback({"striped": tmp_path / "missing"}, on_error="raise")
     with pytest.raises(MisconfigurationException, match="does not exist"):
         _trainer(tmp_path, [cb]).fit(SmallNet(), BlobData())
-    cb = ConceptAttributionCallback({"a": torch.rand(4, 3, 8, 8)}, layers=["cnv"])
+    cb = ConceptAttributionCallback({"a": torch.rand(4, 3, 8, 8)}, layers=["cnv"], on_error="raise")
     with pytest.raises(LayerNotFoundError, match="Closest valid names"):
         _trainer(tmp_path, [cb]).fit(SmallNet(), BlobData())
+    # under on_error="warn" the same folder is said once and training goes on without the callback
+    cb = ConceptAttributionCallback({"striped": tmp_path / "missing"})
+    trainer = _trainer(tmp_path / "warn", [cb], max_epochs=2)
+    with pytest.warns(UserWarning, match="is disabled for this run; training goes on.*does not exist"):
+        trainer.fit(SmallNet(), BlobData())
+    assert cb.disabled and trainer.current_epoch == 2
 
 
 def test_callback_without_concepts_warns_and_training_goes_on(tmp_path: Path) -> None:

@@ -354,6 +354,7 @@ class XAICallback(Callback):
         self._warnings = WarningCache()
         self._keys_seen: set[str] = set()
         self._warned_skip = False
+        self._collect_error: Exception | None = None
 
     # ------------------------------------------------------------------ identity and state
     def _state_key_fields(self) -> dict[str, Any]:
@@ -476,9 +477,29 @@ class XAICallback(Callback):
         if self._model_ref is not None and self._model_ref() is pl_module:
             return
         self._release()
-        if self.needs_sample:
-            self._acquire(pl_module)
         self._model_ref = weakref.ref(pl_module)
+        try:
+            if self.needs_sample:
+                self._acquire(pl_module)
+            self.prepare(trainer, pl_module, stage)
+        except Exception as exc:
+            if self.on_error == "raise":
+                raise
+            self._release()
+            self.disabled = True
+            rank_zero_warn(
+                f"{type(self).__name__} cannot explain this model and is disabled for this run; training goes on. "
+                f"{type(exc).__name__}: {exc} (pass on_error='raise' to stop instead)"
+            )
+            if trainer.is_global_zero:
+                dispatcher_for(trainer).write_error(
+                    self.method, trainer.current_epoch, trainer.global_step, exc
+                )
+
+    def prepare(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Check the model and the arguments that depend on it, once per model at ``setup`` (override; default:
+        nothing). An exception here disables the callback for the run under ``on_error="warn"`` (with one
+        warning and an ``error`` record) and stops ``fit`` under ``"raise"``."""
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -588,10 +609,16 @@ class XAICallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not self._armed or self._capture is None:
+        if not self._armed or self._capture is None or self._collect_error is not None:
             return
-        inputs, labels = self.batch_to_input(batch)
-        self._capture.collect(inputs, labels, (dataloader_idx, batch_idx), dataloader_idx)
+        try:
+            inputs, labels = self.batch_to_input(batch)
+            self._capture.collect(inputs, labels, (dataloader_idx, batch_idx), dataloader_idx)
+        except Exception as exc:
+            if self.on_error == "raise":
+                raise
+            # reported with the epoch's explanation (error record, warning, back-off): validation goes on
+            self._collect_error = exc
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -628,6 +655,9 @@ class XAICallback(Callback):
         try:
             if self._layers_error is not None:
                 raise self._layers_error
+            if self._collect_error is not None:
+                exc, self._collect_error = self._collect_error, None
+                raise exc
             sample = self._gathered_sample(trainer, pl_module) if self.needs_sample else None
             loaders = len(getattr(trainer, "num_val_batches", None) or [])
             if self.needs_sample and loaders and self.dataloader_idx >= loaders:
@@ -759,4 +789,6 @@ class XAICallback(Callback):
             min(self.max_samples, len(gathered["ids"])),
             largest=False,
         )
-        return ValidationSample.from_tensors({k: v[keep.indices] for k, v in gathered.items()})
+        return ValidationSample.from_tensors(
+            {k: v[keep.indices] for k, v in gathered.items()}, computed_in=local.computed_in
+        )

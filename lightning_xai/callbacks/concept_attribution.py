@@ -217,8 +217,7 @@ class ConceptAttributionCallback(XAICallback):
 
     # ---------------------------------------------------------------- hooks
     @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
+    def prepare(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         for name in self.concept_layers or ():
             resolve_layer(pl_module, name)  # fails now, listing close names, not at the first explained epoch
         pool = {"random pool": self.random} if self.random is not None else {}
@@ -263,6 +262,7 @@ class ConceptAttributionCallback(XAICallback):
             max_images=self.max_concept_images,
             class_names=names,
             seed=self.seed,
+            head=self._capture.head_name if self._capture is not None else self.head,
         )
         split = Split(
             rank=trainer.global_rank,

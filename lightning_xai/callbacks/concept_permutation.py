@@ -208,8 +208,7 @@ class ConceptPermutationCallback(XAICallback):
         return cached[1]
 
     @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
+    def prepare(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.generator is None or self.concept_table is None:
             rank_zero_warn(
                 "ConceptPermutationCallback has no generator or no concept table, so it cannot explain anything; pass "

@@ -206,8 +206,7 @@ class DiffusionExplainerCallback(XAICallback):
         self.prompts.update({k: v.clone() for k, v in state.get("prompts", {}).items()})
 
     @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
+    def prepare(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.generator is None:
             rank_zero_warn(
                 "DiffusionExplainerCallback has no generator, so it cannot explain anything; pass "

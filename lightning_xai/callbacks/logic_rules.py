@@ -8,10 +8,11 @@ from typing import Any, Literal
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
 from typing_extensions import override
 
 from lightning_xai.callbacks.base import XAICallback, check_int, misconfigured
-from lightning_xai.capture import ValidationSample, resolve_layer
+from lightning_xai.capture import HeadNotFoundError, ValidationSample, resolve_layer
 from lightning_xai.logic import DEFAULT_LEVELS, LinearHead, LogicRules, class_label
 from lightning_xai.results.logic_rules import LogicRulesResult
 
@@ -149,8 +150,15 @@ class LogicRulesCallback(XAICallback):
 
     # ---------------------------------------------------------------- hooks
     @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
+    def prepare(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        assert self._capture is not None and self._capture.head_name is not None
+        head = resolve_layer(pl_module, self._capture.head_name)
+        if not isinstance(head, nn.Linear):
+            raise HeadNotFoundError(
+                f"LogicRulesCallback needs a linear head: VisionLogic reads its weights (logits = W z + b), but "
+                f"head={self._capture.head_name!r} is a {type(head).__name__}. Name the final nn.Linear with "
+                "head='<name>', or leave LogicRulesCallback out for this model (the other callbacks explain it)."
+            )
         layer = self.logic_rules.grounding_layer
         if layer is not None and self.needs_inputs:
             resolve_layer(pl_module, layer)  # a wrong name fails now, listing close names
@@ -174,6 +182,7 @@ class LogicRulesCallback(XAICallback):
             images=sample.inputs if grounds else None,
             ids=sample.ids,
             class_names=self.class_names_for(trainer, pl_module, head.num_classes),
+            computed_in=sample.computed_in,
         )
         if sample.labels is None and self.logic_rules.source == "correct":
             self._warnings.warn(

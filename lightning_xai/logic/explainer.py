@@ -159,6 +159,7 @@ class LogicRules:
         images: Tensor | None = None,
         ids: Tensor | Sequence[int] | None = None,
         class_names: Sequence[str] | None = None,
+        computed_in: torch.dtype = torch.float32,
     ) -> LogicRulesResult:
         """The rules of ``head`` on these images, their fidelity and (with ``model`` and ``images``) grounding.
 
@@ -173,6 +174,8 @@ class LogicRules:
                 only the rules are learned, and the model is never run.
             ids: sample ids of the rows, shown in the local rules and grounding (default ``0..N-1``).
             class_names: ``C`` class names for the rules (default: class indices).
+            computed_in: the dtype the model computed ``logits`` in (``torch.bfloat16`` under ``bf16-mixed``):
+                the head check allows for its rounding (:meth:`~lightning_xai.logic.LinearHead.check`).
 
         Raises:
             lightning_xai.logic.HeadMismatchError: ``W z + b`` of the head does not reproduce ``logits``.
@@ -185,7 +188,7 @@ class LogicRules:
 
         head = self._head(head, model)
         z, logits = _floating(features), _floating(logits)
-        head.check(z, logits)
+        head.check(z, logits, computed_in=computed_in)
         n, c = z.shape[0], head.num_classes
         names = list(class_names) if class_names is not None else None
         if names is not None and len(names) != c:

@@ -120,8 +120,21 @@ class LinearHead:
         """``W z + b`` in float64, ``[N, C]``."""
         return features.to(torch.float64) @ self.weight.T + self.bias
 
-    def check(self, features: Tensor, logits: Tensor, rtol: float = 1e-3, atol: float = 1e-4) -> None:
+    def check(
+        self,
+        features: Tensor,
+        logits: Tensor,
+        rtol: float = 1e-3,
+        atol: float = 1e-4,
+        computed_in: torch.dtype = torch.float32,
+    ) -> None:
         """Check that ``W z + b`` reproduces the captured ``logits`` (the head really is the last layer).
+
+        ``computed_in`` is the dtype the model computed ``logits`` in. Under mixed precision (bfloat16,
+        float16) the head rounded its weights, inputs and outputs to that dtype, so the check allows for the
+        largest error that rounding can make: ``eps * (max |W| |z| + max |logit|)``, ``eps`` the dtype's
+        machine epsilon (twice the unit roundoff). A temperature, a softmax or a second branch changes
+        the logits by far more.
 
         Raises:
             HeadMismatchError: shapes differ, or some logit differs by more than ``atol + rtol * scale``
@@ -141,10 +154,16 @@ class LinearHead:
         target = logits.to(torch.float64)
         err = float((recomputed - target).abs().max()) if target.numel() else 0.0
         scale = float(target.abs().max()) if target.numel() else 0.0
-        if err > atol + rtol * scale:
+        allowed = atol + rtol * scale
+        eps = torch.finfo(computed_in).eps if computed_in.is_floating_point else 0.0
+        if eps > torch.finfo(torch.float32).eps and target.numel():
+            terms = float((features.to(torch.float64).abs() @ self.weight.abs().T).max())
+            allowed += eps * (terms + scale)
+        if err > allowed:
             raise HeadMismatchError(
                 f"W z + b of the head {self.name or ''} differs from the model's logits by up to {err:.3g} "
-                f"(logit scale {scale:.3g}): the model changes the head's output (a temperature, a second "
+                f"(logit scale {scale:.3g}, computed in {str(computed_in).removeprefix('torch.')}, "
+                f"{allowed:.3g} allowed): the model changes the head's output (a temperature, a second "
                 "branch, a softmax?) or the head is not the last layer. VisionLogic needs logits = W z + b; "
                 "name the final nn.Linear with head='<name>'."
             )

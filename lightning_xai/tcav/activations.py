@@ -25,7 +25,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_xai.capture import explanation_mode, first_tensor, resolve_layer, run_model
+from lightning_xai.capture import (
+    HeadNotFoundError,
+    explanation_mode,
+    find_head,
+    first_tensor,
+    resolve_layer,
+    run_model,
+)
 from lightning_xai.feature_maps import feature_maps, model_device
 from lightning_xai.tcav.data import fingerprint
 
@@ -212,8 +219,10 @@ def layer_gradients(
     )
 
 
-def last_feature_map_layer(model: nn.Module, example: Tensor) -> str:
-    """Name of the last module that runs once and outputs a spatial feature map ``[B, C, H, W]``, ``H*W > 1``.
+def last_feature_map_layer(model: nn.Module, example: Tensor, head: str | None = None) -> str:
+    """Name of the last module that runs once and outputs a spatial feature map ``[B, C, H, W]``, ``H*W > 1``,
+    before the classifier head starts (``head``: its name; default the last ``nn.Linear``, or no head when the
+    model has none: a 1x1-convolution head's own convolution would otherwise be taken).
 
     A container and its last child finish at the same point of the forward pass; the container (the
     shorter name, e.g. ``layer4`` rather than ``layer4.1``) is preferred. Modules called more than once per
@@ -227,7 +236,11 @@ def last_feature_map_layer(model: nn.Module, example: Tensor) -> str:
         >>> last_feature_map_layer(net, torch.rand(1, 3, 8, 8))
         '1'
     """
-    best = next(reversed(feature_maps(model, example)), None)
+    try:
+        head_module: nn.Module | None = find_head(model, head)[1]
+    except HeadNotFoundError:
+        head_module = None
+    best = next(reversed(feature_maps(model, example, head_module)), None)
     if best is None:
         raise ValueError(
             f"{type(model).__name__} has no module that outputs a spatial feature map [B, C, H, W]; pass layers=[...] "

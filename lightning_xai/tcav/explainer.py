@@ -73,7 +73,7 @@ class ConceptAttribution:
 
     Args:
         model: The classifier (``nn.Module``); inputs ``[N, C, H, W]``, outputs logits ``[N, n_classes]``.
-        layers: Dotted layer names; default: the last layer with a spatial feature map
+        layers: Dotted layer names; default: the last layer with a spatial feature map before the head
             (:func:`~lightning_xai.tcav.activations.last_feature_map_layer`).
         concepts: ``{name: source}``; a source is a tensor ``[N, C, H, W]``, a Dataset of images or a folder
             path (see :func:`~lightning_xai.tcav.data.load_images`). Each needs at least 2 images.
@@ -92,6 +92,8 @@ class ConceptAttribution:
         batch_size: images per forward pass; ig_batch_rows: rows per integrated-gradients pass.
         l2, max_iter: L2 penalty and iteration cap of ``"linear"`` CAVs (see :func:`~lightning_xai.tcav.cav.linear_cavs`).
         seed: seed of the random sets.
+        head: name of the classifier head, for the default layer (one before the head starts); default: the
+            last ``nn.Linear``, or any layer when the model has none.
         cache: an :class:`~lightning_xai.tcav.activations.ActivationCache` to share with other explainers of the
             same model (e.g. a ``"mean"`` and a ``"linear"`` one: activations and integrated gradients are
             computed once).
@@ -139,6 +141,7 @@ class ConceptAttribution:
         max_iter: int = 50,
         seed: int = 0,
         cache: ActivationCache | None = None,
+        head: str | None = None,
     ) -> None:
         if cav not in CAV_KINDS:
             raise ValueError(f"cav={cav!r} is not supported; choose one of {list(CAV_KINDS)}.")
@@ -158,6 +161,7 @@ class ConceptAttribution:
         if bad:
             raise ValueError(f"Concept names must be non-empty strings other than {RANDOM!r}; got {bad}.")
         self.model = model
+        self.head = head
         if isinstance(layers, str):
             layers = [layers]
         self._layers = list(dict.fromkeys(layers)) if layers else None
@@ -223,7 +227,7 @@ class ConceptAttribution:
         if self._layers is None:
             if example is None:
                 example = self._images(RANDOM)
-            self._layers = [last_feature_map_layer(self.model, example[:1])]
+            self._layers = [last_feature_map_layer(self.model, example[:1], head=self.head)]
         return list(self._layers)
 
     def _images(self, name: str) -> Tensor:
