@@ -46,6 +46,7 @@ from lightning_xai.layers import (
 from lightning_xai.running import (
     autocast_context,
     check_autocast_device,
+    eager,
     explanation_mode,
     folded_batchnorm,
     forward_from_layer,
@@ -182,6 +183,20 @@ class ValidationSample:
         )
 
 
+def is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` or one of its sub-modules is compiled with ``torch.compile`` (a LightningModule given to
+    ``fit`` compiled keeps its compiled ``forward`` and a ``_compiler_ctx``)."""
+    if isinstance(getattr(model, "_compiler_ctx", None), dict):
+        return True
+    return any(type(m).__name__ == "OptimizedModule" for m in model.modules())
+
+
+def _not_traced(fn: Any) -> Any:
+    """``fn`` left out of ``torch.compile``'s graphs (a graph break where it runs); as it is without dynamo."""
+    dynamo = getattr(torch, "_dynamo", None)
+    return dynamo.disable(fn) if dynamo is not None and hasattr(dynamo, "disable") else fn
+
+
 def _check_logits(head: str | None, logits: Tensor) -> None:
     """The head's output must be logits ``[N, C]`` (``[N, C, 1, ...]`` from a pooled convolution is flattened)."""
     if logits.dim() >= 2 and all(s == 1 for s in logits.shape[2:]):
@@ -266,7 +281,9 @@ class _Reservoir:
 class _Tap:
     """One forward hook on one module; holds the latest output (and input) while the capture is armed."""
 
-    def __init__(self, capture: ActivationCapture, name: str, module: nn.Module, keep_input: bool) -> None:
+    def __init__(
+        self, capture: ActivationCapture, name: str, module: nn.Module, keep_input: bool, attach: bool = True
+    ) -> None:
         self.name = name
         self.module = module
         self.keep_input = keep_input
@@ -275,6 +292,9 @@ class _Tap:
         self.latest_input: Tensor | None = None
         capture_ref = weakref.ref(capture)
 
+        # run eagerly inside a compiled model: traced, the hook's Python state (``calls``, whether the capture is
+        # armed) would become guards, and every change of it a recompile of the model
+        @_not_traced
         def hook(mod: nn.Module, args: tuple, output: Any) -> None:
             cap = capture_ref()
             if cap is None or not cap.armed:
@@ -284,14 +304,26 @@ class _Tap:
             if self.keep_input:
                 self.latest_input = first_tensor(args, f"Input of layer {name!r}").detach()
 
-        self.handle = module.register_forward_hook(hook)
+        self._hook = hook
+        self.handle: Any = None
+        if attach:
+            self.attach()
+
+    def attach(self) -> None:
+        if self.handle is None:
+            self.handle = self.module.register_forward_hook(self._hook)
+
+    def detach(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
 
     def clear(self) -> None:
         self.latest_output = None
         self.latest_input = None
 
     def remove(self) -> None:
-        self.handle.remove()
+        self.detach()
         self.clear()
 
 
@@ -336,6 +368,9 @@ class ActivationCapture:
         self.rank = 0
         self.world_size = 1
         self.head_checked = False
+        # a compiled model keeps no hooks: they would be traced into its graphs (graph breaks, and a recompile
+        # whenever one is added); its sampled batches are run again, eagerly, with the hooks on (see collect)
+        self.compiled = is_compiled(model)
 
     # ---- registry
     @classmethod
@@ -365,7 +400,7 @@ class ActivationCapture:
             )
         if cap._head_tap is None:
             cap.head_name = head_name
-            cap._head_tap = _Tap(cap, head_name, head_module, keep_input=True)
+            cap._head_tap = _Tap(cap, head_name, head_module, keep_input=True, attach=not cap.compiled)
         for name in layers:
             resolve_layer(model, name)
         cap._owners[owner] = (tuple(layers), int(max_samples), bool(needs_inputs))
@@ -408,7 +443,9 @@ class ActivationCapture:
             if name not in wanted:
                 self._taps.pop(name).remove()
         for name in sorted(wanted - set(self._taps)):
-            self._taps[name] = _Tap(self, name, resolve_layer(model, name), keep_input=False)
+            self._taps[name] = _Tap(
+                self, name, resolve_layer(model, name), keep_input=False, attach=not self.compiled
+            )
 
     # ---- properties
     @property
@@ -471,6 +508,24 @@ class ActivationCapture:
         if not self._pending and not self._wanted:
             self._reservoirs.clear()
 
+    def _run_eagerly(self, inputs: Tensor | None) -> None:
+        """The batch again through the original (uncompiled) modules, with the hooks on for this pass only."""
+        model = self._model_ref()
+        if inputs is None or model is None:
+            raise RuntimeError(
+                "A compiled model's validation sample is taken by running its batches again without torch.compile, "
+                "which needs the batch's inputs; pass batch_to_input returning (inputs, labels)."
+            )
+        taps = list(self._all_taps())
+        with torch.no_grad(), eager(model):
+            for tap in taps:
+                tap.attach()
+            try:
+                run_model(model, inputs)
+            finally:
+                for tap in taps:
+                    tap.detach()
+
     def _all_taps(self) -> Iterator[_Tap]:
         yield from self._taps.values()
         if self._head_tap is not None:
@@ -489,6 +544,8 @@ class ActivationCapture:
             for tap in self._all_taps():
                 tap.clear()
             return
+        if self.compiled:
+            self._run_eagerly(inputs)
         head = self._head_tap
         assert head is not None
         if head.latest_output is None:

@@ -39,6 +39,9 @@ class HeadNotFoundError(ValueError):
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     """Return the sub-module of ``model`` called ``name`` (dotted path, as in ``named_modules``).
 
+    A module compiled with ``torch.compile`` keeps its sub-modules under ``_orig_mod``; they are found with
+    or without that part (``"backbone.block2"`` and ``"backbone._orig_mod.block2"`` are the same layer).
+
     Args:
         model: the network.
         name: dotted path such as ``"layer4.1.conv2"`` or ``"fc"``.
@@ -57,7 +60,10 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     modules = dict(model.named_modules())
     if name in modules and name != "":
         return modules[name]
-    valid = [n for n in modules if n]
+    plain = uncompiled_names(modules)
+    if name in plain:
+        return plain[name]
+    valid = [n for n in {**modules, **plain} if n and not _is_compiled_name(n)]
     close = difflib.get_close_matches(name, valid, n=5, cutoff=0.4)
     hint = f" Closest valid names: {close}." if close else ""
     shown = valid if len(valid) <= 30 else valid[:15] + ["..."] + valid[-10:]
@@ -65,6 +71,24 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
         f"Layer {name!r} is not a sub-module of {type(model).__name__}.{hint} "
         f"Valid names ({len(valid)}): {shown}"
     )
+
+
+_COMPILED = "_orig_mod"
+
+
+def _is_compiled_name(name: str) -> bool:
+    return _COMPILED in name.split(".")
+
+
+def uncompiled_names(modules: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """The sub-modules of compiled modules by their names without ``_orig_mod`` (``torch.compile`` wraps a module
+    in an ``OptimizedModule`` that holds the original as ``_orig_mod``); the wrapper keeps its own name."""
+    out = {}
+    for name, module in modules.items():
+        parts = name.split(".")
+        if _COMPILED in parts and parts[-1] != _COMPILED:
+            out[".".join(p for p in parts if p != _COMPILED)] = module
+    return out
 
 
 def find_head(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:

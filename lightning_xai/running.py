@@ -17,6 +17,7 @@ from lightning_xai.layers import first_tensor, resolve_layer
 __all__ = [
     "autocast_context",
     "check_autocast_device",
+    "eager",
     "explanation_mode",
     "folded_batchnorm",
     "forward_from_layer",
@@ -237,6 +238,46 @@ def _forward_replaced(
 
 
 @contextlib.contextmanager
+def eager(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside, ``model`` runs without ``torch.compile``: each compiled sub-module is replaced by its original
+    in its parent, and a LightningModule compiled whole (``trainer.fit(torch.compile(model))``) gets its
+    original ``forward`` back. Explanations run other batch sizes, gradient modes and frozen parameters than
+    training, and each would make the compiled model recompile; the original computes the same values.
+    Everything is put back on exit, so training goes on with the same compiled code.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> net = nn.Sequential(torch.compile(nn.Linear(4, 2)))
+        >>> with eager(net):
+        ...     type(net[0]).__name__
+        'Linear'
+        >>> type(net[0]).__name__
+        'OptimizedModule'
+    """
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            original = getattr(child, "_orig_mod", None) if child is not None else None
+            if isinstance(original, nn.Module) and type(child).__name__ == "OptimizedModule":
+                swapped.append((parent, name, child))
+                parent._modules[name] = original
+    ctx = getattr(model, "_compiler_ctx", None)
+    forward = ctx.get("original_forward") if isinstance(ctx, dict) else None
+    compiled_forward = model.__dict__.get("forward") if forward is not None else None
+    if forward is not None:
+        model.forward = forward  # type: ignore[method-assign]
+    try:
+        yield model
+    finally:
+        if forward is not None and compiled_forward is not None:
+            model.forward = compiled_forward  # type: ignore[method-assign]
+        elif forward is not None:
+            del model.forward
+        for parent, name, child in reversed(swapped):
+            parent._modules[name] = child
+
+
+@contextlib.contextmanager
 def explanation_mode(model: nn.Module, freeze_parameters: bool = True) -> Iterator[nn.Module]:
     """Context for explanation work on a live model, safe inside ``fit``, ``validate`` and hooks.
 
@@ -260,7 +301,7 @@ def explanation_mode(model: nn.Module, freeze_parameters: bool = True) -> Iterat
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), eager(model):
             model.eval()
             if freeze_parameters:
                 for p, _ in flags:

@@ -81,6 +81,18 @@ class DictBatchData(BlobData):
         return DataLoader([{"pixels": x, "cls": y} for x, y in self.train_set], batch_size=self.batch_size)
 
 
+class ConvHeadNet(SmallNet):
+    """conv -> bn -> relu -> head, the head a 1x1 convolution, global pooling and flatten (no nn.Linear)."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__(classes)
+        del self.pool
+        self.head = nn.Sequential(nn.Conv2d(8, classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.bn(self.conv(x))))
+
+
 class NoHeadNet(SmallNet):
     """A classifier whose last layer is a 1x1 convolution: no nn.Linear head."""
 

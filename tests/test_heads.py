@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _models import BlobData, SmallNet, blob_data, make_trainer
+from _models import BlobData, ConvHeadNet, SmallNet, blob_data, make_trainer
 from lightning.pytorch import seed_everything
 from torch import nn
 
@@ -22,18 +22,6 @@ from lightning_xai.callbacks import (
 from lightning_xai.capture import ActivationCapture, HeadNotFoundError
 from lightning_xai.records import read_records
 from lightning_xai.results import read_result
-
-
-class ConvHeadNet(SmallNet):
-    """conv -> bn -> relu -> head, the head a 1x1 convolution, global pooling and flatten (no nn.Linear)."""
-
-    def __init__(self, classes: int = 3) -> None:
-        super().__init__(classes)
-        del self.pool
-        self.head = nn.Sequential(nn.Conv2d(8, classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.bn(self.conv(x))))
 
 
 class DictHead(nn.Module):

@@ -14,10 +14,9 @@ import traceback
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal
 
 import torch
-import torch.distributed as dist
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
@@ -28,6 +27,14 @@ from typing_extensions import override
 
 from lightning_xai import checks
 from lightning_xai.callbacks.loop_checks import note_fit_start
+from lightning_xai.callbacks.model_checks import (
+    TASKS,
+    MultiLabelError,
+    check_task,
+    looks_multilabel,
+    step_aside,
+)
+from lightning_xai.callbacks.ranks import agree_on_failure, gather_objects, run_share
 from lightning_xai.capture import (
     ActivationCapture,
     ValidationSample,
@@ -49,7 +56,6 @@ __all__ = [
     "run_share",
 ]
 
-T = TypeVar("T")
 
 _ON_CHOICES = ("validation", "train_epoch_end")
 _ON_ERROR_CHOICES = ("warn", "raise")
@@ -134,51 +140,6 @@ def result_listeners(trainer: Trainer) -> list[Any]:
             seen.add(id(cb))
             out.append(cb)
     return out
-
-
-def gather_objects(trainer: Trainer, obj: Any) -> list[Any]:
-    """Every rank's picklable ``obj``, in rank order, on every rank (``[obj]`` without a process group)."""
-    if trainer.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def agree_on_failure(trainer: Trainer, error: BaseException | None) -> BaseException | None:
-    """Every rank learns whether any rank failed (a collective: every rank must call it at the same point).
-
-    Returns this rank's own ``error`` if it has one, else a ``RuntimeError`` naming the first rank that failed
-    and why, else ``None``. Callers act on the result alike on every rank, so no rank runs ahead into a
-    collective that the others skip (the hang a one-rank failure would otherwise cause under DDP).
-    """
-    if trainer.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
-        return error
-    reports = gather_objects(trainer, None if error is None else f"{type(error).__name__}: {error}")
-    if error is not None:
-        return error
-    for rank, report in enumerate(reports):
-        if report is not None:
-            return RuntimeError(f"rank {rank} of {len(reports)} failed: {report}")
-    return None
-
-
-def run_share(trainer: Trainer, compute: Callable[[], T]) -> T:
-    """Run this rank's share of work that is split across ranks and gathered afterwards.
-
-    If the share fails on any rank, every rank raises (its own error, or one naming the rank that failed)
-    instead of the healthy ranks waiting forever in the gather that follows.
-    """
-    result: T | None = None
-    error: Exception | None = None
-    try:
-        result = compute()
-    except Exception as exc:  # noqa: BLE001 - raised below on every rank
-        error = exc
-    agreed = agree_on_failure(trainer, error)
-    if agreed is not None:
-        raise agreed
-    return result  # type: ignore[return-value]
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -282,6 +243,9 @@ class XAICallback(Callback):
             ``time_s``), ``"all"``, ``"none"``, or a list of key patterns after ``xai/<method>/`` such as
             ``["fidelity", "importance/*"]``. Tables, charts and media are logged whatever the choice.
             Default: ``"summary"``.
+        task: ``"auto"`` (multi-hot labels ``[N, classes]`` mark a multi-label model), ``"multiclass"`` or
+            ``"multilabel"``. A callback that explains one class per image steps aside for a multi-label model
+            (see :mod:`lightning_xai.callbacks.model_checks`). Default: ``"auto"``.
 
     Raises:
         MisconfigurationException: an argument is out of range; the message names the valid choices.
@@ -293,6 +257,8 @@ class XAICallback(Callback):
     #: whether the method reads the validation sample at all; without it (DEPICT, DiffExplainer generate their
     #: own images) nothing is collected and :meth:`explain` gets ``sample=None``
     needs_sample: ClassVar[bool] = True
+    #: whether the method explains multi-label models (else it steps aside for them)
+    explains_multilabel: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -308,10 +274,12 @@ class XAICallback(Callback):
         seed: int = 0,
         dataloader_idx: int = 0,
         log_scalars: str | Sequence[str] = "summary",
+        task: Literal["auto", "multiclass", "multilabel"] = "auto",
     ) -> None:
         super().__init__()
         with misconfigured():
             self.log_scalars = check_scalar_set(log_scalars)
+            self.task = checks.check_choice("task", task, TASKS)
             checks.check_int("every_n_epochs", every_n_epochs, 1)
             checks.check_int("dataloader_idx", dataloader_idx, 0)
             checks.check_choice("on", on, _ON_CHOICES)
@@ -355,6 +323,7 @@ class XAICallback(Callback):
         self._keys_seen: set[str] = set()
         self._warned_skip = False
         self._collect_error: Exception | None = None
+        self._task_seen = False
 
     # ------------------------------------------------------------------ identity and state
     def _state_key_fields(self) -> dict[str, Any]:
@@ -479,22 +448,39 @@ class XAICallback(Callback):
         self._release()
         self._model_ref = weakref.ref(pl_module)
         try:
+            check_task(self, self.task == "multilabel")
             if self.needs_sample:
                 self._acquire(pl_module)
             self.prepare(trainer, pl_module, stage)
-        except Exception as exc:
-            if self.on_error == "raise":
-                raise
+        except Exception as exc:  # noqa: BLE001 - on_error="warn": a model this callback cannot explain trains on
             self._release()
-            self.disabled = True
-            rank_zero_warn(
-                f"{type(self).__name__} cannot explain this model and is disabled for this run; training goes on. "
-                f"{type(exc).__name__}: {exc} (pass on_error='raise' to stop instead)"
-            )
-            if trainer.is_global_zero:
-                dispatcher_for(trainer).write_error(
-                    self.method, trainer.current_epoch, trainer.global_step, exc
-                )
+            step_aside(self, trainer, exc)
+
+    def _check_labels(self, trainer: Trainer, labels: Tensor | None) -> bool:
+        """Once: whether the first batch's labels let this callback go on (multi-hot labels of a multi-label
+        model make a single-label method step aside)."""
+        if self._task_seen or self.task != "auto":
+            return True
+        self._task_seen = True
+        try:
+            check_task(self, looks_multilabel(labels))
+        except MultiLabelError as exc:
+            self._armed = False
+            self._release()
+            step_aside(self, trainer, exc)
+            return False
+        return True
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._task_seen and not self.disabled and self.task == "auto":
+            try:
+                labels = self.batch_to_input(batch)[1]
+            except Exception:  # noqa: BLE001 - an unreadable batch is told at validation, where it matters
+                return
+            self._check_labels(trainer, labels)
 
     def prepare(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Check the model and the arguments that depend on it, once per model at ``setup`` (override; default:
@@ -613,6 +599,8 @@ class XAICallback(Callback):
             return
         try:
             inputs, labels = self.batch_to_input(batch)
+            if not self._check_labels(trainer, labels):
+                return
             self._capture.collect(inputs, labels, (dataloader_idx, batch_idx), dataloader_idx)
         except Exception as exc:
             if self.on_error == "raise":

@@ -53,6 +53,9 @@ class RepresentationDriftCallback(XAICallback):
     """
 
     method = "representation_drift"
+    explains_multilabel = (
+        True  # CKA compares representations: it reads neither labels nor one class per image
+    )
 
     def __init__(
         self,

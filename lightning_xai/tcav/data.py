@@ -124,7 +124,12 @@ def _dataset_images(name: str, dataset: Dataset, max_images: int | None) -> list
 
 
 def _folder_images(
-    name: str, folder: Path, transform: Transform | None, size: tuple[int, int] | None, max_images: int | None
+    name: str,
+    folder: Path,
+    transform: Transform | None,
+    size: tuple[int, int] | None,
+    max_images: int | None,
+    channels: int | None = None,
 ) -> list[Tensor]:
     from PIL import Image
     from torchvision.transforms import functional as TF
@@ -140,7 +145,8 @@ def _folder_images(
     for path in files:
         try:
             with Image.open(path) as im:
-                im = im.convert("RGB")
+                # the model's channels: a grayscale model reads mode-L images, any other RGB
+                im = im.convert("L" if channels == 1 else "RGB")
                 if transform is not None:
                     x = transform(im)
                 else:
@@ -174,8 +180,9 @@ def load_images(
     Args:
         name: The concept's name (used in error messages).
         source: A tensor ``[N, C, H, W]``, a map-style Dataset, or a folder path.
-        transform: For folders: PIL image -> tensor ``[C, H, W]``. Default: ``to_tensor``, after a
-            bilinear resize to ``input_shape[-2:]`` when that is given. Ignored for other sources.
+        transform: For folders: PIL image -> tensor ``[C, H, W]``. Default: ``to_tensor`` of the image in
+            the model's channels (grayscale for ``input_shape[0] == 1``, else RGB), after a bilinear resize to
+            ``input_shape[-2:]`` when that is given. Ignored for other sources.
         input_shape: The model's input shape ``[C, H, W]`` (e.g. of the validation images). When
             given, every image must have exactly this shape.
         max_images: Keep at most this many images (the first ones; folders are sorted by name).
@@ -212,7 +219,8 @@ def load_images(
                 f"Concept {name!r}: a tensor of images must be [N, C, H, W], got shape {list(source.shape)}."
             )
     elif isinstance(source, (str, os.PathLike)):
-        listed = _folder_images(name, Path(source), transform, size, max_images)
+        channels = int(input_shape[0]) if input_shape is not None and len(input_shape) == 3 else None
+        listed = _folder_images(name, Path(source), transform, size, max_images, channels)
         images = _stack(name, listed, source)
     elif isinstance(source, Dataset):
         images = _stack(name, _dataset_images(name, source, max_images), source)
@@ -266,7 +274,8 @@ def check_images(
         raise ConceptDataError(
             f"Concept {name!r} has images of shape {list(images.shape[1:])} but the model's inputs are "
             f"{[int(s) for s in input_shape]}; preprocess the concept images like the training images (for a "
-            "folder, pass a transform that resizes and normalises them)."
+            "folder, pass a transform that resizes and normalises them: concept_transform= of "
+            "ConceptAttributionCallback)."
         )
     if images.is_floating_point() and not bool(torch.isfinite(images).all()):
         raise ConceptDataError(f"Concept {name!r} ({what}) contains NaN or infinite values.")
