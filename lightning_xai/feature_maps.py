@@ -21,6 +21,7 @@ __all__ = [
     "LayerOutput",
     "feature_maps",
     "is_feature_map",
+    "last_token_layer",
     "model_device",
     "probe_outputs",
     "select_feature_maps",
@@ -137,3 +138,68 @@ def select_feature_maps(outputs: dict[str, LayerOutput]) -> dict[str, tuple[int,
         for name, out in outputs.items()
         if out.calls == 1 and not out.after_head and is_feature_map(out.shape)
     }
+
+
+def last_token_layer(model: nn.Module, example: Tensor, head: nn.Module | None = None) -> str | None:
+    """For a vision transformer (a model that declares prefix tokens, see
+    :func:`~lightning_xai.token_layout.prefix_tokens`): the last module before the head whose output is tokens
+    on a patch grid and whose *patch* tokens still move the logits; ``None`` for other models.
+
+    After the last attention, patch tokens no longer reach a class-token readout (the last block's output and
+    its MLP change each token alone), so maps read there explain nothing. One gradient probe on ``example[:1]``
+    finds the modules whose patch tokens still reach what the head reads; of those, the last block of the
+    model's stack of blocks (its output is the residual stream: for a class-token readout the next-to-last
+    block, with mean pooling over the patch tokens the last one), else the last such module.
+    """
+    from lightning_xai.token_layout import prefix_tokens, spatial_layout
+
+    if prefix_tokens(model) is None:
+        return None
+    outputs = probe_outputs(model, example, head)
+    candidates = []
+    for name, out in outputs.items():
+        layout = spatial_layout(model, out.shape[1:]) if len(out.shape) == 3 else None
+        if out.calls == 1 and not out.after_head and layout is not None and layout.kind == "tokens":
+            candidates.append((name, layout.prefix))
+    if not candidates:
+        return None
+    modules = dict(model.named_modules())
+    reach: dict[str, float] = {}
+    handles = []
+    for name, prefix in candidates:
+
+        def hook(mod: nn.Module, args: tuple, out: Any, name: str = name, prefix: int = prefix) -> None:
+            t = first_tensor(out)
+            if t.requires_grad:
+                t.register_hook(lambda g: reach.__setitem__(name, float(g[:, prefix:].abs().sum())))
+
+        handles.append(modules[name].register_forward_hook(hook))
+    # what the head reads (its input; a fresh head may be all zeros, as torchvision's is, and pass no gradient)
+    read: list[Tensor] = []
+    if head is not None:
+        handles.append(head.register_forward_pre_hook(lambda mod, args: read.append(first_tensor(args))))
+    try:
+        with explanation_mode(model):
+            x = example[:1].to(model_device(model)).clone().requires_grad_(True)
+            out = first_tensor(model(x))
+            target = (read[-1] if read else out).float().pow(2).sum()
+            torch.autograd.grad(target, x, allow_unused=True)  # fills `reach`
+    finally:
+        for h in handles:
+            h.remove()
+    reaching = [name for name, _ in candidates if reach.get(name, 0.0) > 0]
+    # a block of the stack (its output is the residual stream) rather than a norm inside the next block, which
+    # feeds that block's attention branch alone
+    blocks = [name for name in reaching if name in _stacked_blocks(model)]
+    return (blocks or reaching or [None])[-1]
+
+
+def _stacked_blocks(model: nn.Module) -> set[str]:
+    """Names of the children of a stack of at least two modules of one type (a transformer's blocks)."""
+    out = set()
+    for name, module in model.named_modules():
+        children = list(module.named_children())
+        stack = isinstance(module, (nn.Sequential, nn.ModuleList)) and len(children) >= 2
+        if stack and len({type(c) for _, c in children}) == 1:
+            out |= {f"{name}.{c}" if name else c for c, _ in children}
+    return out

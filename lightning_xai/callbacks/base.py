@@ -232,7 +232,8 @@ class XAICallback(Callback):
             consecutive failed epochs (a success resets the count; a resumed run tries again). ``None``:
             never. Default: 3.
         layers: extra layers (dotted names) whose activations are sampled. Default: none.
-        head: name of the classifier's ``nn.Linear`` head; default: the last ``nn.Linear``.
+        head: name of the module whose output is the logits (any module: a pooled 1x1 convolution, a module
+            returning a dict...); default: the last ``nn.Linear``.
         batch_to_input: ``batch -> (inputs, labels or None)`` for batches that are not a tensor, an
             ``(x, y, ...)`` sequence or a dict with an ``"image"``/``"input"``/``"x"`` key.
         seed: seed of the validation sample and of any randomness of the method. Default: 0.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from lightning.pytorch import LightningModule, Trainer
@@ -14,13 +14,14 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from typing_extensions import override
 
+from lightning_xai import checks
 from lightning_xai.callbacks.base import XAICallback, check_int, check_interval, misconfigured, run_share
 from lightning_xai.capture import ValidationSample, resolve_layer
 from lightning_xai.results.concept_attribution import ConceptAttributionResult
 from lightning_xai.tcav.cav import CAV_KINDS
 from lightning_xai.tcav.data import check_folder, check_images, sample_pool
 from lightning_xai.tcav.epoch import Split
-from lightning_xai.tcav.explainer import ConceptAttribution
+from lightning_xai.tcav.explainer import TOKEN_POOLINGS, ConceptAttribution
 
 __all__ = ["ConceptAttributionCallback"]
 
@@ -69,9 +70,10 @@ class ConceptAttributionCallback(XAICallback):
         concept_transform: PIL image -> tensor for folder concepts (default: resize to the input size,
             ``to_tensor``); pass the model's normalisation here.
         class_names: all class names (default: the model's or the datamodule's ``classes``, or ``class_<k>``).
-        max_samples: see :class:`XAICallback`.
-        **base: ``on``, ``on_error``, ``max_failures``, ``head``, ``batch_to_input``, ``seed`` (keyword-only), passed to
-            :class:`XAICallback`.
+        token_pooling, reshape_transform: for transformer layers: the CAV space of tokens (``"mean"`` patch
+            token, ``"cls"`` or ``"none"``: flattened) and a map for layouts other than tokens on a square grid
+            (see :class:`~lightning_xai.tcav.ConceptAttribution`).
+        max_samples, **base: see :class:`XAICallback` (keyword-only).
 
     Raises:
         MisconfigurationException: an argument has the wrong type or range, a concept tensor has fewer than 2
@@ -108,6 +110,8 @@ class ConceptAttributionCallback(XAICallback):
         alpha: float = 0.05,
         concept_transform: Any = None,
         class_names: Sequence[str] | None = None,
+        token_pooling: Literal["mean", "cls", "none"] = "mean",
+        reshape_transform: Callable[[Tensor], Tensor] | None = None,
         max_samples: int = 512,
         **base: Any,
     ) -> None:
@@ -161,6 +165,9 @@ class ConceptAttributionCallback(XAICallback):
                 f"{type(random).__name__}."
             )
         self.random, self.probe_images, self.concept_transform = random, probe_images, concept_transform
+        with misconfigured():
+            self.token_pooling = checks.check_choice("token_pooling", token_pooling, TOKEN_POOLINGS)
+        self.reshape_transform = reshape_transform
         self.n_random, self.cav, self.alpha, self.m_steps = n_random, cav, float(alpha), m_steps
         self.images_per_class, self.random_pool_size = images_per_class, random_pool_size
         self.max_concept_images, self.max_classes = max_concept_images, max_classes
@@ -263,6 +270,8 @@ class ConceptAttributionCallback(XAICallback):
             class_names=names,
             seed=self.seed,
             head=self._capture.head_name if self._capture is not None else self.head,
+            token_pooling=self.token_pooling,
+            reshape_transform=self.reshape_transform,
         )
         split = Split(
             rank=trainer.global_rank,

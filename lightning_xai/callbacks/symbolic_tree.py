@@ -15,6 +15,7 @@ from lightning_xai.callbacks.base import XAICallback, check_int, misconfigured
 from lightning_xai.capture import ValidationSample
 from lightning_xai.hyperbolic import SymbolicFitter, SymbolicTree, find_feature_layer
 from lightning_xai.results.symbolic_tree import SymbolicTreeResult
+from lightning_xai.token_layout import spatial_layout
 
 __all__ = ["SymbolicTreeCallback"]
 
@@ -233,8 +234,14 @@ class SymbolicTreeCallback(XAICallback):
                 "SymbolicTreeCallback has no activations of its layer in this epoch's sample; pass layer='<name>' "
                 "(a feature map before the head)."
             )
+        features = sample.layers[layer]
+        layout = spatial_layout(pl_module, tuple(features.shape[1:])) if features.dim() == 3 else None
+        if (
+            layout is not None
+        ):  # a transformer's tokens: its patch tokens on their grid, one symbol token each
+            features = layout.to_map(features)
         return self.tree.explain(
-            sample.layers[layer],
+            features,
             sample.logits,
             layer=layer,
             ids=sample.ids,

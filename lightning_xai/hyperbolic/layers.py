@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from lightning_xai.capture import find_head
-from lightning_xai.feature_maps import FeatureMapError, feature_maps
+from lightning_xai.feature_maps import FeatureMapError, feature_maps, last_token_layer
 
 __all__ = ["find_feature_layer"]
 
@@ -14,7 +14,9 @@ def find_feature_layer(model: nn.Module, example: Tensor, head: str | None = Non
     """The last (outermost) layer before the head whose output is a spatial feature map.
 
     ``"conv5"`` for :class:`~lightning_xai.world.TinyCNN`, ``"layer4"`` for a torchvision ResNet (see
-    :func:`lightning_xai.feature_maps.feature_maps`).
+    :func:`lightning_xai.feature_maps.feature_maps`); for a vision transformer, the last layer whose patch
+    tokens still move the logits (:func:`lightning_xai.feature_maps.last_token_layer`), its tokens read on
+    the patch grid.
 
     Raises:
         FeatureMapError: no layer outputs a spatial map before the head.
@@ -26,6 +28,9 @@ def find_feature_layer(model: nn.Module, example: Tensor, head: str | None = Non
         '1'
     """
     _, head_module = find_head(model, head)
+    tokens = last_token_layer(model, example, head_module)
+    if tokens is not None:
+        return tokens
     shapes = feature_maps(model, example, head_module)
     if not shapes:
         raise FeatureMapError(

@@ -33,7 +33,7 @@ from lightning_xai.capture import (
     resolve_layer,
     run_model,
 )
-from lightning_xai.feature_maps import feature_maps, model_device
+from lightning_xai.feature_maps import feature_maps, last_token_layer, model_device
 from lightning_xai.tcav.data import fingerprint
 
 __all__ = [
@@ -240,7 +240,9 @@ def last_feature_map_layer(model: nn.Module, example: Tensor, head: str | None =
         head_module: nn.Module | None = find_head(model, head)[1]
     except HeadNotFoundError:
         head_module = None
-    best = next(reversed(feature_maps(model, example, head_module)), None)
+    best = last_token_layer(model, example, head_module)  # a vision transformer's patch tokens
+    if best is None:
+        best = next(reversed(feature_maps(model, example, head_module)), None)
     if best is None:
         raise ValueError(
             f"{type(model).__name__} has no module that outputs a spatial feature map [B, C, H, W]; pass layers=[...] "

@@ -22,6 +22,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lightning_xai.token_layout import SpatialLayout
+
 __all__ = ["CAV_KINDS", "CAVSet", "concept_shift", "linear_cavs", "mean_difference_cavs", "train_cavs"]
 
 CAV_KINDS = ("mean", "linear")
@@ -283,6 +285,8 @@ class CAVSet:
         null_shift: ``[R]`` the same for the null CAVs.
         hi, lo: ``[K]`` concept-emblem thresholds of Visual-TCAV (median emblem over the concept's images
             and over the random images); filled by the explainer.
+        layout: the layer's :class:`~lightning_xai.token_layout.SpatialLayout` (how its activations form a
+            map: for transformer tokens, the patch tokens on their grid), ``None`` without a spatial view.
     """
 
     layer: str
@@ -296,6 +300,7 @@ class CAVSet:
     hi: Tensor | None = None
     lo: Tensor | None = None
     meta: dict = field(default_factory=dict)
+    layout: SpatialLayout | None = None
 
     @property
     def n_random(self) -> int:
@@ -322,9 +327,12 @@ class CAVSet:
         """``[K, C]``: the run-averaged CAV pooled over space, Visual-TCAV's channel weights ``d``.
 
         For ``"mean"`` CAVs this is exactly ``mean(GAP(A(concept))) - mean(GAP(A(random)))`` over the runs'
-        random sets (GAP is linear). Activations without spatial dimensions are returned as they are.
+        random sets (GAP is linear). Transformer tokens are pooled over their patch tokens (:attr:`layout`).
+        Activations without spatial dimensions are returned as they are.
         """
         v = self.mean_vectors()
-        if len(self.shape) < 2:
+        if len(self.shape) < 2:  # vectors, or CAVs learned on pooled tokens: already per channel
             return v
+        if self.layout is not None:
+            return self.layout.pool(v, self.shape)
         return v.reshape(v.shape[0], self.shape[0], -1).mean(-1)

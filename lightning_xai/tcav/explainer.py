@@ -19,7 +19,8 @@ are typed objects that index by concept, class and layer and turn into table row
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -61,8 +62,24 @@ from lightning_xai.tcav.visual import (
     integrated_gradients,
     upsample_maps,
 )
+from lightning_xai.token_layout import SpatialLayout, spatial_layout
 
-__all__ = ["ConceptAttribution"]
+__all__ = ["TOKEN_POOLINGS", "ConceptAttribution"]
+
+#: the CAV spaces of a token layer (see ``token_pooling``)
+TOKEN_POOLINGS = ("mean", "cls", "none")
+
+
+def _as_map(cavset: CAVSet, acts: Tensor) -> Tensor:
+    """A layer's activations as ``[N, C, H, W]`` by its CAV set's layout (tokens: the patch grid)."""
+    if cavset.layout is None:
+        raise ValueError(
+            f"Visual-TCAV needs a spatial view of layer {cavset.layer!r}, whose activations are "
+            f"{list(cavset.shape)} per image: neither a feature map [C, H, W] nor tokens [T, C] on a square patch "
+            "grid. Pass reshape_transform=<activations -> [N, C, H, W]> or choose a convolutional layer."
+        )
+    return cavset.layout.to_map(acts)
+
 
 RANDOM = "<random pool>"
 
@@ -94,6 +111,12 @@ class ConceptAttribution:
         seed: seed of the random sets.
         head: name of the classifier head, for the default layer (one before the head starts); default: the
             last ``nn.Linear``, or any layer when the model has none.
+        reshape_transform: activations of a layer -> ``[N, C, H, W]`` for Visual-TCAV's maps, for layouts that
+            are neither convolutional maps nor transformer tokens (``[N, T, C]``, laid out on the patch grid
+            without the class, register and distillation tokens; see :mod:`lightning_xai.token_layout`).
+        token_pooling: the space of a token layer's CAVs: ``"mean"`` (the mean patch token, ``[C]``; its
+            directional derivative adds the CAV to every patch token), ``"cls"`` (the class token) or ``"none"``
+            (all tokens flattened, ``[T * C]``, as a convolutional map is).
         cache: an :class:`~lightning_xai.tcav.activations.ActivationCache` to share with other explainers of the
             same model (e.g. a ``"mean"`` and a ``"linear"`` one: activations and integrated gradients are
             computed once).
@@ -142,6 +165,8 @@ class ConceptAttribution:
         seed: int = 0,
         cache: ActivationCache | None = None,
         head: str | None = None,
+        reshape_transform: Callable[[Tensor], Tensor] | None = None,
+        token_pooling: str = "mean",
     ) -> None:
         if cav not in CAV_KINDS:
             raise ValueError(f"cav={cav!r} is not supported; choose one of {list(CAV_KINDS)}.")
@@ -162,6 +187,12 @@ class ConceptAttribution:
             raise ValueError(f"Concept names must be non-empty strings other than {RANDOM!r}; got {bad}.")
         self.model = model
         self.head = head
+        self.reshape_transform = reshape_transform
+        if token_pooling not in TOKEN_POOLINGS:
+            raise ValueError(
+                f"token_pooling={token_pooling!r} is not supported; choose one of {list(TOKEN_POOLINGS)}."
+            )
+        self.token_pooling = token_pooling
         if isinstance(layers, str):
             layers = [layers]
         self._layers = list(dict.fromkeys(layers)) if layers else None
@@ -317,6 +348,14 @@ class ConceptAttribution:
                 )
         return {layer: self._cavs[keys[layer]] for layer in layers}
 
+    def _cav_space(self, layout: SpatialLayout | None) -> Callable[[Tensor], Tensor]:
+        if layout is None:
+            return lambda acts: acts.flatten(1)
+        return lambda acts: layout.cav_space(acts, self.token_pooling)
+
+    def _cav_gradient(self, layout: SpatialLayout | None, grads: Tensor) -> Tensor:
+        return grads.flatten(1) if layout is None else layout.cav_gradient(grads, self.token_pooling)
+
     def _random_set_size(self, images: dict[str, Tensor], pool: Tensor) -> int:
         if self.random_set_size is not None:
             return int(self.random_set_size)
@@ -326,13 +365,16 @@ class ConceptAttribution:
     def _fit_layer(
         self, layer: str, concept_acts: dict[str, Tensor], pool_acts: Tensor, idx: Tensor
     ) -> CAVSet:
-        flat_pool = pool_acts.flatten(1).float()
+        shape = tuple(pool_acts.shape[1:])
+        layout = spatial_layout(self.model, shape, self.reshape_transform)
+        space = self._cav_space(layout)
+        flat_pool = space(pool_acts).float()
         idx = idx.to(flat_pool.device)
         negatives = flat_pool[idx[1:]]  # [R, n, m]: random_1 .. random_R
         # the null contrasts two *different* random sets in every run (random_{r-1} vs random_r): a fixed
         # random_0 would be one random "concept" whose own sampling bias makes its scores consistent
         null_positives = flat_pool[idx[:-1]]  # [R, n, m]: random_0 .. random_{R-1}
-        positives = [concept_acts[n].flatten(1).float() for n in self.concepts]
+        positives = [space(concept_acts[n]).float() for n in self.concepts]
         with torch.no_grad():
             # every concept x run and the null runs: one batched model
             both = train_cavs(
@@ -342,13 +384,15 @@ class ConceptAttribution:
             shift = concept_shift(unit, positives, negatives, paired=null_positives)
         vectors, null = both[:-1], both[-1]
         shift, null_shift = shift[:-1], shift[-1]
+        pooled_tokens = layout is not None and layout.kind == "tokens" and self.token_pooling != "none"
         cavset = CAVSet(
             layer=layer,
+            layout=layout,
             kind=self.cav,
             concepts=self.concepts,
             vectors=vectors.detach(),
             null=null.detach(),
-            shape=tuple(pool_acts.shape[1:]),
+            shape=(int(flat_pool.shape[1]),) if pooled_tokens else shape,
             shift=shift.detach(),
             null_shift=null_shift.detach(),
             meta={
@@ -356,15 +400,15 @@ class ConceptAttribution:
                 "n_concept_images": {n: int(a.shape[0]) for n, a in concept_acts.items()},
             },
         )
-        if pool_acts.dim() in (2, 4):
+        if layout is not None:
             d = cavset.pooled()
             hi = torch.stack(
                 [
-                    emblems(concept_projection(concept_acts[n], d[k : k + 1]))[0].median()
+                    emblems(concept_projection(layout.to_map(concept_acts[n]), d[k : k + 1]))[0].median()
                     for k, n in enumerate(self.concepts)
                 ]
             )
-            lo = emblems(concept_projection(pool_acts, d)).median(dim=1).values
+            lo = emblems(concept_projection(layout.to_map(pool_acts), d)).median(dim=1).values
             cavset.hi, cavset.lo = hi, lo
         return cavset
 
@@ -532,7 +576,7 @@ class ConceptAttribution:
                 vec, null = cavs[layer].unit()
                 shift, null_shift = cavs[layer].shift, cavs[layer].null_shift
                 ki = [cavs[layer].index(k) for k in concepts]
-                g = grads[layer].flatten(1).float()
+                g = self._cav_gradient(cavs[layer].layout, grads[layer]).float()
                 s = torch.einsum("nm,krm->nkr", g, vec[ki].to(g.device))  # directional derivatives
                 s0 = g @ null.to(g.device).T  # [N, R]
                 for ci, c in enumerate(classes):
@@ -584,10 +628,11 @@ class ConceptAttribution:
             cs = cavs[layer]
             ki = [cs.index(k) for k in concepts]
             d = cs.pooled()[ki].to(acts[layer].device)
+            a = _as_map(cs, acts[layer])
             if raw:
-                m = concept_projection(acts[layer], d).cpu()
+                m = concept_projection(a, d).cpu()
             else:
-                m = concept_maps(acts[layer], d, cs.hi[ki], cs.lo[ki]).cpu()
+                m = concept_maps(a, d, cs.hi[ki], cs.lo[ki]).cpu()
             out[layer] = upsample_maps(m, (int(inputs.shape[-2]), int(inputs.shape[-1]))) if upsample else m
         return out
 
@@ -642,11 +687,13 @@ class ConceptAttribution:
                 ki = [cs.index(k) for k in concepts]
                 d = cs.pooled()[ki].to(device)
                 a = acts[layer]
-                maps = concept_maps(a, d, cs.hi[ki], cs.lo[ki])  # [K, N, h, w]
+                maps = concept_maps(_as_map(cs, a), d, cs.hi[ki], cs.lo[ki])  # [K, N, h, w]
                 maps_out[layer] = maps.cpu()
                 a_rows = a.repeat(t_count, *([1] * (a.dim() - 1)))
-                ig = self._integrated_gradients(layer, a_rows, rows_x, rows_t)
-                attr = concept_attributions(a_rows, ig, maps.repeat(1, t_count, 1, 1), d)  # [K, N*T]
+                ig = self._integrated_gradients(layer, a_rows, rows_x, rows_t)  # in the layer's own layout
+                # on the map: for tokens the patch tokens' share (the class token's attribution is not on the map)
+                on_map = dataclasses.replace(ig, attributions=_as_map(cs, ig.attributions))
+                attr = concept_attributions(_as_map(cs, a_rows), on_map, maps.repeat(1, t_count, 1, 1), d)
                 attributions[li] = attr.cpu().reshape(K, t_count, n).transpose(1, 2)
                 scaling[li] = ig.scaling().cpu().reshape(t_count, n).T
                 ig_total[li] = ig.total.cpu().reshape(t_count, n).T
