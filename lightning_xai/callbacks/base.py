@@ -751,7 +751,7 @@ class XAICallback(Callback):
             self._warned_error = True
             rank_zero_warn(
                 f"{type(self).__name__} ({self.method}) failed at epoch {epoch} and training goes on: "
-                f"{type(exc).__name__}: {exc}. An error record was written to xai/records.jsonl; "
+                f"{type(exc).__name__}: {str(exc).rstrip('.')}. An error record was written to xai/records.jsonl; "
                 "pass on_error='raise' to stop instead. Further failures of this callback are recorded silently."
             )
 
