@@ -22,6 +22,7 @@ __all__ = [
     "folded_batchnorm",
     "forward_from_layer",
     "run_model",
+    "run_on_generated",
 ]
 
 # ---------------------------------------------------------------------------------- running the model
@@ -232,6 +233,29 @@ def _forward_replaced(
     finally:
         handle.remove()
     return output_fn(out) if output_fn is not None else first_tensor(out, "model")
+
+
+def run_on_generated(model: nn.Module, images: Tensor, argument: str) -> Any:
+    """``run_model`` on images a generator made; a model that cannot read them (another number of channels or
+    size than the generator's) is a ``ValueError`` naming their shape and the ``argument`` that adapts them.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> run_on_generated(nn.Conv2d(1, 2, 3), torch.zeros(1, 3, 8, 8), "transform")
+        Traceback (most recent call last):
+        ...
+        ValueError: The classifier cannot read the generated images of shape [1, 3, 8, 8] ...
+    """
+    try:
+        return run_model(model, images)
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower():
+            raise
+        raise ValueError(
+            f"The classifier cannot read the generated images of shape {list(images.shape)} ({exc}). Pass "
+            f"{argument}=<images -> model inputs> that converts them to what the model was trained on (channels, "
+            "size, normalisation), e.g. lambda x: x.mean(1, keepdim=True) for a grayscale model."
+        ) from exc
 
 
 # ----------------------------------------------------------------------------- explanation context

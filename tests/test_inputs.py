@@ -80,3 +80,27 @@ def test_a_grayscale_model_is_explained_with_its_concept_folder(tmp_path: Path) 
     # brightness is what the classes are: adding it raises the bright class and lowers the dark one
     assert scores["class_2"].tcav >= 0.9 and scores["class_2"].significant, scores
     assert scores["class_0"].tcav <= 0.1, scores
+
+
+def test_depict_names_the_generated_shape_and_the_argument_for_a_grayscale_model() -> None:
+    from lightning_xai.permutation import ConceptPermutation
+    from lightning_xai.world import TinyCNN, WorldGenerator, world_concept_table
+
+    gray = TinyCNN(num_classes=6, width=4)
+    first = gray.conv1[0]
+    gray.conv1[0] = nn.Conv2d(
+        1, first.out_channels, 3, stride=first.stride, padding=first.padding
+    )  # one channel in
+    table = world_concept_table(12, seed=0)
+    depict = ConceptPermutation(
+        WorldGenerator(), table, model=gray, n_repeats=2, show_progress=False, n_bootstrap=10
+    )
+    with pytest.raises(
+        ValueError, match=r"cannot read the generated images of shape \[\d+, 3, 64, 64\].*Pass transform="
+    ):
+        depict.explain()
+    adapted = ConceptPermutation(
+        WorldGenerator(), table, model=gray, n_repeats=2, show_progress=False, n_bootstrap=10,
+        transform=lambda x: x.mean(1, keepdim=True),
+    )  # fmt: skip
+    assert len(adapted.explain().importance) == len(table.concepts)

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_xai.capture import explanation_mode, find_head, resolve_layer, run_model
+from lightning_xai.capture import explanation_mode, find_head, resolve_layer
 from lightning_xai.layers import first_tensor
 from lightning_xai.results.diffusion_explainer import Readout, Target
+from lightning_xai.running import run_on_generated
 
 from .prompt import PromptGenerator
 
@@ -145,7 +146,8 @@ class TargetObjective:
 
     def _forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         with self._tap() as store:
-            logits = classifier_logits(run_model(self.classifier, self.preprocess(images.to(self.device))))
+            x = self.preprocess(images.to(self.device))
+            logits = classifier_logits(run_on_generated(self.classifier, x, "preprocess"))
         return logits, (store[-1] if store else None)
 
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:

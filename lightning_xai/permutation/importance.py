@@ -19,7 +19,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from lightning_xai.capture import autocast_context, explanation_mode, folded_batchnorm, run_model
+from lightning_xai.capture import autocast_context, explanation_mode, folded_batchnorm
 from lightning_xai.permutation.cache import GenerationCache
 from lightning_xai.permutation.table import ConceptTable, Permutation
 from lightning_xai.results.concept_permutation import (
@@ -27,6 +27,7 @@ from lightning_xai.results.concept_permutation import (
     ConceptPermutationResult,
     GenerationStats,
 )
+from lightning_xai.running import run_on_generated
 
 __all__ = ["METRICS", "ConceptPermutation", "kendall_tau", "resolve_metric", "summarise"]
 
@@ -404,7 +405,9 @@ class ConceptPermutation:
                 x = self.cache.images(plan.keys[start : start + self.batch_size]).to(device)
                 if self.transform is not None:
                     x = self.transform(x)
-                logits = run_model(model, x)  # channels-last on the CPU (faster convolutions and pooling)
+                logits = run_on_generated(
+                    model, x, "transform"
+                )  # channels-last on the CPU (faster convolutions)
                 if not isinstance(logits, Tensor) or logits.dim() != 2:
                     raise ValueError(
                         f"the classifier must return logits [N, classes]; got {getattr(logits, 'shape', type(logits))}."
