@@ -104,3 +104,38 @@ def test_depict_names_the_generated_shape_and_the_argument_for_a_grayscale_model
         transform=lambda x: x.mean(1, keepdim=True),
     )  # fmt: skip
     assert len(adapted.explain().importance) == len(table.concepts)
+
+
+def test_depict_fits_generated_images_to_a_grayscale_model_of_another_size(tmp_path: Path) -> None:
+    from lightning_xai.callbacks import ConceptPermutationCallback
+    from lightning_xai.world import TinyCNN, WorldDataModule, WorldGenerator, world_concept_table
+
+    dm = WorldDataModule(n_train=64, n_val=64, size=32, seed=0)
+    dm.setup()
+
+    def gray(dataset) -> TensorDataset:
+        items = [dataset[i] for i in range(len(dataset))]
+        return TensorDataset(
+            torch.stack([x.mean(0, keepdim=True) for x, *_ in items]),
+            torch.tensor([int(y) for _, y, *_ in items]),
+        )
+
+    model = TinyCNN(num_classes=dm.num_classes, width=4)
+    first = model.conv1[0]
+    model.conv1[0] = nn.Conv2d(
+        1, first.out_channels, 3, stride=first.stride, padding=first.padding, bias=False
+    )
+    cb = ConceptPermutationCallback(
+        WorldGenerator(), world_concept_table(12, seed=0), n_repeats=2, on_error="raise", show_progress=False
+    )
+    trainer = make_trainer(tmp_path, [cb], max_epochs=1, limit_train_batches=2)
+    with pytest.warns(
+        UserWarning,
+        match=r"generated images \[3, 64, 64\] are resized and converted to the model's inputs \[1, 32, 32\].*transform=",
+    ):
+        trainer.fit(
+            model, DataLoader(gray(dm.train_set), batch_size=32), DataLoader(gray(dm.val_set), batch_size=32)
+        )
+    (record,) = read_records(trainer.log_dir, method="concept_permutation")
+    assert record.name == "epoch" and cb.input_shape == (1, 32, 32)
+    assert {r.concept for r in read_result(record).importance} == {"shape", "colour", "texture", "marker"}

@@ -325,6 +325,8 @@ class XAICallback(Callback):
         self._warned_skip = False
         self._collect_error: Exception | None = None
         self._task_seen = False
+        #: the shape of one model input, read off the first validation batch (``None`` before it)
+        self.input_shape: tuple[int, ...] | None = None
 
     # ------------------------------------------------------------------ identity and state
     def _state_key_fields(self) -> dict[str, Any]:
@@ -596,6 +598,9 @@ class XAICallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        if self.input_shape is None:  # the model's inputs, for what must fit them (generated images)
+            with contextlib.suppress(Exception):
+                self.input_shape = tuple(int(s) for s in self.batch_to_input(batch)[0].shape[1:])
         if not self._armed or self._capture is None or self._collect_error is not None:
             return
         try:

@@ -16,6 +16,7 @@ from typing_extensions import override
 
 from lightning_xai.callbacks.base import XAICallback, check_int, check_interval, gather_objects, run_share
 from lightning_xai.capture import ValidationSample
+from lightning_xai.input_match import fitted_to
 from lightning_xai.permutation import ConceptPermutation, ConceptTable, GenerationCache
 from lightning_xai.permutation.importance import resolve_autocast_dtype, resolve_metric
 from lightning_xai.results.concept_permutation import ConceptPermutationResult
@@ -57,7 +58,8 @@ class ConceptPermutationCallback(XAICallback):
         every_n_epochs: explain every n-th epoch. Default: 1.
         concepts: columns to permute (default: every column the template uses).
         interval: coverage of the percentile interval over repeats. Default: 0.95.
-        transform: applied to generated images before the classifier (resize, normalise).
+        transform: applied to generated images before the classifier (resize, normalise). Default: fit them to
+            the validation inputs' size and channels (:class:`~lightning_xai.input_match.MatchInput`).
         cache_dir: folder for an on-disk image cache that later runs reuse (default: memory only).
         batch_size: images per classifier forward. Default: 64 (see :class:`~lightning_xai.permutation.ConceptPermutation`).
         label_column, seed_column: columns of a CSV / mapping table holding the labels and per-row seeds.
@@ -228,7 +230,7 @@ class ConceptPermutationCallback(XAICallback):
                 n_repeats=self.n_repeats,
                 seed=self.seed,
                 interval=self.interval,
-                transform=self.transform,
+                transform=self.transform or fitted_to(self.input_shape),
                 batch_size=self.batch_size,
                 cache=cache,
                 n_bootstrap=self.n_bootstrap,

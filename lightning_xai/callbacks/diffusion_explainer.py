@@ -15,6 +15,7 @@ from typing_extensions import override
 from lightning_xai.callbacks.base import XAICallback, check_int, check_interval, gather_objects, run_share
 from lightning_xai.capture import ValidationSample
 from lightning_xai.diffexplainer import DiffExplainer, Target
+from lightning_xai.input_match import fitted_to
 from lightning_xai.results.diffusion_explainer import DiffusionExplainerResult
 
 __all__ = ["DiffusionExplainerCallback"]
@@ -65,6 +66,7 @@ class DiffusionExplainerCallback(XAICallback):
             run (None: never). Default: 3.
         min_prob: See ``early_stop``. Default: 0.9.
         preprocess: Maps generated images to classifier input (:class:`~lightning_xai.diffexplainer.ClassifierInput`).
+            Default: fit them to the validation inputs' size and channels (:class:`~lightning_xai.input_match.MatchInput`).
         init: Initial word/caption for every target, or ``{target: word}`` (e.g. the class names).
         warm_start: Start each target from its previous explained epoch's prompt. Default: True.
         n_images: Images made from each optimised prompt (display and bias report). Default: 16.
@@ -226,7 +228,7 @@ class DiffusionExplainerCallback(XAICallback):
                 proximity=self.proximity,
                 early_stop=self.early_stop,
                 min_prob=self.min_prob,
-                preprocess=self.preprocess,
+                preprocess=self.preprocess or fitted_to(self.input_shape, "preprocess"),
                 init=self.init,
                 warm_start=self.warm_start,
                 n_images=self.n_images,
