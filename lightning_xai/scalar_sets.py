@@ -15,7 +15,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 
-__all__ = ["SCALAR_SETS", "ScalarSet", "check_scalar_set", "select_scalars", "unmatched_patterns"]
+__all__ = [
+    "SCALAR_SETS",
+    "ScalarSet",
+    "check_scalar_set",
+    "select_scalars",
+    "unmatched_message",
+    "unmatched_patterns",
+]
 
 #: the named key sets ``log_scalars`` accepts (besides a list of key patterns)
 SCALAR_SETS = ("summary", "all", "none")
@@ -85,3 +92,22 @@ def unmatched_patterns(choice: ScalarSet, keys: Iterable[str]) -> list[str]:
         return []
     keys = list(keys)
     return [p for p in choice if not any(fnmatchcase(k, p) for k in keys)]
+
+
+def unmatched_message(owner: str, choice: ScalarSet, keys: Iterable[str], prefix: str) -> str | None:
+    """What to say at the end of a run about the patterns of ``choice`` that matched none of its ``keys`` (the
+    keys under ``prefix``), or ``None`` when there is nothing to say.
+
+    Example:
+        >>> unmatched_message("Rules", ("fidelity", "fidelty/*"), ["fidelity", "accuracy"], "xai/rules/")
+        "Rules(log_scalars=...): the pattern(s) ['fidelty/*'] matched none of the keys this run had under xai/rules/: ['accuracy', 'fidelity']."
+    """
+    keys = sorted(keys)
+    unmatched = unmatched_patterns(choice, keys) if keys else []
+    if not unmatched:
+        return None
+    shown = keys if len(keys) <= 30 else [*keys[:30], "..."]
+    return (
+        f"{owner}(log_scalars=...): the pattern(s) {unmatched} matched none of the keys this run had under "
+        f"{prefix}: {shown}."
+    )

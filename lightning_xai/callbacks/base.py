@@ -44,7 +44,7 @@ from lightning_xai.capture import (
 )
 from lightning_xai.records import Chart, Explanation, Media, Record, Table
 from lightning_xai.results import Logged, Result
-from lightning_xai.scalar_sets import check_scalar_set, select_scalars, unmatched_patterns
+from lightning_xai.scalar_sets import check_scalar_set, select_scalars, unmatched_message
 from lightning_xai.sinks import SinkDispatcher
 
 __all__ = [
@@ -508,13 +508,12 @@ class XAICallback(Callback):
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._release()
-        unmatched = unmatched_patterns(self.log_scalars, self._keys_seen) if self._keys_seen else []
-        if unmatched:
-            rank_zero_warn(
-                f"{type(self).__name__}(log_scalars=...): the pattern(s) {unmatched} matched none of the keys this "
-                f"run had under xai/{self.method}/: {sorted(self._keys_seen)}."
-            )
-            self._keys_seen = set()  # said once per run
+        message = unmatched_message(
+            type(self).__name__, self.log_scalars, self._keys_seen, f"xai/{self.method}/"
+        )
+        if message:
+            rank_zero_warn(message)
+        self._keys_seen = set()  # said once per run
         disp = _DISPATCHERS.get(trainer)
         if disp is not None and trainer.is_global_zero:
             disp.finish_epoch()  # the last epoch's records are complete (idempotent across callbacks)

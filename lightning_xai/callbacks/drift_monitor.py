@@ -18,7 +18,7 @@ from lightning_xai.concept_drift import AGAINST, DRIFT_KINDS, DriftTracker, obse
 from lightning_xai.records import Record
 from lightning_xai.results import Result
 from lightning_xai.results.drift import DriftAlert, DriftResult, DriftRow
-from lightning_xai.scalar_sets import check_scalar_set, select_scalars, unmatched_patterns
+from lightning_xai.scalar_sets import check_scalar_set, select_scalars, unmatched_message
 
 __all__ = ["ConceptDriftMonitor"]
 
@@ -176,13 +176,10 @@ class ConceptDriftMonitor(Callback):
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        unmatched = unmatched_patterns(self.log_scalars, self._keys_seen) if self._keys_seen else []
-        if unmatched:
-            rank_zero_warn(
-                f"ConceptDriftMonitor(log_scalars=...): the pattern(s) {unmatched} matched none of the keys this "
-                f"run had under xai/drift/, such as {sorted(self._keys_seen)[:8]}."
-            )
-            self._keys_seen = set()  # said once per run
+        message = unmatched_message("ConceptDriftMonitor", self.log_scalars, self._keys_seen, "xai/drift/")
+        if message:
+            rank_zero_warn(message)
+        self._keys_seen = set()  # said once per run
 
     def on_xai_result(
         self,
