@@ -325,6 +325,7 @@ class XAICallback(Callback):
         self._warned_skip = False
         self._collect_error: Exception | None = None
         self._task_seen = False
+        self._train_batch_read = False
         #: the shape of one model input, read off the first validation batch (``None`` before it)
         self.input_shape: tuple[int, ...] | None = None
 
@@ -478,12 +479,15 @@ class XAICallback(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not self._task_seen and not self.disabled and self.task == "auto":
-            try:
-                labels = self.batch_to_input(batch)[1]
-            except Exception:  # noqa: BLE001 - an unreadable batch is told at validation, where it matters
-                return
-            self._check_labels(trainer, labels)
+        # the first training batch only: every later step returns here at once
+        if self._train_batch_read or self._task_seen or self.disabled or self.task != "auto":
+            return
+        self._train_batch_read = True
+        try:
+            labels = self.batch_to_input(batch)[1]
+        except Exception:  # noqa: BLE001 - an unreadable batch is told at validation, where it matters
+            return
+        self._check_labels(trainer, labels)
 
     def prepare(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Check the model and the arguments that depend on it, once per model at ``setup`` (override; default:
