@@ -17,6 +17,13 @@ def blob_data(n: int, seed: int, classes: int = 3, size: int = 8) -> TensorDatas
     return TensorDataset(x, y)
 
 
+def red_concept(n: int, size: int = 8, seed: int = 5) -> torch.Tensor:
+    """``n`` blob images with the first (red) channel raised: a concept set that class 0's images share."""
+    images = blob_data(n, seed, size=size).tensors[0]
+    images[:, 0] += 1.0
+    return images
+
+
 class BlobData(LightningDataModule):
     def __init__(self, n_train: int = 96, n_val: int = 64, batch_size: int = 16, classes: int = 3) -> None:
         super().__init__()

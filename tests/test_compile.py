@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _models import BlobData, SmallNet, blob_data, make_trainer
+from _models import BlobData, SmallNet, make_trainer, red_concept
 from lightning.pytorch import seed_everything
 from torch import nn
 
@@ -43,8 +43,7 @@ class Backboned(SmallNet):
 
 
 def _callbacks(layer: str = "backbone.1", **kwargs) -> list:
-    red = blob_data(24, seed=5).tensors[0]
-    red[:, 0] += 1.0
+    red = red_concept(24)
     return [
         LogicRulesCallback(max_grounding_images=2, max_perturbation_images=2, on_error="raise", **kwargs),
         RepresentationDriftCallback(layers=[layer], on_error="raise", **kwargs),

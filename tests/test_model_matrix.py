@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _models import BlobData, SmallNet, blob_data, make_trainer
+from _models import BlobData, SmallNet, blob_data, make_trainer, red_concept
 from lightning.pytorch import seed_everything
 from torch import nn
 
@@ -86,8 +86,7 @@ def test_every_callback_explains_the_model_family(tmp_path: Path, family: str, p
     seed_everything(0, verbose=False)
     net = build()
     assert prefix_tokens(net) == prefix
-    red = blob_data(16, seed=5, size=SIZE).tensors[0]
-    red[:, 0] += 1.0
+    red = red_concept(16, size=SIZE)
     callbacks = [
         RepresentationDriftCallback(on_error="raise"),
         LogicRulesCallback(max_grounding_images=2, max_perturbation_images=2, on_error="raise"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _models import BlobData, SmallNet, blob_data, make_trainer
+from _models import BlobData, SmallNet, make_trainer, red_concept
 from lightning.pytorch import seed_everything
 
 from lightning_xai.callbacks import (
@@ -25,8 +25,7 @@ from lightning_xai.results import read_result
 
 
 def _callbacks() -> list:
-    red = blob_data(32, seed=5).tensors[0]
-    red[:, 0] += 1.0
+    red = red_concept(32)
     return [
         LogicRulesCallback(max_grounding_images=2, max_perturbation_images=2, on_error="raise"),
         ConceptAttributionCallback(

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from _models import blob_data, channel_net
+from _models import blob_data, channel_net, red_concept
 from torch.utils.data import DataLoader
 
 from lightning_xai.callbacks import (
@@ -25,8 +25,7 @@ NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
 
 
 def _callbacks() -> list[XAICallback]:
-    concept = blob_data(24, seed=5).tensors[0]
-    concept[:, 0] += 1.0  # a "red" concept
+    concept = red_concept(24)
     return [
         RepresentationDriftCallback(),
         LogicRulesCallback(max_grounding_images=0, max_perturbation_images=0),
