@@ -309,7 +309,8 @@ def explanation_mode(model: nn.Module, freeze_parameters: bool = True) -> Iterat
     validates under the latter in ``trainer.validate``), every module is in eval mode and, with
     ``freeze_parameters``, no parameter requires grad (gradients are taken with respect to inputs or
     activations via ``torch.autograd.grad``, never ``.backward()`` into the live model). On exit each
-    module's ``training`` flag and each parameter's ``requires_grad`` are restored exactly.
+    module's ``training`` flag and each parameter's ``requires_grad`` are restored exactly. A compiled model
+    runs its original modules inside (:func:`eager`).
 
     Tensors captured under inference mode must be cloned inside the block before they enter autograd.
 
